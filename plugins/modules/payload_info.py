@@ -1,0 +1,163 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetsplit.k0s contributors
+# Apache License 2.0 (see galaxy.yml)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: payload_info
+short_description: Inspect the binaries embedded in a k0s executable
+version_added: 0.1.0
+description:
+  - Reports the payload format of a k0s executable (appended zip, legacy appended gzip members, or none),
+    every embedded binary with its size, sha256, CRC-32 and compressed size, the stripped executable's size and
+    sha256, the k0s version and, for Go programs, their build info (Go version, main module path and version).
+  - Inflates and verifies every entry (nothing is written outside a private temporary directory), so a damaged
+    payload fails with a message naming the problem.
+options:
+  src:
+    description: Path of the k0s executable.
+    type: path
+    required: true
+  build_info:
+    description: Read Go build info of each embedded binary and of the executable itself (C(.go.buildinfo)).
+    type: bool
+    default: true
+  require_payload:
+    description: Fail when the executable carries no payload instead of reporting C(format=bare).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+seealso:
+  - module: fleetsplit.k0s.payload_split
+author:
+  - fleetsplit.k0s contributors
+'''
+
+EXAMPLES = r'''
+- name: What is inside this k0s?
+  fleetsplit.k0s.payload_info:
+    src: /srv/k0s/k0s-v1.36.3+k0s.0-amd64
+  delegate_to: localhost
+  register: k0s_info
+
+- name: Show kubelet's Go version
+  ansible.builtin.debug:
+    msg: "{{ (k0s_info.files | selectattr('name', 'eq', 'kubelet') | first).go_build_info.go_version }}"
+'''
+
+RETURN = r'''
+format:
+  description: C(zip), C(legacy) or C(bare).
+  returned: success
+  type: str
+payload_offset:
+  description: Offset of the payload (size of the stripped executable).
+  returned: success
+  type: int
+payload_size:
+  description: Bytes of payload.
+  returned: success
+  type: int
+k0s_version:
+  description: k0s version compiled into the program, or null.
+  returned: success
+  type: str
+elf_machine:
+  description: Architecture, spelled like C(uname -m).
+  returned: success
+  type: str
+pinned_mtime_ns:
+  description: The executable's mtime in nanoseconds (what a stripped legacy k0s requires of staged binaries).
+  returned: success
+  type: int
+files:
+  description: One item per embedded binary.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name: {description: Base name., type: str}
+    size: {description: Inflated size., type: int}
+    sha256: {description: sha256 of the inflated binary., type: str}
+    crc32: {description: CRC-32., type: int}
+    compressed_size: {description: Raw compressed stream size., type: int}
+    data_offset: {description: Absolute offset of the raw compressed stream., type: int}
+    method: {description: C(deflate) or C(store)., type: str}
+    go_build_info:
+      description: Go version and main module, or null for non-Go binaries.
+      type: dict
+      returned: with O(build_info)
+stripped_executable:
+  description: Size, sha256 and Go build info of the executable without payload.
+  returned: success
+  type: dict
+'''
+
+import os
+import shutil
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
+    FORMAT_BARE, PayloadError, describe, extract, go_build_info, inspect, stripped_digest, write_stripped)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type='path', required=True),
+            build_info=dict(type='bool', default=True),
+            require_payload=dict(type='bool', default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        payload = inspect(p['src'])
+        if payload.format == FORMAT_BARE and p['require_payload']:
+            module.fail_json(msg="%s has no embedded payload (the ELF image ends at end of file)" % p['src'])
+        result = describe(payload)
+        offsets = dict((e.name, e) for e in payload.entries)
+        files = []
+        if not p['build_info']:
+            stripped = stripped_digest(payload)
+            if payload.format != FORMAT_BARE:
+                files = extract(payload, None, write=False)
+        else:
+            # Build info needs the inflated ELF on disk for pyelftools; a private temp dir keeps memory bounded.
+            work = tempfile.mkdtemp(prefix='fleetsplit-info-')
+            try:
+                stripped = write_stripped(payload, os.path.join(work, 'k0s'))
+                stripped['go_build_info'] = go_build_info(stripped['path'])
+                if payload.format != FORMAT_BARE:
+                    files = extract(payload, os.path.join(work, 'bin'))
+                    for item in files:
+                        item['go_build_info'] = go_build_info(item['path'])
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        for item in files:
+            item.pop('path', None)
+            item.pop('changed', None)
+            item['data_offset'] = offsets[item['name']].data_offset
+            item['method'] = offsets[item['name']].method
+        stripped.pop('path', None)
+        stripped.pop('changed', None)
+    except PayloadError as e:
+        module.fail_json(msg=str(e))
+    result.update(files=files, stripped_executable=stripped)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,271 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetsplit.k0s contributors
+# Apache License 2.0 (see galaxy.yml)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: payload_split
+short_description: Split a k0s executable into its embedded binaries and a stripped executable
+version_added: 0.1.0
+description:
+  - Reads a k0s executable, detects its payload format (appended zip, k0s v1.36.1 and later, or legacy appended
+    gzip members, k0s v1.35 and earlier) and writes every embedded binary (kubelet, containerd, runc, etcd, ...)
+    as a separate file into O(dest).
+  - Optionally writes the stripped executable (the bytes before the payload, byte for byte the bare k0s build) and
+    a directory of per-binary gzip streams built from the payload's own compressed bytes, for shipping to hosts.
+  - Every entry is inflated with bounded memory and verified (size, CRC-32) before anything is renamed into place;
+    a damaged payload leaves O(dest) as it was.
+  - Idempotent by sha256, files already holding the right content are not rewritten.
+  - Runs where the executable is, normally on the controller (C(delegate_to=localhost)).
+options:
+  src:
+    description: Path of the k0s executable to split.
+    type: path
+    required: true
+  dest:
+    description:
+      - Directory that receives one file per embedded binary, named as in the payload (C(runc), C(kubelet), ...).
+      - Created if missing. Refused if it is a symlink or a world-writable directory owned by another user.
+    type: path
+  stripped_executable:
+    description: Path for the executable without its payload.
+    type: path
+  streams_dest:
+    description:
+      - Directory that receives C(libexec/<name>.gz), one gzip member per embedded binary made from the payload's
+        compressed bytes without recompression, C(bin/k0s.gz), the stripped executable gzip-compressed, and
+        C(manifest.json), this module's result.
+      - Hosts inflate and verify these with the Python standard library (see M(fleetsplit.k0s.k0s_release)).
+    type: path
+  pin_mtime:
+    description:
+      - Give every written binary and the stripped executable the source executable's modification time.
+      - Required for legacy-format k0s, which re-uses a staged binary only when its size and mtime (to the
+        nanosecond) equal the executable's. Harmless for the zip format.
+    type: bool
+    default: true
+  workers:
+    description: Threads that inflate entries in parallel.
+    type: int
+    default: 2
+  mode:
+    description: Mode of the binaries and the stripped executable.
+    type: raw
+    default: '0755'
+  owner:
+    description: Owner of the written files.
+    type: str
+  group:
+    description: Group of the written files.
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: Inflates and verifies everything, reports what would change, writes nothing.
+  diff_mode:
+    support: full
+    description: Shows per binary C(name sha256) before and after.
+  platform:
+    platforms: posix
+notes:
+  - A stripped B(legacy) k0s (v1.35 and earlier) has no fallback to C(PATH); it only works when each
+    C(<data-dir>/bin/<name>) (following symlinks) has exactly the embedded size and exactly the executable's mtime.
+    Keep O(pin_mtime) on and give the installed executable the same mtime (RV(pinned_mtime_ns)).
+  - A stripped B(zip-format) k0s uses an existing C(<data-dir>/bin/<name>) or finds the binary on C(PATH).
+  - At least one of O(dest), O(stripped_executable) or O(streams_dest) is required; use M(fleetsplit.k0s.payload_info)
+    to only look.
+seealso:
+  - module: fleetsplit.k0s.payload_info
+  - module: fleetsplit.k0s.k0s_release
+author:
+  - fleetsplit.k0s contributors
+'''
+
+EXAMPLES = r'''
+- name: Split k0s on the controller
+  fleetsplit.k0s.payload_split:
+    src: /srv/k0s/k0s-v1.36.3+k0s.0-amd64
+    dest: /srv/k0s/split/libexec
+    stripped_executable: /srv/k0s/split/bin/k0s
+  delegate_to: localhost
+  run_once: true
+  register: k0s_split
+
+- name: Also prepare compressed streams for hosts
+  fleetsplit.k0s.payload_split:
+    src: ./k0s
+    stripped_executable: ./out/k0s
+    streams_dest: ./out/streams
+'''
+
+RETURN = r'''
+format:
+  description: Payload format.
+  returned: success
+  type: str
+  sample: zip
+payload_offset:
+  description: Offset where the payload starts, equal to the stripped executable's size.
+  returned: success
+  type: int
+  sample: 98234368
+payload_size:
+  description: Bytes of payload after the ELF image.
+  returned: success
+  type: int
+k0s_version:
+  description: k0s version string found in the program, or null.
+  returned: success
+  type: str
+  sample: v1.36.3+k0s.0
+elf_machine:
+  description: Architecture of the executable, spelled like C(uname -m) (C(x86_64), C(aarch64), ...).
+  returned: success
+  type: str
+pinned_mtime:
+  description: The source executable's mtime in seconds; legacy k0s needs its staged binaries to carry it.
+  returned: success
+  type: int
+pinned_mtime_ns:
+  description: The same, in nanoseconds.
+  returned: success
+  type: int
+files:
+  description: One item per embedded binary.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name: {description: Base name., type: str}
+    size: {description: Inflated size in bytes., type: int}
+    sha256: {description: sha256 of the inflated binary., type: str}
+    crc32: {description: CRC-32 recorded in the payload and verified., type: int}
+    compressed_size: {description: Size of the raw compressed stream in the payload., type: int}
+    path: {description: Written file, or null without O(dest)., type: str}
+    stream: {description: Gzip stream file, with O(streams_dest)., type: str}
+    stream_size: {description: Size of the gzip stream file., type: int}
+    changed: {description: Whether this binary (or its stream) was written., type: bool}
+stripped_executable:
+  description: The executable without payload.
+  returned: success
+  type: dict
+  contains:
+    path: {description: Written file or null., type: str}
+    size: {description: Size in bytes., type: int}
+    sha256: {description: sha256., type: str}
+    crc32: {description: CRC-32., type: int}
+    stream: {description: C(bin/k0s.gz) with O(streams_dest)., type: str}
+    stream_size: {description: Its size., type: int}
+legacy_note:
+  description: For the legacy format, what a stripped executable needs at run time.
+  returned: when format is legacy
+  type: str
+manifest:
+  description: Path of C(manifest.json) in O(streams_dest).
+  returned: with O(streams_dest)
+  type: str
+'''
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
+    FORMAT_LEGACY, PayloadError, inspect, sha256_file, split)
+
+LEGACY_NOTE = ("legacy payload: the stripped k0s re-uses <data-dir>/bin/<name> only when its size and mtime equal the "
+               "executable's exactly (there is no PATH fallback); give all binaries and the executable pinned_mtime_ns")
+
+
+def _before(paths):
+    """sha256 of what is on disk now, for the diff."""
+    state = {}
+    for name, path in paths:
+        if path and os.path.isfile(path) and not os.path.islink(path):
+            state[name] = sha256_file(path)
+    return state
+
+
+def _lines(state):
+    return "".join("%s %s\n" % (name, digest) for name, digest in sorted(state.items()))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type='path', required=True),
+            dest=dict(type='path'),
+            stripped_executable=dict(type='path'),
+            streams_dest=dict(type='path'),
+            pin_mtime=dict(type='bool', default=True),
+            workers=dict(type='int', default=2),
+            mode=dict(type='raw', default='0755'),
+            owner=dict(type='str'),
+            group=dict(type='str'),
+        ),
+        required_one_of=[('dest', 'stripped_executable', 'streams_dest')],
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p['workers'] < 1:
+        module.fail_json(msg="workers must be at least 1, got %d" % p['workers'])
+    mode = int(p['mode'], 8) if isinstance(p['mode'], str) else int(p['mode'])
+
+    try:
+        names = [e.name for e in inspect(p['src']).entries] if module._diff else []
+        watched = [(n, os.path.join(p['dest'], n) if p['dest'] else None) for n in names]
+        watched.append(('k0s (stripped)', p['stripped_executable']))
+        before = _before(watched) if module._diff else {}
+        result = split(p['src'], dest=p['dest'], stripped_executable=p['stripped_executable'],
+                       streams_dest=p['streams_dest'], mode=mode, workers=p['workers'],
+                       write=not module.check_mode, pin_mtime=p['pin_mtime'])
+    except PayloadError as e:
+        module.fail_json(msg=str(e))
+    except (IOError, OSError) as e:
+        module.fail_json(msg="splitting %s failed: %s" % (p['src'], e))
+
+    changed = any(f['changed'] for f in result['files']) or result['stripped_executable']['changed']
+    outputs = [f['path'] for f in result['files'] if f['path']]
+    if p['stripped_executable']:
+        outputs.append(p['stripped_executable'])
+    if not module.check_mode or not changed:
+        for path in outputs:
+            if os.path.exists(path):
+                file_args = module.load_file_common_arguments(dict(path=path, mode=mode, owner=p['owner'],
+                                                                   group=p['group']))
+                changed = module.set_fs_attributes_if_different(file_args, changed)
+
+    if result['format'] == FORMAT_LEGACY:
+        result['legacy_note'] = LEGACY_NOTE
+    if p['streams_dest'] and not module.check_mode:
+        manifest = os.path.join(p['streams_dest'], 'manifest.json')
+        # Per-run flags stay out, so an unchanged split leaves the manifest byte-identical.
+        stable = dict(result, files=[dict((k, v) for k, v in f.items() if k != 'changed') for f in result['files']],
+                      stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items() if k != 'changed'))
+        body = json.dumps(stable, indent=2, sort_keys=True) + "\n"
+        old = None
+        if os.path.isfile(manifest) and not os.path.islink(manifest):
+            with open(manifest) as f:
+                old = f.read()
+        if old != body:
+            temp = manifest + '.tmp'
+            with open(temp, 'w') as f:
+                f.write(body)
+            os.rename(temp, manifest)
+            changed = True
+        result['manifest'] = manifest
+    if module._diff:
+        after = dict((f['name'], f['sha256']) for f in result['files'] if p['dest'])
+        if p['stripped_executable']:
+            after['k0s (stripped)'] = result['stripped_executable']['sha256']
+        result['diff'] = dict(before=_lines(before), after=_lines(after),
+                              before_header=p['dest'] or p['src'], after_header=p['dest'] or p['src'])
+    module.exit_json(changed=changed, **result)
+
+
+if __name__ == '__main__':
+    main()
