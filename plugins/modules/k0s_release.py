@@ -119,7 +119,7 @@ attributes:
     details: V(query) runs normally in check mode (it is read-only); the other states report what would change.
   diff_mode:
     support: full
-    details: Before and after are C(name: sha256) lines of the current and the target release.
+    details: Before and after list one line per file (its name and sha256) of the current and the target release.
   platform:
     platforms: posix
 notes:
@@ -186,13 +186,19 @@ missing:
   elements: str
   sample: [k0s, runc]
 up_to_date:
-  description: The target release is current, its files are intact and all links are in place.
+  description:
+    - The target release was already current, with intact files and all links in place, before this run
+      (V(present) then changes nothing).
   returned: state is query or present
   type: bool
 binaries_changed:
   description: The executable or a binary the host runs changed (switched release or repaired file).
   returned: always
   type: bool
+rolled_back_from:
+  description: The release that was current before the rollback (also on a re-run that found it already done).
+  returned: state is rollback
+  type: str
 built:
   description: The release directory was newly built.
   returned: state is present

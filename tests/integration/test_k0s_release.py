@@ -1,0 +1,563 @@
+"""Runs fleetsplit.k0s.k0s_release (and the install role) for real against a temporary root.
+
+Every path the module touches lives under pytest's tmp_path. Streams are genuine gzip members made from
+real binaries on this machine and, when the fixtures exist, from the fixture k0s executables via the
+collection's own splitter.
+"""
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COLLECTIONS = REPO / ".build" / "collections"
+MODULE = REPO / "plugins" / "modules" / "k0s_release.py"
+FIXTURES = REPO / ".cache" / "fixtures"
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def collection_link():
+    # The same link `make collection` creates; .build/ is not tracked.
+    link = COLLECTIONS / "ansible_collections" / "fleetsplit" / "k0s"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to("../../../..")
+    return link
+
+
+def _real(path):
+    return Path(path).read_bytes()
+
+
+# Real executables of this machine as stand-ins for embedded binaries (genuine ELF files, real sizes).
+def _pick(*cands):
+    for c in cands:
+        if os.path.isfile(c):
+            return c
+    raise RuntimeError("none of %s exists" % (cands,))
+
+
+RUNC = _pick("/usr/sbin/runc", "/usr/bin/runc")
+XT = _pick("/usr/sbin/xtables-nft-multi", "/usr/sbin/iptables", "/usr/bin/env")
+EXE_V1 = _pick("/bin/ls", "/usr/bin/ls")
+EXE_V2 = _pick("/bin/cat", "/usr/bin/cat")
+OTHER = _pick("/bin/cp", "/usr/bin/cp")
+
+
+def spec(data):
+    return dict(size=len(data), sha256=hashlib.sha256(data).hexdigest(), crc32=zlib.crc32(data))
+
+
+class Host(object):
+    """A relocated host: every directory of the module under one temp root."""
+
+    def __init__(self, root):
+        self.root = root
+        self.store = root / "var/lib/fleetsplit-k0s"
+        self.bin = root / "usr/bin"
+        self.libexec = root / "usr/libexec/k0s"
+        self.data = root / "var/lib/k0s"
+        self.streams = root / "incoming"
+        for d in (self.bin, self.streams, self.data.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        self.n = 0
+
+    def release(self, version, bins, exe):
+        """bins: {name: bytes}; exe: bytes -> dict of module args describing that release."""
+        files = [dict(name=n, **spec(d)) for n, d in sorted(bins.items())]
+        return dict(k0s_version=version, files=files, executable=spec(exe), _content=dict(bins, k0s=exe))
+
+    def upload(self, rel, names=None):
+        for name, data in rel["_content"].items():
+            if names is None or name in names:
+                (self.streams / ("%s.gz" % name)).write_bytes(gzip.compress(data, 6))
+
+    def run(self, state="present", rel=None, check=False, diff=False, expect_fail=False, **extra):
+        args = dict(state=state, store_dir=str(self.store), bin_dir=str(self.bin), libexec_dir=str(self.libexec),
+                    data_dir=str(self.data), streams_dir=str(self.streams), _ansible_check_mode=check,
+                    _ansible_diff=diff)
+        if rel is not None and state != "rollback":
+            args.update((k, v) for k, v in rel.items() if not k.startswith("_"))
+        args.update(extra)
+        self.n += 1
+        argfile = self.root / (".args-%d.json" % self.n)
+        argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
+        p = subprocess.run([sys.executable, str(MODULE), str(argfile)], capture_output=True, text=True, env=env)
+        argfile.unlink()
+        try:
+            res = json.loads(p.stdout)
+        except ValueError:
+            raise AssertionError("module printed no JSON: rc=%d\n%s\n%s" % (p.returncode, p.stdout, p.stderr))
+        if expect_fail:
+            assert res.get("failed"), res
+        else:
+            assert not res.get("failed"), res.get("msg")
+        return res
+
+    def rdir(self, rid):
+        return self.store / "releases" / rid
+
+    def current(self):
+        return os.readlink(self.store / "current").split("/")[-1]
+
+    def assert_installed(self, rel, rid):
+        assert self.current() == rid
+        content = rel["_content"]
+        # What the host shows through the stable paths is exactly this release.
+        assert _real(self.bin / "k0s") == content["k0s"]
+        assert os.path.realpath(self.bin / "k0s") == str(self.rdir(rid) / "bin/k0s")
+        for name, data in content.items():
+            if name == "k0s":
+                continue
+            f = self.libexec / name
+            assert _real(f) == data, name
+            assert os.path.realpath(f) == str(self.rdir(rid) / "libexec" / name)
+            link = self.data / "bin" / name
+            assert os.readlink(link) == str(self.libexec / name)
+            assert os.path.realpath(link) == os.path.realpath(f)
+            st = os.stat(f)
+            assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == 0 and st.st_gid == 0
+        assert sorted(os.listdir(self.libexec)) == sorted(n for n in content if n != "k0s")
+
+    def snapshot(self):
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                st = os.lstat(p)
+                extra = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (
+                    hashlib.sha256(_real(p)).hexdigest() if stat.S_ISREG(st.st_mode) else None)
+                out[p] = (st.st_mode, st.st_mtime_ns, st.st_ino, extra)
+        return out
+
+
+@pytest.fixture
+def host(tmp_path):
+    return Host(tmp_path / "root")
+
+
+@pytest.fixture
+def v1(host):
+    return host.release("v1.0.0", {"runc": _real(RUNC), "xtables-nft-multi": _real(XT)}, _real(EXE_V1))
+
+
+@pytest.fixture
+def v2(host):
+    # runc and the executable change, xtables stays the same.
+    return host.release("v1.0.1", {"runc": _real(OTHER), "xtables-nft-multi": _real(XT)}, _real(EXE_V2))
+
+
+def install(host, rel, **kw):
+    q = host.run("query", rel)
+    host.upload(rel, q["missing"])
+    return q, host.run("present", rel, **kw)
+
+
+# --------------------------------------------------------------------------- basic lifecycle
+
+def test_fresh_install_then_rerun_is_unchanged(host, v1):
+    q = host.run("query", v1)
+    assert q["changed"] is False and q["up_to_date"] is False
+    assert q["missing"] == ["k0s", "runc", "xtables-nft-multi"]
+    assert not host.store.exists(), "query must not create anything"
+    host.upload(v1, q["missing"])
+    r = host.run("present", v1)
+    assert r["changed"] and r["built"] and r["binaries_changed"]
+    assert r["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "stream"}
+    assert re.match(r"^v1\.0\.0-[0-9a-f]{12}$", r["release_id"])
+    host.assert_installed(v1, r["release_id"])
+    assert os.listdir(host.streams) == [], "used streams are removed"
+    # Re-run: nothing to send, nothing changes.
+    q2 = host.run("query", v1)
+    assert q2["missing"] == [] and q2["up_to_date"] is True
+    r2 = host.run("present", v1)
+    assert r2["changed"] is False and r2["binaries_changed"] is False, r2["changes"]
+    assert r2["release_id"] == r["release_id"]
+
+
+def test_one_changed_file_is_the_only_one_missing(host, v1, v2):
+    _, r1 = install(host, v1)
+    q = host.run("query", v2)
+    # The executable changed too, so it is missing; xtables is already on the host.
+    assert q["missing"] == ["k0s", "runc"]
+    host.upload(v2, q["missing"])
+    r2 = host.run("present", v2)
+    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "link"}
+    host.assert_installed(v2, r2["release_id"])
+    assert r2["previous_release"] == r1["release_id"]
+    # Unchanged content is shared by a hard link, not stored twice.
+    a = os.stat(host.rdir(r1["release_id"]) / "libexec/xtables-nft-multi")
+    b = os.stat(host.rdir(r2["release_id"]) / "libexec/xtables-nft-multi")
+    assert a.st_ino == b.st_ino
+    assert host.run("present", v2)["changed"] is False
+
+
+def test_corrupted_file_is_reported_and_repaired(host, v1):
+    _, r = install(host, v1)
+    rid = r["release_id"]
+    victim = host.rdir(rid) / "libexec/runc"
+    with open(victim, "r+b") as f:   # same size, different bytes: only the hash can tell
+        f.seek(4096)
+        f.write(b"\x00garbage\x00" * 16)
+    q = host.run("query", v1)
+    assert q["missing"] == ["runc"] and q["up_to_date"] is False
+    assert q["corrupt"] == {"runc": "sha256 mismatch"}
+    # Without its stream the repair fails clearly and leaves the host as it was.
+    bad = host.run("present", v1, expect_fail=True)
+    assert "runc" in bad["msg"] and str(host.streams / "runc.gz") in bad["msg"]
+    host.upload(v1, ["runc"])
+    r2 = host.run("present", v1)
+    assert r2["changed"] and r2["repaired"] == {"runc": "sha256 mismatch"} and r2["binaries_changed"]
+    host.assert_installed(v1, rid)
+    assert host.run("present", v1)["changed"] is False
+
+
+def test_verify_catches_corruption_that_kept_size_and_mtime(host, v1):
+    _, r = install(host, v1)
+    victim = host.rdir(r["release_id"]) / "libexec/xtables-nft-multi"
+    st = os.stat(victim)
+    data = bytearray(_real(victim))
+    data[100] ^= 0xFF
+    with open(victim, "r+b") as f:
+        f.write(data)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # The fast path trusts size+mtime recorded in manifest.json ...
+    assert host.run("query", v1)["missing"] == []
+    # ... verify: true re-hashes everything.
+    q = host.run("query", v1, verify=True)
+    assert q["missing"] == ["xtables-nft-multi"] and q["corrupt"] == {"xtables-nft-multi": "sha256 mismatch"}
+    host.upload(v1, q["missing"])
+    r2 = host.run("present", v1, verify=True)
+    assert r2["repaired"] == {"xtables-nft-multi": "sha256 mismatch"}
+    host.assert_installed(v1, r["release_id"])
+
+
+def test_missing_stream_fails_and_current_is_untouched(host, v1, v2):
+    _, r1 = install(host, v1)
+    before = host.snapshot()
+    host.upload(v2, ["k0s"])   # runc's stream is not there
+    bad = host.run("present", v2, expect_fail=True)
+    assert "runc" in bad["msg"] and "nothing was switched" in bad["msg"]
+    assert host.current() == r1["release_id"]
+    host.assert_installed(v1, r1["release_id"])
+    assert sorted(os.listdir(host.store / "releases")) == [r1["release_id"]]
+    after = host.snapshot()
+    after.pop(str(host.streams / "k0s.gz"))
+    for snap in (before, after):   # the upload itself touched the streams directory
+        snap.pop(str(host.streams))
+    assert {k: v for k, v in after.items() if not k.endswith("/.lock")} == \
+        {k: v for k, v in before.items() if not k.endswith("/.lock")}
+
+
+def test_corrupt_stream_is_rejected(host, v1):
+    q = host.run("query", v1)
+    host.upload(v1, q["missing"])
+    good = _real(host.streams / "runc.gz")
+    (host.streams / "runc.gz").write_bytes(good[:len(good) // 2])
+    bad = host.run("present", v1, expect_fail=True)
+    assert "runc" in bad["msg"]
+    assert not (host.store / "current").exists()
+    assert [e for e in os.listdir(host.store / "releases")] == [], "the temp release dir is removed"
+
+
+def test_killed_mid_build_is_cleaned_up_and_converges(host, v1, v2):
+    _, r1 = install(host, v1)
+    q = host.run("query", v2)
+    host.upload(v2, q["missing"])
+    rid2 = q["release_id"]
+    # What a kill during a build leaves: a temp release dir with a half-written file, a temp link.
+    tmp = host.store / "releases" / (".%s.tmp-deadbeef0000" % rid2)
+    (tmp / "libexec").mkdir(parents=True)
+    (tmp / "libexec/runc").write_bytes(_real(OTHER)[:1000])
+    os.symlink("releases/" + rid2, host.store / ".current.fleetsplit-tmp-0123456789ab")
+    half = host.rdir(r1["release_id"]) / "libexec" / ".runc.fleetsplit-tmp-aaaaaaaaaaaa"
+    half.write_bytes(b"half")
+    r2 = host.run("present", v2)
+    assert sorted(r2["cleaned"]) == sorted([str(tmp), str(host.store / ".current.fleetsplit-tmp-0123456789ab"),
+                                            str(half)])
+    assert not tmp.exists() and not half.exists()
+    host.assert_installed(v2, rid2)
+    assert host.run("present", v2)["changed"] is False
+
+
+def test_rollback(host, v1, v2):
+    bad = host.run("rollback", expect_fail=True)
+    assert "nothing to roll back to" in bad["msg"]
+    _, r1 = install(host, v1)
+    _, r2 = install(host, v2)
+    chk = host.run("rollback", check=True, diff=True)
+    assert chk["changed"] and host.current() == r2["release_id"]
+    rb = host.run("rollback")
+    assert rb["changed"] and rb["release_id"] == r1["release_id"] and rb["binaries_changed"]
+    assert rb["current_release"] == r1["release_id"] and rb["previous_release"] == r2["release_id"]
+    host.assert_installed(v1, r1["release_id"])
+    # A re-run does not flip back.
+    again = host.run("rollback")
+    assert again["changed"] is False and host.current() == r1["release_id"]
+    # Installing v2 again switches forward; no upload needed, it is still in the store.
+    assert host.run("query", v2)["missing"] == []
+    fwd = host.run("present", v2)
+    assert fwd["changed"] and fwd["built"] is False
+    host.assert_installed(v2, r2["release_id"])
+
+
+def test_keep_releases_prunes_oldest_but_never_current_or_previous(host):
+    rels = []
+    for i in range(4):
+        rel = host.release("v1.0.%d" % i, {"runc": _real(RUNC) + bytes([i])}, _real(EXE_V1))
+        _, r = install(host, rel, keep_releases=1)
+        rels.append(r["release_id"])
+    assert sorted(os.listdir(host.store / "releases")) == sorted(rels[2:])
+    assert os.readlink(host.store / "previous") == "releases/" + rels[2]
+    rel = host.release("v1.0.9", {"runc": _real(RUNC) + b"9"}, _real(EXE_V1))
+    _, r = install(host, rel, keep_releases=2)
+    assert r["pruned"] == []
+    assert sorted(os.listdir(host.store / "releases")) == sorted(rels[2:] + [r["release_id"]])
+    rel = host.release("v1.0.10", {"runc": _real(RUNC) + b"10"}, _real(EXE_V1))
+    _, r4 = install(host, rel, keep_releases=2)
+    assert r4["pruned"] == [rels[2]]
+
+
+def test_check_mode_changes_nothing(host, v1, v2):
+    host.upload(v1)
+    before = host.snapshot()
+    r = host.run("present", v1, check=True, diff=True)
+    assert r["changed"] and r["built"]
+    assert "runc: %s" % v1["files"][0]["sha256"] in r["diff"]["after"]
+    assert host.snapshot() == before
+    assert not host.store.exists()
+    _, r1 = install(host, v1)
+    host.upload(v2)
+    before = host.snapshot()
+    r = host.run("present", v2, check=True, diff=True)
+    assert r["changed"] and r["current_release"] == r1["release_id"]
+    assert "runc: %s" % spec(_real(RUNC))["sha256"] in r["diff"]["before"]
+    assert "runc: %s" % spec(_real(OTHER))["sha256"] in r["diff"]["after"]
+    assert host.snapshot() == before
+
+
+# --------------------------------------------------------------------------- safety
+
+def test_refuses_symlinked_store_directory(host, v1, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    host.store.mkdir(parents=True)
+    os.symlink(elsewhere, host.store / "releases")
+    host.upload(v1)
+    bad = host.run("present", v1, expect_fail=True)
+    assert "symlink" in bad["msg"] and str(host.store / "releases") in bad["msg"]
+    assert os.listdir(elsewhere) == []
+
+
+def test_refuses_foreign_symlink_in_path(host, v1, tmp_path):
+    real = tmp_path / "realdata"
+    real.mkdir()
+    os.symlink(real, host.data)
+    os.lchown(host.data, 65534, 65534)   # a symlink some other user planted
+    host.upload(v1)
+    bad = host.run("present", v1, expect_fail=True)
+    assert "symlink owned by uid 65534" in bad["msg"], bad["msg"]
+    assert os.listdir(real) == []
+
+
+@pytest.mark.parametrize("mode,uid", [(0o777, 0), (0o1777, 65534), (0o755, 65534)])
+def test_refuses_unsafe_directories(host, v1, mode, uid):
+    parent = host.store.parent
+    os.chown(parent, uid, 0)
+    os.chmod(parent, mode)
+    host.upload(v1)
+    bad = host.run("present", v1, expect_fail=True)
+    assert str(parent) in bad["msg"]
+    assert ("world-writable" in bad["msg"]) if uid == 0 else ("owned by uid %d" % uid in bad["msg"])
+    assert not host.store.exists()
+
+
+def test_refuses_foreign_data_dir_link(host, v1, tmp_path):
+    (host.data / "bin").mkdir(parents=True)
+    os.symlink("/usr/bin/true", host.data / "bin/runc")
+    host.upload(v1)
+    bad = host.run("present", v1, expect_fail=True)
+    assert str(host.data / "bin/runc") in bad["msg"] and "did not create" in bad["msg"]
+    assert not (host.store / "current").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "nul\x00", "..", ".hidden", "k0s"])
+def test_refuses_bad_names(host, name):
+    rel = host.release("v1", {name: b"x"}, b"y")
+    bad = host.run("query", rel, expect_fail=True)
+    assert "name" in bad["msg"]
+
+
+def test_existing_files_are_moved_aside_not_deleted(host, v1):
+    (host.bin / "k0s").write_bytes(b"an old full k0s")
+    host.libexec.mkdir(parents=True)
+    (host.libexec / "mine").write_bytes(b"user data")
+    (host.data / "bin").mkdir(parents=True)
+    (host.data / "bin/runc").write_bytes(_real(RUNC))   # what a full k0s staged
+    q = host.run("query", v1)
+    # The staged runc is identical content: no need to upload it.
+    assert q["missing"] == ["k0s", "xtables-nft-multi"]
+    host.upload(v1, q["missing"])
+    r = host.run("present", v1)
+    assert r["sources"]["runc"] == "copy"
+    assert set(r["backups"]) == {str(host.bin / "k0s"), str(host.libexec)}
+    assert Path(r["backups"][str(host.bin / "k0s")]).read_bytes() == b"an old full k0s"
+    assert (Path(r["backups"][str(host.libexec)]) / "mine").read_bytes() == b"user data"
+    assert r["replaced_staged"] == [str(host.data / "bin/runc")]
+    host.assert_installed(v1, r["release_id"])
+    assert host.run("present", v1)["changed"] is False
+
+
+# --------------------------------------------------------------------------- legacy mtime
+
+def test_legacy_pinned_mtime(host, v1, v2):
+    pinned = 1700000000
+    _, r1 = install(host, v1, pinned_mtime=pinned)
+    rd = host.rdir(r1["release_id"])
+    for rel in ["bin/k0s", "libexec/runc", "libexec/xtables-nft-multi"]:
+        assert os.stat(rd / rel).st_mtime_ns == pinned * 10**9, rel
+    # Through the chain data-dir link -> libexec link -> current -> file, as a legacy k0s checks it.
+    for name in ["runc", "xtables-nft-multi"]:
+        assert os.stat(host.data / "bin" / name).st_mtime_ns == pinned * 10**9
+    assert os.stat(host.bin / "k0s").st_mtime_ns == pinned * 10**9
+    assert host.run("present", v1, pinned_mtime=pinned)["changed"] is False
+    # A new release with another mtime: the shared file is copied, so the old release keeps its mtime.
+    _, r2 = install(host, v2, pinned_mtime=pinned + 5)
+    assert r2["sources"]["xtables-nft-multi"] == "copy"
+    assert os.stat(rd / "libexec/xtables-nft-multi").st_mtime_ns == pinned * 10**9
+    for rel in ["bin/k0s", "libexec/runc", "libexec/xtables-nft-multi"]:
+        assert os.stat(host.rdir(r2["release_id"]) / rel).st_mtime_ns == (pinned + 5) * 10**9
+    # Same content, same mtime as an old release: hard link.
+    _, r3 = install(host, v1, pinned_mtime=pinned)
+    assert r3["release_id"] == r1["release_id"] and r3["built"] is False
+
+
+# --------------------------------------------------------------------------- the fixture k0s, run for real
+
+def _fixtures():
+    path = FIXTURES / "fixtures.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _split(name, out):
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import split  # noqa: E402
+    return split(str(FIXTURES / name), stripped_executable=str(out / "k0s.stripped"),
+                 streams_dest=str(out / "streams"))
+
+
+def _release_from_split(res):
+    files = [dict(name=f["name"], size=f["size"], sha256=f["sha256"], crc32=f["crc32"]) for f in res["files"]]
+    exe = res["stripped_executable"]
+    return dict(k0s_version=res["k0s_version"], files=files,
+                executable=dict(size=exe["size"], sha256=exe["sha256"], crc32=exe["crc32"]))
+
+
+def _upload_split(host, res, missing):
+    for f in res["files"]:
+        if f["name"] in missing:
+            shutil.copyfile(f["stream"], host.streams / (f["name"] + ".gz"))
+    if "k0s" in missing:
+        shutil.copyfile(res["stripped_executable"]["stream"], host.streams / "k0s.gz")
+
+
+def _stage(host):
+    p = subprocess.run([str(host.bin / "k0s"), "stage", "--data-dir", str(host.data)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, "k0s stage failed: %s %s" % (p.stdout, p.stderr)
+    return json.loads(p.stdout)
+
+
+@pytest.mark.parametrize("first,second", [("k0s-small-zip", None), ("k0s-small-legacy", None),
+                                          ("k0s-zip", "k0s-zip-v2"), ("k0s-legacy", "k0s-legacy-v2")])
+def test_fixture_k0s_stage_finds_installed_binaries(host, tmp_path, first, second):
+    if _fixtures() is None or not (FIXTURES / first).exists():
+        pytest.skip("fixtures not built (python3 tests/fixtures/build_fixtures.py --out .cache/fixtures)")
+    sys.path.insert(0, str(COLLECTIONS))
+    for name in [first] + ([second] if second else []):
+        res = _split(name, tmp_path / ("split-" + name))
+        rel = _release_from_split(res)
+        pinned = res["pinned_mtime"] if res["format"] == "legacy" else None
+        q = host.run("query", rel, pinned_mtime=pinned)
+        _upload_split(host, res, q["missing"])
+        r = host.run("present", rel, pinned_mtime=pinned)
+        assert r["changed"]
+        staged = _stage(host)
+        assert staged["format"] == res["format"]
+        assert staged["version"] == res["k0s_version"]
+        want = dict((f["name"], f["sha256"]) for f in res["files"])
+        assert sorted(staged["binaries"]) == sorted(want)
+        for bname, info in staged["binaries"].items():
+            assert info["sha256"] == want[bname], bname
+            assert info["realpath"] == str(host.rdir(r["release_id"]) / "libexec" / bname), info
+        assert host.run("present", rel, pinned_mtime=pinned)["changed"] is False
+
+
+# --------------------------------------------------------------------------- the role, through ansible-playbook
+
+PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: fleetsplit.k0s.install
+  post_tasks:
+    - name: Record the fact for the test
+      ansible.builtin.copy:
+        content: "{{ {'changed': k0s_binaries_changed} | to_json }}"
+        dest: "{{ result_file }}"
+      check_mode: false
+"""
+
+
+def _playbook(host, tmp_path, k0s_split, check=False, **extra):
+    pb = tmp_path / "play.yml"
+    pb.write_text(PLAYBOOK)
+    result_file = tmp_path / "result.json"
+    ev = dict(k0s_split=k0s_split, k0s_store_dir=str(host.store), k0s_bin_dir=str(host.bin),
+              k0s_libexec_dir=str(host.libexec), k0s_data_dir=str(host.data), result_file=str(result_file))
+    ev.update(extra)
+    (tmp_path / "ev.json").write_text(json.dumps(ev))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PATH="%s:%s" % (VENV_BIN, os.environ["PATH"]))
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
+           "-e", "ansible_python_interpreter=%s" % sys.executable, str(pb)] + (["--check"] if check else [])
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=env, timeout=600)
+    m = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", p.stdout)
+    assert m, p.stdout + p.stderr
+    return p, int(m.group(2)), int(m.group(4)), (json.loads(result_file.read_text()) if result_file.exists() else None)
+
+
+def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
+    if _fixtures() is None or not (FIXTURES / "k0s-small-zip").exists():
+        pytest.skip("fixtures not built")
+    sys.path.insert(0, str(COLLECTIONS))
+    res = _split("k0s-small-zip", tmp_path / "split")
+    # Check mode on a fresh host: reports changes, writes nothing.
+    p, changed, failed, _ = _playbook(host, tmp_path, res, check=True)
+    assert failed == 0 and changed > 0, p.stdout
+    assert not host.store.exists() and not (host.bin / "k0s").exists()
+    p, changed, failed, out = _playbook(host, tmp_path, res)
+    assert failed == 0, p.stdout
+    assert out == {"changed": True}
+    staged = _stage(host)
+    assert sorted(staged["binaries"]) == sorted(f["name"] for f in res["files"])
+    # Re-run: no upload, no change (the result file task is the only one that may report changed).
+    (tmp_path / "result.json").unlink()
+    p, changed, failed, out = _playbook(host, tmp_path, res)
+    assert failed == 0 and changed == 1 and out == {"changed": False}, p.stdout
+    assert "Upload the streams" in p.stdout and "changed: [localhost] => (item=" not in p.stdout
+    # Wrong architecture: fails naming the host and both architectures, installs nothing new.
+    wrong = dict(res, elf_machine="aarch64")
+    p, changed, failed, _ = _playbook(host, tmp_path, wrong)
+    assert failed == 1 and "localhost is x86_64" in p.stdout and "aarch64" in p.stdout, p.stdout
