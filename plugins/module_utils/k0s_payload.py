@@ -388,17 +388,38 @@ def _section_bytes(elf, name):
 
 
 def _k0s_version(elf):
-    """The k0s version string compiled into the program (``v1.36.3+k0s.0``), or None."""
-    counts = {}
-    for name in (".rodata", ".noptrdata", ".data", ".go.buildinfo"):
-        data = _section_bytes(elf, name)
-        if data:
-            for match in _K0S_VERSION.findall(data):
-                counts[match] = counts.get(match, 0) + 1
-    if not counts:
+    """The k0s version compiled into the program (``v1.36.3+k0s.0``), or None.
+
+    Go lays string literals out back to back, so a regex over .rodata can run into the next string's
+    digits. A version held in a variable has a string header (pointer, length) in .data or .noptrdata:
+    that header gives the exact length. Without one, fall back to the most frequent match.
+    """
+    rodata = elf.get_section_by_name(".rodata")
+    if rodata is None or rodata["sh_type"] == "SHT_NOBITS":
         return None
-    best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-    return best.decode("ascii")
+    text = rodata.data()
+    candidates = dict((rodata["sh_addr"] + m.start(), m.group()) for m in _K0S_VERSION.finditer(text))
+    if not candidates:
+        return None
+    word = 8 if elf.elfclass == 64 else 4
+    order = "<" if elf.little_endian else ">"
+    pointer = order + ("Q" if word == 8 else "I")
+    header = order + ("QQ" if word == 8 else "II")
+    for name in (".data", ".noptrdata"):
+        data = _section_bytes(elf, name) or b""
+        for address, match in sorted(candidates.items()):
+            needle = struct.pack(pointer, address)
+            pos = data.find(needle)
+            while pos != -1:
+                if pos % word == 0 and pos + 2 * word <= len(data):
+                    length = struct.unpack_from(header, data, pos)[1]
+                    if 0 < length <= len(match) and _K0S_VERSION.fullmatch(match[:length]):
+                        return match[:length].decode("ascii")
+                pos = data.find(needle, pos + 1)
+    counts = {}
+    for match in candidates.values():
+        counts[match] = counts.get(match, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0].decode("ascii")
 
 
 def go_build_info(path):
@@ -731,24 +752,26 @@ def _commit(temp, final, new_sha256, write=True):
     return True
 
 
-def _inflate_entry(src_fd, entry, temp_path, mode, what):
+def _inflate_entry(src_fd, entry, temp_path, mode, what, fsync):
     sink = _Sink(temp_path, mode)
     try:
         _inflate_range(src_fd, entry.data_offset, entry.compressed_size, entry.method, sink, what)
         digest = _verify_sink(sink, entry, what)
-        sink.close(fsync=temp_path is not None)
+        sink.close(fsync=fsync)
     except BaseException:
         sink.discard()
         raise
     return digest
 
 
-def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None):
+def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None, fsync=False):
     """Inflate every entry; verify size, CRC-32 (and sha256 when known); optionally write into ``dest``.
 
     All entries are written to temp names in ``dest`` and verified before any is renamed into place,
     so a failure leaves ``dest`` as it was. Returns a list of dicts: name, size, sha256, crc32,
     compressed_size, path, changed. With ``write=False`` nothing is written (check mode, info).
+    ``fsync`` makes each file durable before the renames (hosts want it; a controller cache that is
+    re-verified by sha256 on every run does not need to pay for it).
     """
     require_payload(payload)
     if dest is not None and write:
@@ -761,7 +784,8 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
     fd = os.open(payload.path, os.O_RDONLY)
     try:
         def work(entry):
-            return entry, _inflate_entry(fd, entry, temps.get(entry.name), mode, "%s: entry %s" % (payload.path, entry.name))
+            return entry, _inflate_entry(fd, entry, temps.get(entry.name), mode,
+                                         "%s: entry %s" % (payload.path, entry.name), fsync and write)
 
         # Largest first: with two workers the longest inflate starts at once.
         order = sorted(payload.entries, key=lambda e: -e.size)
@@ -807,18 +831,18 @@ def _copy_range(fd, offset, length, sink, transform=None):
         sink.write(transform(block) if transform else block)
 
 
-def write_stripped(payload, out_path, mode=0o755, write=True, mtime_ns=None):
+def write_stripped(payload, out_path, mode=0o755, write=True, mtime_ns=None, fsync=False):
     """The executable without its payload: byte for byte the bare build. Returns dict(size, sha256, crc32, path, changed)."""
-    directory = os.path.dirname(os.path.abspath(out_path))
+    write = write and out_path is not None
     if write:
-        ensure_output_dir(directory)
+        ensure_output_dir(os.path.dirname(os.path.abspath(out_path)))
         check_output_file(out_path)
     temp = _temp_path(out_path) if write else None
     sink = _Sink(temp, mode)
     fd = os.open(payload.path, os.O_RDONLY)
     try:
         _copy_range(fd, 0, payload.stripped_size, sink)
-        sink.close(fsync=write)
+        sink.close(fsync=fsync and write)
     except BaseException:
         sink.discard()
         raise
@@ -881,7 +905,7 @@ def write_streams(payload, streams_dest, write=True):
                     _copy_range(fd, entry.data_offset, entry.compressed_size, sink, compressor.compress)
                     sink.write(compressor.flush())
                     gz.trailer(entry.crc32, entry.size)
-                sink.close(fsync=write)
+                sink.close(fsync=False)
             except BaseException:
                 sink.discard()
                 raise
@@ -916,7 +940,7 @@ def write_executable_stream(payload, streams_dest, write=True, level=6):
         _copy_range(fd, 0, payload.stripped_size, sink, compress)
         sink.write(compressor.flush())
         gz.trailer(state["crc"], payload.stripped_size)
-        sink.close(fsync=write)
+        sink.close(fsync=False)
     except BaseException:
         sink.discard()
         raise
