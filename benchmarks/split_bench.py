@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Controller-side split speed and memory against the usual tools, measured in the same run.
+
+For the 128 MB-class fixtures (tests/fixtures, built by `make fixtures`):
+  zip format:    `k0s-payload split` (a whole process: interpreter start, parse, inflate, verify, sha256, write)
+                 next to `unzip -o` of the same executable;
+  legacy format: the same next to `gzip -dc` of each member into a file (members cut out beforehand, untimed).
+Rounds alternate between the contenders so machine noise hits both alike; medians and ratios are printed.
+Peak RSS of each split process comes from wait4().
+
+  python3 benchmarks/split_bench.py [--rounds 5] [--fixtures .cache/fixtures] [--workdir .cache/bench]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(REPO, "scripts", "k0s-payload")
+sys.path.insert(0, os.path.join(REPO, "plugins", "module_utils"))
+import k0s_payload  # noqa: E402
+
+
+def run(argv, stdout=None, ok_codes=(0,)):
+    """Wall time and peak RSS (KiB) of one process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code not in ok_codes:
+        raise SystemExit("%s failed with %d: %s" % (" ".join(argv), code, proc.stderr.read().decode()))
+    proc.stderr.close()
+    return elapsed, usage.ru_maxrss
+
+
+def fresh(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def bench_zip(exe, work, rounds, workers):
+    ours, base, rss = [], [], []
+    for _ in range(rounds):
+        out = fresh(os.path.join(work, "ours"))
+        t, m = run([sys.executable, CLI, "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
+                    "--workers", str(workers)])
+        ours.append(t)
+        rss.append(m)
+        out = fresh(os.path.join(work, "unzip"))
+        # unzip exits 1 with "extra bytes at beginning" for an appended zip: that is expected
+        base.append(run(["unzip", "-o", "-q", exe, "-d", out], ok_codes=(0, 1))[0])
+    return ours, base, rss
+
+
+def bench_legacy(exe, work, rounds, workers):
+    members = fresh(os.path.join(work, "members"))
+    payload = k0s_payload.inspect(exe)
+    with open(exe, "rb") as f:
+        for entry in payload.entries:
+            f.seek(entry.member_offset)
+            with open(os.path.join(members, entry.name + ".gz"), "wb") as out:
+                out.write(f.read(entry.member_size))
+    ours, base, rss = [], [], []
+    for _ in range(rounds):
+        out = fresh(os.path.join(work, "ours"))
+        t, m = run([sys.executable, CLI, "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
+                    "--workers", str(workers)])
+        ours.append(t)
+        rss.append(m)
+        out = fresh(os.path.join(work, "gzip"))
+        total = 0.0
+        for entry in payload.entries:
+            with open(os.path.join(out, entry.name), "wb") as sink:
+                total += run(["gzip", "-dc", os.path.join(members, entry.name + ".gz")], stdout=sink)[0]
+        base.append(total)
+    return ours, base, rss
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fixtures", default=os.path.join(REPO, ".cache", "fixtures"))
+    parser.add_argument("--workdir", default=os.path.join(REPO, ".cache", "bench"))
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    rows = []
+    for fmt, fixture, baseline, fn in (("zip", "k0s-zip", "unzip -o", bench_zip),
+                                       ("legacy", "k0s-legacy", "gzip -dc per member", bench_legacy)):
+        exe = os.path.join(args.fixtures, fixture)
+        if not os.path.exists(exe):
+            raise SystemExit("%s missing: run `make fixtures` first" % exe)
+        inflated = sum(e.size for e in k0s_payload.inspect(exe).entries) if fmt == "zip" else \
+            sum(e.size for e in k0s_payload.inspect(exe).entries)
+        ours, base, rss = fn(exe, os.path.join(args.workdir, fmt), args.rounds, args.workers)
+        rows.append({"format": fmt, "fixture": fixture, "inflated_mb": inflated / 1e6, "baseline": baseline,
+                     "split_median_s": statistics.median(ours), "baseline_median_s": statistics.median(base),
+                     "ratio": statistics.median(ours) / statistics.median(base),
+                     "split_peak_rss_mib": max(rss) / 1024.0, "split_runs": ours, "baseline_runs": base})
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    print("machine: %s, %d cores; %d rounds, %d workers" % (os.uname().nodename, os.cpu_count(), args.rounds, args.workers))
+    print("| format | fixture (MB inflated) | split median | baseline | baseline median | ratio | split peak RSS |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    for r in rows:
+        print("| %s | %s (%.1f) | %.3f s | %s | %.3f s | %.2fx | %.0f MiB |" % (
+            r["format"], r["fixture"], r["inflated_mb"], r["split_median_s"], r["baseline"], r["baseline_median_s"],
+            r["ratio"], r["split_peak_rss_mib"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
