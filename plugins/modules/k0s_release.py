@@ -1154,9 +1154,15 @@ class Runner(object):
         cur = self.s.pointer(self.s.current_link)
         prev = self.s.pointer(self.s.previous_link)
         rec = self._read_rollback_record()
-        if rec and rec.get("to") == cur and rec.get("from") == prev and cur:
+        if rec and cur and rec.get("to") == cur:
             # Already rolled back by an earlier run: a re-run must not flip back again.
-            self.result.update(release_id=cur, rolled_back_from=prev, changed=False)
+            left = rec.get("from")
+            if left and left != prev and left in self.s.list_releases():
+                # That run was killed between its two renames: finish recording what it left.
+                if not self.check:
+                    atomic_symlink("releases/" + left, self.s.previous_link)
+                self.changes.append("previous: %s -> %s (finishing an interrupted rollback)" % (prev, left))
+            self.result.update(release_id=cur, rolled_back_from=left)
             self.common_result()
             return
         if prev is None or prev == cur:
@@ -1178,11 +1184,12 @@ class Runner(object):
         self.result.update(release_id=prev, rolled_back_from=cur)
         # current := previous first (what matters for running hosts), then previous := the release we left.
         if not self.check:
+            # The record goes first, so a run killed between the renames below is finished by the next one.
+            atomic_write(self.s.rollback_record, (json.dumps({"from": cur, "to": prev}) + "\n").encode())
             atomic_symlink("releases/" + prev, self.s.current_link)
             if cur:
                 atomic_symlink("releases/" + cur, self.s.previous_link)
             os.utime(self.s.release_dir(prev))
-            atomic_write(self.s.rollback_record, (json.dumps({"from": cur, "to": prev}) + "\n").encode())
         self.changes.append("rolled back: current %s -> %s" % (cur, prev))
         self.apply_links(links)
         self.result["binaries_changed"] = True

@@ -307,6 +307,12 @@ def test_rollback(host, v1, v2):
     # A re-run does not flip back.
     again = host.run("rollback")
     assert again["changed"] is False and host.current() == r1["release_id"]
+    # A rollback killed between its two renames (current switched, previous not yet) is finished.
+    os.unlink(host.store / "previous")
+    os.symlink("releases/" + r1["release_id"], host.store / "previous")
+    fin = host.run("rollback")
+    assert fin["changed"] and os.readlink(host.store / "previous") == "releases/" + r2["release_id"]
+    assert host.current() == r1["release_id"]
     # Installing v2 again switches forward; no upload needed, it is still in the store.
     assert host.run("query", v2)["missing"] == []
     fwd = host.run("present", v2)
@@ -557,6 +563,16 @@ def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
     p, changed, failed, out = _playbook(host, tmp_path, res)
     assert failed == 0 and changed == 1 and out == {"changed": False}, p.stdout
     assert "Upload the streams" in p.stdout and "changed: [localhost] => (item=" not in p.stdout
+    # Upgrade to another k0s (legacy format), then roll back through the role; a re-run keeps it rolled back.
+    res2 = _split("k0s-small-legacy", tmp_path / "split2")
+    p, changed, failed, out = _playbook(host, tmp_path, res2)
+    assert failed == 0 and out == {"changed": True}, p.stdout
+    assert _stage(host)["format"] == "legacy"
+    p, changed, failed, out = _playbook(host, tmp_path, res2, k0s_rollback=True)
+    assert failed == 0 and out == {"changed": True}, p.stdout
+    assert _stage(host)["format"] == "zip"
+    p, changed, failed, out = _playbook(host, tmp_path, res2, k0s_rollback=True)
+    assert failed == 0 and out == {"changed": False}, p.stdout
     # Wrong architecture: fails naming the host and both architectures, installs nothing new.
     wrong = dict(res, elf_machine="aarch64")
     p, changed, failed, _ = _playbook(host, tmp_path, wrong)
