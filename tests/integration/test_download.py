@@ -1,0 +1,217 @@
+"""roles/split for real: release download + sha256sums.txt verification against a local HTTP server.
+
+The server is Python's http.server on 127.0.0.1 serving a temporary directory laid out like a k0s
+release (<version>/k0s-<version>-<goarch>, <version>/sha256sums.txt); ansible-playbook runs the role
+against an inventory of three local hosts, so the run_once fact propagation is checked on the way.
+Nothing here contacts the internet.
+"""
+import functools
+import hashlib
+import http.server
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COLLECTIONS = REPO / ".build" / "collections"
+FIXTURES = Path(os.environ.get("FLEETSPLIT_FIXTURES", REPO / ".cache" / "fixtures"))
+VENV_BIN = Path(sys.executable).parent
+VERSION = "v1.36.3+k0s.0"
+GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.machine())
+HOSTS = ["node1", "node2", "node3"]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def fixture_index():
+    link = COLLECTIONS / "ansible_collections" / "fleetsplit" / "k0s"
+    if not os.path.lexists(link):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to("../../../..")
+    index = FIXTURES / "fixtures.json"
+    if not index.exists():
+        subprocess.check_call([sys.executable, str(REPO / "tests/fixtures/build_fixtures.py"), "--out", str(FIXTURES)])
+    return json.loads(index.read_text())["fixtures"]
+
+
+class Release:
+    """A release tree served over HTTP on 127.0.0.1, recording every request path."""
+
+    def __init__(self, root):
+        self.root = root
+        self.requests = []
+        release = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, fmt, *args):
+                release.requests.append(self.path)
+
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def release(tmp_path, fixture_index):
+    if GOARCH is None:
+        pytest.skip("no k0s release architecture for %s" % platform.machine())
+    vdir = tmp_path / "srv" / VERSION
+    vdir.mkdir(parents=True)
+    asset = vdir / ("k0s-%s-%s" % (VERSION, GOARCH))
+    shutil.copy2(FIXTURES / "k0s-small-zip", asset)
+    rel = Release(tmp_path / "srv")
+    rel.asset = asset
+    rel.sha256 = sha256(asset)
+    yield rel
+    rel.close()
+
+
+def write_sums(release, lines):
+    (release.root / VERSION / "sha256sums.txt").write_text("".join(l + "\n" for l in lines))
+
+
+PLAYBOOK = """
+- hosts: all
+  gather_facts: true
+  gather_subset: ['!all']
+  roles:
+    - role: fleetsplit.k0s.split
+  tasks:
+    # files[].changed / stripped_executable.changed say whether this run wrote the file: drop them
+    # so re-runs compare equal.
+    - name: Record what every host sees
+      vars:
+        _files: "{{ k0s_split.files | map('dict2items') | map('rejectattr', 'key', 'equalto', 'changed') | map('items2dict') | list }}"
+        _exe: "{{ k0s_split.stripped_executable | dict2items | rejectattr('key', 'equalto', 'changed') | items2dict }}"
+      ansible.builtin.copy:
+        content: "{{ {'k0s_split': k0s_split | combine({'files': _files, 'stripped_executable': _exe}), 'source': k0s_split_source, 'dir': k0s_split_dir} | to_json }}"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}.json"
+        mode: "0644"
+"""
+
+
+def run_split(tmp_path, release, **extra):
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "play.yml").write_text(PLAYBOOK)
+    inv = "[k0s_workers]\n%s\n[all:vars]\nansible_connection=local\nansible_python_interpreter=%s\n" % (
+        "\n".join(HOSTS), sys.executable)
+    (tmp_path / "hosts.ini").write_text(inv)
+    evars = dict(k0s_version=VERSION, k0s_download_base_url=release.base_url,
+                 k0s_controller_cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"))
+    evars.update(extra)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        env.pop(var, None)
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.ini"),
+                           str(tmp_path / "play.yml"), "-e", json.dumps(evars)],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    return proc, proc.stdout + proc.stderr
+
+
+def recap(output):
+    """{host: {ok, changed, failed, ...}} from the PLAY RECAP lines."""
+    out = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
+
+
+def test_good_checksum_downloads_splits_and_reaches_every_host(tmp_path, release, fixture_index):
+    asset_name = release.asset.name
+    write_sums(release, [
+        "%s  k0s-%s-arm64" % ("0" * 64, VERSION),   # other assets are listed too
+        "%s  %s" % (release.sha256, asset_name),
+    ])
+    proc, out = run_split(tmp_path, release)
+    assert proc.returncode == 0, out
+
+    cached = tmp_path / "cache" / "downloads" / VERSION / asset_name
+    assert sha256(cached) == release.sha256
+    assert (tmp_path / "cache" / "downloads" / VERSION / "sha256sums.txt").exists()
+    # Exactly one request each (the client may or may not percent-encode the "+").
+    assert sorted(p.replace("%2B", "+") for p in release.requests) == sorted(
+        ["/%s/%s" % (VERSION, asset_name), "/%s/sha256sums.txt" % VERSION])
+
+    # run_once: the fact set on the first host is on every host, identical.
+    seen = {h: json.loads((tmp_path / "out" / ("%s.json" % h)).read_text()) for h in HOSTS}
+    assert len({json.dumps(v, sort_keys=True) for v in seen.values()}) == 1
+    fact = seen[HOSTS[0]]
+    split = fact["k0s_split"]
+    assert fact["source"] == str(cached)
+    assert fact["dir"] == str(tmp_path / "cache" / "split" / release.sha256)
+
+    expected = fixture_index["k0s-small-zip"]
+    assert split["format"] == "zip"
+    assert sorted(f["name"] for f in split["files"]) == sorted(expected["binaries"])
+    for f in split["files"]:
+        on_disk = Path(fact["dir"]) / "libexec" / f["name"]
+        assert f["sha256"] == expected["binaries"][f["name"]]["sha256"]
+        assert sha256(on_disk) == f["sha256"]
+        assert (Path(fact["dir"]) / "streams" / "libexec" / (f["name"] + ".gz")).is_file()
+    stripped = Path(fact["dir"]) / "bin" / "k0s"
+    assert sha256(stripped) == sha256(FIXTURES / "k0s-small-zip.bare") == split["stripped_executable"]["sha256"]
+
+    # Second run: verified cache, no network, nothing changed anywhere.
+    release.requests.clear()
+    proc, out = run_split(tmp_path, release)
+    assert proc.returncode == 0, out
+    assert release.requests == []
+    assert all(r["changed"] == 0 for r in recap(out).values()), out
+
+
+def test_wrong_checksum_fails_and_caches_nothing(tmp_path, release):
+    asset_name = release.asset.name
+    wrong = hashlib.sha256(b"not the asset").hexdigest()
+    write_sums(release, ["%s  %s" % (wrong, asset_name)])
+    proc, out = run_split(tmp_path, release)
+    assert proc.returncode != 0
+    assert "did not match" in out or "checksum" in out.lower(), out
+    assert any(asset_name in p.replace("%2B", "+") for p in release.requests), "the asset was never fetched"
+    dl = tmp_path / "cache" / "downloads" / VERSION
+    assert not (dl / asset_name).exists()
+    assert not (dl / "sha256sums.txt").exists()
+    assert not (tmp_path / "cache" / "split").exists()
+
+    # Fixing the sums file upstream makes the next run succeed (nothing bad was remembered).
+    write_sums(release, ["%s  %s" % (release.sha256, asset_name)])
+    proc, out = run_split(tmp_path, release)
+    assert proc.returncode == 0, out
+    assert sha256(dl / asset_name) == release.sha256
+
+
+def test_asset_missing_from_sums_is_a_clear_error(tmp_path, release):
+    write_sums(release, ["%s  k0s-%s-arm64" % (release.sha256, VERSION)])
+    proc, out = run_split(tmp_path, release)
+    assert proc.returncode != 0
+    assert "%s is not listed in %s/%s/sha256sums.txt" % (release.asset.name, release.base_url, VERSION) in out, out
+    assert not any(release.asset.name in p.replace("%2B", "+") for p in release.requests)
+    assert not (tmp_path / "cache" / "downloads" / VERSION / release.asset.name).exists()
+
+
+def test_missing_fixture_fallback_says_how_to_build_it(tmp_path, release):
+    proc, out = run_split(tmp_path, release, k0s_version="", k0s_fixture_path=str(tmp_path / "no-such-k0s"))
+    assert proc.returncode != 0
+    assert "make fixtures" in out and str(tmp_path / "no-such-k0s") in out, out
