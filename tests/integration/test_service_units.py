@@ -1,0 +1,313 @@
+"""roles/service and the overlay play of playbooks/deploy-k0s.yml, rendered by real ansible-playbook runs.
+
+Units are written below temporary roots (k0s_root), compared line by line with what `k0s install`
+writes, checked with `systemd-analyze verify` (when present) and `sh -n`; the OpenRC command line is
+parsed back by a real shell. The overlay test builds an overlay from the small fixtures and, as root,
+runs the fixture k0s inside it (chroot) to prove k0s finds every binary through the data-dir links.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COLLECTIONS = REPO / ".build" / "collections"
+FIXTURES = Path(os.environ.get("FLEETSPLIT_FIXTURES", REPO / ".cache" / "fixtures"))
+VENV_BIN = Path(sys.executable).parent
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.fixture(scope="session")
+def fixture_index():
+    link = COLLECTIONS / "ansible_collections" / "fleetsplit" / "k0s"
+    if not os.path.lexists(link):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to("../../../..")
+    index = FIXTURES / "fixtures.json"
+    if not index.exists():
+        subprocess.check_call([sys.executable, str(REPO / "tests/fixtures/build_fixtures.py"), "--out", str(FIXTURES)])
+    return json.loads(index.read_text())["fixtures"]
+
+
+def playbook(args, cwd):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook")] + args, cwd=str(cwd), env=env,
+                          capture_output=True, text=True, timeout=600)
+    return proc, proc.stdout + proc.stderr
+
+
+def recap(output):
+    out = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
+
+
+def unit_entries(text):
+    """[(section, key, value)] of a systemd unit, comments and blank lines dropped."""
+    section, out = None, []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.append((section, key, value))
+    return out
+
+
+# k0s install's unit: these entries, in these sections.
+SYSTEMD_REQUIRED = [
+    ("Unit", "Description", "k0s - Zero Friction Kubernetes"),
+    ("Unit", "Documentation", "https://docs.k0sproject.io"),
+    ("Unit", "After", "network-online.target"),
+    ("Unit", "Wants", "network-online.target"),
+    ("Service", "StartLimitInterval", "5"),
+    ("Service", "StartLimitBurst", "10"),
+    ("Service", "RestartSec", "10"),
+    ("Service", "Delegate", "yes"),
+    ("Service", "KillMode", "process"),
+    ("Service", "LimitCORE", "infinity"),
+    ("Service", "TasksMax", "infinity"),
+    ("Service", "TimeoutStartSec", "0"),
+    ("Service", "LimitNOFILE", "999999"),
+    ("Service", "Restart", "always"),
+    ("Install", "WantedBy", "multi-user.target"),
+]
+
+CASES = {
+    # name: (role vars, expected unit name, expected argv after the k0s path)
+    "controller": (
+        dict(k0s_role="controller",
+             k0s_config={"apiVersion": "k0s.k0sproject.io/v1beta1", "kind": "ClusterConfig",
+                         "metadata": {"name": "test"}, "spec": {"api": {"port": 6443}}},
+             k0s_env={"HTTPS_PROXY": "http://proxy:3128", "ODD": "a b'c\"d$e%f"},
+             k0s_extra_args=["--labels=zone=a,tier=x", "--debug", "two words", "it's"]),
+        "k0scontroller",
+        ["controller", "--data-dir=/var/lib/k0s", "--config=/etc/k0s/k0s.yaml",
+         "--labels=zone=a,tier=x", "--debug", "two words", "it's"]),
+    "worker": (
+        dict(k0s_role="worker", k0s_extra_args="--token-file=/etc/k0s/token --kubelet-extra-args=--v=2",
+             k0s_config={"ignored": "on workers"}),
+        "k0sworker",
+        ["worker", "--data-dir=/var/lib/k0s", "--token-file=/etc/k0s/token", "--kubelet-extra-args=--v=2"]),
+    "controller+worker": (
+        dict(k0s_role="controller+worker", k0s_data_dir="/srv/k0s", k0s_libexec_dir="/opt/k0s/libexec"),
+        "k0scontroller",
+        ["controller", "--data-dir=/srv/k0s", "--enable-worker"]),
+}
+
+RENDER = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Render the units of one case
+      ansible.builtin.include_role:
+        name: fleetsplit.k0s.service
+      vars:
+        k0s_root: "{{ item.root }}"
+        k0s_service_managers: [systemd, openrc]
+        k0s_role: "{{ item.vars.k0s_role }}"
+        k0s_config: "{{ item.vars.k0s_config | default({}) }}"
+        k0s_env: "{{ item.vars.k0s_env | default({}) }}"
+        k0s_extra_args: "{{ item.vars.k0s_extra_args | default([]) }}"
+        k0s_data_dir: "{{ item.vars.k0s_data_dir | default('/var/lib/k0s') }}"
+        k0s_libexec_dir: "{{ item.vars.k0s_libexec_dir | default('/usr/libexec/k0s') }}"
+        k0s_bin_dir: "{{ item.bin_dir }}"
+        k0s_service_manage: "{{ item.manage }}"
+      loop: "{{ cases }}"
+      loop_control:
+        label: "{{ item.root }}"
+"""
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, fixture_index):
+    """Renders every case twice (default bin dir, and a bin dir holding a real k0s for verify)."""
+    tmp = tmp_path_factory.mktemp("units")
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    shutil.copy2(FIXTURES / "k0s-small-zip.bare", bindir / "k0s")
+    cases = []
+    for name, (rvars, _, _) in CASES.items():
+        slug = name.replace("+", "_")
+        cases.append(dict(root=str(tmp / slug), vars=rvars, bin_dir="/usr/bin", manage=True))
+        cases.append(dict(root=str(tmp / (slug + "-verify")), vars=rvars, bin_dir=str(bindir), manage=True))
+    cases.append(dict(root=str(tmp / "unmanaged"), vars=dict(k0s_role="worker"), bin_dir="/usr/bin", manage=False))
+    (tmp / "render.yml").write_text(RENDER)
+    (tmp / "vars.json").write_text(json.dumps(dict(cases=cases)))
+    args = ["-i", "localhost,", "-e", "ansible_python_interpreter=%s" % sys.executable,
+            "-e", "@%s" % (tmp / "vars.json"), str(tmp / "render.yml")]
+    proc, out = playbook(args, tmp)
+    assert proc.returncode == 0, out
+    again, out2 = playbook(args, tmp)
+    return dict(tmp=tmp, bindir=bindir, first=out, second=out2, second_rc=again.returncode)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_systemd_unit_matches_k0s_install(rendered, case):
+    rvars, unit, argv = CASES[case]
+    root = rendered["tmp"] / case.replace("+", "_")
+    text = (root / "etc/systemd/system" / (unit + ".service")).read_text()
+    entries = unit_entries(text)
+    for want in SYSTEMD_REQUIRED:
+        assert want in entries, "%s missing from\n%s" % (want, text)
+    assert ("Unit", "ConditionFileIsExecutable", "/usr/bin/k0s") in entries
+    execs = [v for s, k, v in entries if k == "ExecStart"]
+    assert len(execs) == 1 and execs[0].startswith("/usr/bin/k0s ")
+    # Let a shell split the systemd command line back (our quoting uses the common subset).
+    env_values = [v for s, k, v in entries if (s, k) == ("Service", "Environment")]
+    path_line = '"PATH=%s:%s"' % (rvars.get("k0s_libexec_dir", "/usr/libexec/k0s"), SYSTEM_PATH)
+    assert env_values[0] == path_line, "PATH must come first, with libexec first in it"
+    expected_env = ['"%s=%s"' % (k, v.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%"))
+                    for k, v in rvars.get("k0s_env", {}).items()]
+    assert env_values[1:] == expected_env
+    # Only the specifier-free arguments are compared after a shell split (systemd and sh agree there).
+    split = subprocess.run(["sh", "-c", 'eval "set -- $1"; printf "%s\\n" "$@"', "sh", execs[0]],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert split == ["/usr/bin/k0s"] + argv
+    # Enabled inside the image the way `systemctl enable` would.
+    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants" / (unit + ".service")) == \
+        "/etc/systemd/system/%s.service" % unit
+    config = root / "etc/k0s/k0s.yaml"
+    if "--config=/etc/k0s/k0s.yaml" in argv:
+        import yaml
+        assert yaml.safe_load(config.read_text()) == rvars["k0s_config"]
+        assert (config.stat().st_mode & 0o777) == 0o600
+    else:
+        assert not config.exists()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_systemd_analyze_verify(rendered, case):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    _, unit, _ = CASES[case]
+    path = rendered["tmp"] / (case.replace("+", "_") + "-verify") / "etc/systemd/system" / (unit + ".service")
+    assert "ConditionFileIsExecutable=%s/k0s" % rendered["bindir"] in path.read_text()
+    proc = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # verify prints warnings about the unit without failing: there must be none.
+    assert unit not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_openrc_script(rendered, case):
+    rvars, unit, argv = CASES[case]
+    root = rendered["tmp"] / case.replace("+", "_")
+    script = root / "etc/init.d" / unit
+    text = script.read_text()
+    assert text.startswith("#!/sbin/openrc-run\n")
+    assert os.access(script, os.X_OK)
+    subprocess.run(["sh", "-n", str(script)], check=True)
+    for line in ("supervisor=supervise-daemon", 'description="k0s - Zero Friction Kubernetes"',
+                 'retry="SIGTERM/90/SIGKILL/5"', ': "${rc_ulimit=-n 1048576 -u unlimited}"',
+                 'supervise_daemon_args="--stdout /var/log/${name}.log --stderr /var/log/${name}.err"'):
+        assert line in text.splitlines(), line
+    depend = re.search(r"^depend\(\) \{\n(.*?)^\}", text, re.S | re.M).group(1).split("\n")
+    assert [d.strip() for d in depend if d.strip()] == ["need cgroups", "need net", "use dns", "after firewall"]
+    # Source the script's variables the way openrc-run does and eval command_args like supervise-daemon.
+    probe = ('. "$1" >/dev/null 2>&1; printf "%s\\n" "$PATH" "$command"; eval "set -- $command_args"; '
+             'printf "%s\\n" "$@"; printf "ENV %s\\n" "$ODD" "$HTTPS_PROXY"')
+    out = subprocess.run(["sh", "-c", probe, "sh", str(script)], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, check=True).stdout.split("\n")
+    libexec = rvars.get("k0s_libexec_dir", "/usr/libexec/k0s")
+    assert out[0] == "%s:%s" % (libexec, SYSTEM_PATH)
+    assert out[1] == "/usr/bin/k0s"
+    assert out[2:2 + len(argv)] == argv
+    env = rvars.get("k0s_env", {})
+    assert out[2 + len(argv):4 + len(argv)] == ["ENV " + env.get("ODD", ""), "ENV " + env.get("HTTPS_PROXY", "")]
+    link = root / "etc/runlevels/default" / unit
+    assert os.readlink(link) == "/etc/init.d/%s" % unit
+
+
+def test_unmanaged_writes_nothing_and_rerun_is_unchanged(rendered):
+    root = rendered["tmp"] / "unmanaged"
+    assert not root.exists() or not any(root.rglob("*"))
+    assert rendered["second_rc"] == 0
+    assert recap(rendered["second"])["localhost"]["changed"] == 0, rendered["second"]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def can_chroot():
+    return os.geteuid() == 0 and shutil.which("unshare") and shutil.which("chroot")
+
+
+@pytest.mark.parametrize("fixture,fmt", [("k0s-small-zip", "zip"), ("k0s-small-legacy", "legacy")])
+def test_overlay_play(tmp_path, fixture_index, fixture, fmt):
+    exe = tmp_path / fixture
+    shutil.copy2(FIXTURES / fixture, exe)   # private copy: a fixture rebuild must not change the mtime mid-test
+    root = tmp_path / "overlay"
+    evars = dict(k0s_executable=str(exe), k0s_controller_cache_dir=str(tmp_path / "cache"),
+                 k0s_overlay_root=str(root))
+    args = [str(REPO / "playbooks/deploy-k0s.yml"), "-e", json.dumps(evars)]
+
+    # Check mode on a fresh root reports changes and writes nothing there.
+    proc, out = playbook(args + ["--check", "--diff"], tmp_path)
+    assert proc.returncode == 0, out
+    assert recap(out)["localhost"]["changed"] > 0
+    assert not root.exists()
+
+    proc, out = playbook(args, tmp_path)
+    assert proc.returncode == 0, out
+    binaries = fixture_index[fixture]["binaries"]
+    manifest = json.loads((root / "usr/share/fleetsplit-k0s/manifest.json").read_text())
+    assert manifest["format"] == fmt
+    assert manifest["k0s_role"] == "controller+worker"
+    assert sorted(f["name"] for f in manifest["files"]) == sorted(binaries)
+    k0s = root / "usr/bin/k0s"
+    assert sha256(k0s) == manifest["k0s"]["sha256"] == sha256(FIXTURES / (fixture + ".bare"))
+    assert manifest["k0s"]["size"] == k0s.stat().st_size
+    for f in manifest["files"]:
+        target = root / "usr/libexec/k0s" / f["name"]
+        assert sha256(target) == f["sha256"] == binaries[f["name"]]["sha256"]
+        assert target.stat().st_size == f["size"]
+        assert os.readlink(root / "var/lib/k0s/bin" / f["name"]) == "/usr/libexec/k0s/" + f["name"]
+        if fmt == "legacy":
+            assert target.stat().st_mtime_ns == k0s.stat().st_mtime_ns == exe.stat().st_mtime_ns
+    assert "--enable-worker" in (root / "etc/systemd/system/k0scontroller.service").read_text()
+    assert (root / "etc/init.d/k0scontroller").is_file()
+    assert "overlay root: %s" % root in out and "%s payload" % fmt in out, out
+
+    proc, out = playbook(args, tmp_path)
+    assert proc.returncode == 0, out
+    assert recap(out)["localhost"]["changed"] == 0, out
+    proc, out = playbook(args + ["--check", "--diff"], tmp_path)
+    assert proc.returncode == 0, out
+    assert recap(out)["localhost"]["changed"] == 0, out
+
+    if not can_chroot():
+        return
+    # The image as a running system would see it: k0s resolves each binary through the data-dir links.
+    image = tmp_path / "image"
+    shutil.copytree(root, image, symlinks=True)
+    (image / "proc").mkdir()
+    run = subprocess.run(["unshare", "--fork", "--pid", "--mount", "sh", "-c",
+                          'mount -t proc proc "$1/proc" && exec chroot "$1" /usr/bin/k0s stage --data-dir /var/lib/k0s',
+                          "sh", str(image)], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0 and "mount" in run.stderr and "permission" in run.stderr.lower():
+        pytest.skip("cannot mount /proc here: " + run.stderr)
+    assert run.returncode == 0, run.stdout + run.stderr
+    staged = json.loads(run.stdout)
+    assert staged["format"] == fmt
+    for name, info in staged["binaries"].items():
+        assert info["realpath"] == "/usr/libexec/k0s/" + name
+        assert info["sha256"] == binaries[name]["sha256"]
+    assert sorted(staged["binaries"]) == sorted(binaries)
