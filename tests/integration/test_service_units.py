@@ -91,7 +91,8 @@ CASES = {
              k0s_config={"apiVersion": "k0s.k0sproject.io/v1beta1", "kind": "ClusterConfig",
                          "metadata": {"name": "test"}, "spec": {"api": {"port": 6443}}},
              k0s_env={"HTTPS_PROXY": "http://proxy:3128", "ODD": "a b'c\"d$e%f"},
-             k0s_extra_args=["--labels=zone=a,tier=x", "--debug", "two words", "it's"]),
+             k0s_extra_args=["--labels=zone=a,tier=x", "--debug", "two words", "it's"],
+             k0s_openrc_conf={"rc_ulimit": "-n 20000"}),
         "k0scontroller",
         ["controller", "--data-dir=/var/lib/k0s", "--config=/etc/k0s/k0s.yaml",
          "--labels=zone=a,tier=x", "--debug", "two words", "it's"]),
@@ -121,6 +122,7 @@ RENDER = """
         k0s_config: "{{ item.vars.k0s_config | default({}) }}"
         k0s_env: "{{ item.vars.k0s_env | default({}) }}"
         k0s_extra_args: "{{ item.vars.k0s_extra_args | default([]) }}"
+        k0s_openrc_conf: "{{ item.vars.k0s_openrc_conf | default({}) }}"
         k0s_data_dir: "{{ item.vars.k0s_data_dir | default('/var/lib/k0s') }}"
         k0s_libexec_dir: "{{ item.vars.k0s_libexec_dir | default('/usr/libexec/k0s') }}"
         k0s_bin_dir: "{{ item.bin_dir }}"
@@ -222,11 +224,23 @@ def test_openrc_script(rendered, case):
     out = subprocess.run(["sh", "-c", probe, "sh", str(script)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"}, check=True).stdout.split("\n")
     libexec = rvars.get("k0s_libexec_dir", "/usr/libexec/k0s")
-    assert out[0] == "%s:%s" % (libexec, SYSTEM_PATH)
+    # Prepended to the PATH openrc-run runs with (it needs its own helpers on it).
+    assert out[0] == "%s:/usr/bin:/bin" % libexec
     assert out[1] == "/usr/bin/k0s"
     assert out[2:2 + len(argv)] == argv
     env = rvars.get("k0s_env", {})
     assert out[2 + len(argv):4 + len(argv)] == ["ENV " + env.get("ODD", ""), "ENV " + env.get("HTTPS_PROXY", "")]
+    conf = root / "etc/conf.d" / unit
+    if "k0s_openrc_conf" in rvars:
+        # openrc-run sources conf.d first; the script's ": ${rc_ulimit=...}" must keep that value.
+        got = subprocess.run(["sh", "-c", '. "$1"; . "$2" >/dev/null 2>&1; printf "%s" "$rc_ulimit"', "sh",
+                              str(conf), str(script)], capture_output=True, text=True, check=True).stdout
+        assert got == rvars["k0s_openrc_conf"]["rc_ulimit"]
+    else:
+        assert not conf.exists()
+        got = subprocess.run(["sh", "-c", '. "$1" >/dev/null 2>&1; printf "%s" "$rc_ulimit"', "sh", str(script)],
+                             capture_output=True, text=True, check=True).stdout
+        assert got == "-n 1048576 -u unlimited"
     link = root / "etc/runlevels/default" / unit
     assert os.readlink(link) == "/etc/init.d/%s" % unit
 
