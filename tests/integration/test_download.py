@@ -9,44 +9,22 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import platform
-import re
 import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".build" / "collections"
-FIXTURES = Path(os.environ.get("FLEETSPLIT_FIXTURES", REPO / ".cache" / "fixtures"))
-VENV_BIN = Path(sys.executable).parent
+from testlib import FIXTURES, ansible_env, recap, run_playbook, sha256
 VERSION = "v1.36.3+k0s.0"
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.machine())
 HOSTS = ["node1", "node2", "node3"]
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
-@pytest.fixture(scope="session")
-def fixture_index():
-    link = COLLECTIONS / "ansible_collections" / "fleetsplit" / "k0s"
-    if not os.path.lexists(link):
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to("../../../..")
-    index = FIXTURES / "fixtures.json"
-    if not index.exists():
-        subprocess.check_call([sys.executable, str(REPO / "tests/fixtures/build_fixtures.py"), "--out", str(FIXTURES)])
-    return json.loads(index.read_text())["fixtures"]
 
 
 class Release:
@@ -120,23 +98,13 @@ def run_split(tmp_path, release, **extra):
     evars = dict(k0s_version=VERSION, k0s_download_base_url=release.base_url,
                  k0s_controller_cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"))
     evars.update(extra)
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+    env = ansible_env(NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
         env.pop(var, None)
-    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.ini"),
-                           str(tmp_path / "play.yml"), "-e", json.dumps(evars)],
-                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-    return proc, proc.stdout + proc.stderr
+    return run_playbook(["-i", tmp_path / "hosts.ini", tmp_path / "play.yml", "-e", json.dumps(evars)],
+                        cwd=tmp_path, env=env, timeout=300)
 
 
-def recap(output):
-    """{host: {ok, changed, failed, ...}} from the PLAY RECAP lines."""
-    out = {}
-    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
-        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return out
 
 
 def test_good_checksum_downloads_splits_and_reaches_every_host(tmp_path, release, fixture_index):

@@ -18,23 +18,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".build" / "collections"
+from testlib import COLLECTIONS, FIXTURES, REPO, load_fixtures, run_playbook
+
 MODULE = REPO / "plugins" / "modules" / "k0s_release.py"
-FIXTURES = REPO / ".cache" / "fixtures"
-VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="session", autouse=True)
-def collection_link():
-    # The same link `make collection` creates; .build/ is not tracked.
-    link = COLLECTIONS / "ansible_collections" / "fleetsplit" / "k0s"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to("../../../..")
-    return link
 
 
 def _real(path):
@@ -453,11 +439,6 @@ def test_legacy_pinned_mtime(host, v1, v2):
 
 # --------------------------------------------------------------------------- the fixture k0s, run for real
 
-def _fixtures():
-    path = FIXTURES / "fixtures.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _split(name, out):
     from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import split  # noqa: E402
     return split(str(FIXTURES / name), stripped_executable=str(out / "k0s.stripped"),
@@ -489,9 +470,7 @@ def _stage(host):
 @pytest.mark.parametrize("first,second", [("k0s-small-zip", None), ("k0s-small-legacy", None),
                                           ("k0s-zip", "k0s-zip-v2"), ("k0s-legacy", "k0s-legacy-v2")])
 def test_fixture_k0s_stage_finds_installed_binaries(host, tmp_path, first, second):
-    if _fixtures() is None or not (FIXTURES / first).exists():
-        pytest.skip("fixtures not built (python3 tests/fixtures/build_fixtures.py --out .cache/fixtures)")
-    sys.path.insert(0, str(COLLECTIONS))
+    load_fixtures()
     for name in [first] + ([second] if second else []):
         res = _split(name, tmp_path / ("split-" + name))
         rel = _release_from_split(res)
@@ -535,19 +514,15 @@ def _playbook(host, tmp_path, k0s_split, check=False, **extra):
               k0s_libexec_dir=str(host.libexec), k0s_data_dir=str(host.data), result_file=str(result_file))
     ev.update(extra)
     (tmp_path / "ev.json").write_text(json.dumps(ev))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PATH="%s:%s" % (VENV_BIN, os.environ["PATH"]))
-    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
-           "-e", "ansible_python_interpreter=%s" % sys.executable, str(pb)] + (["--check"] if check else [])
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=env, timeout=600)
+    p, _ = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
+                         "-e", "ansible_python_interpreter=%s" % sys.executable, pb] + (["--check"] if check else []))
     m = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", p.stdout)
     assert m, p.stdout + p.stderr
     return p, int(m.group(2)), int(m.group(4)), (json.loads(result_file.read_text()) if result_file.exists() else None)
 
 
 def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
-    if _fixtures() is None or not (FIXTURES / "k0s-small-zip").exists():
-        pytest.skip("fixtures not built")
-    sys.path.insert(0, str(COLLECTIONS))
+    load_fixtures()
     res = _split("k0s-small-zip", tmp_path / "split")
     # Check mode on a fresh host: reports changes, writes nothing.
     p, changed, failed, _ = _playbook(host, tmp_path, res, check=True)

@@ -5,49 +5,25 @@ writes, checked with `systemd-analyze verify` (when present) and `sh -n`; the Op
 parsed back by a real shell. The overlay test builds an overlay from the small fixtures and, as root,
 runs the fixture k0s inside it (chroot) to prove k0s finds every binary through the data-dir links.
 """
-import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".build" / "collections"
-FIXTURES = Path(os.environ.get("FLEETSPLIT_FIXTURES", REPO / ".cache" / "fixtures"))
-VENV_BIN = Path(sys.executable).parent
+from testlib import FIXTURES, REPO, recap, run_playbook, sha256
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@pytest.fixture(scope="session")
-def fixture_index():
-    link = COLLECTIONS / "ansible_collections" / "fleetsplit" / "k0s"
-    if not os.path.lexists(link):
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to("../../../..")
-    index = FIXTURES / "fixtures.json"
-    if not index.exists():
-        subprocess.check_call([sys.executable, str(REPO / "tests/fixtures/build_fixtures.py"), "--out", str(FIXTURES)])
-    return json.loads(index.read_text())["fixtures"]
 
 
 def playbook(args, cwd):
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")), ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(VENV_BIN / "ansible-playbook")] + args, cwd=str(cwd), env=env,
-                          capture_output=True, text=True, timeout=600)
-    return proc, proc.stdout + proc.stderr
+    return run_playbook(args, cwd=cwd)
 
 
-def recap(output):
-    out = {}
-    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
-        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return out
 
 
 def unit_entries(text):
@@ -252,12 +228,6 @@ def test_unmanaged_writes_nothing_and_rerun_is_unchanged(rendered):
     assert recap(rendered["second"])["localhost"]["changed"] == 0, rendered["second"]
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def can_chroot():

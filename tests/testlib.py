@@ -1,0 +1,67 @@
+"""Helpers shared by every test directory: paths, the collection link, fixtures, real ansible-playbook runs.
+
+Ansible runs from the interpreter running pytest (its venv's bin), so the same tests exercise the
+oldest supported ansible-core when pytest runs from .venv-compat (see `make test-compat`).
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COLLECTIONS = REPO / ".build" / "collections"
+FIXTURES = Path(os.environ.get("FLEETSPLIT_FIXTURES", REPO / ".cache" / "fixtures"))
+VENV_BIN = Path(sys.executable).parent
+
+
+def ensure_collection_link():
+    """The link `make collection` creates (.build/ is not tracked), and the collection importable."""
+    link = COLLECTIONS / "ansible_collections" / "fleetsplit" / "k0s"
+    if not os.path.lexists(link):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to("../../../..")
+    if str(COLLECTIONS) not in sys.path:
+        sys.path.insert(0, str(COLLECTIONS))
+    return link
+
+
+def load_fixtures():
+    """fixtures.json of tests/fixtures/build_fixtures.py, built on first use (cached after)."""
+    index = FIXTURES / "fixtures.json"
+    if not index.exists():
+        subprocess.check_call([sys.executable, str(REPO / "tests" / "fixtures" / "build_fixtures.py"),
+                               "--out", str(FIXTURES)])
+    return json.loads(index.read_text())["fixtures"]
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ansible_env(**extra):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env.update(extra)
+    return env
+
+
+def run_playbook(args, cwd=REPO, timeout=600, env=None):
+    """ansible-playbook ARGS for real; returns (CompletedProcess, stdout+stderr)."""
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook")] + [str(a) for a in args], cwd=str(cwd),
+                          env=env or ansible_env(), capture_output=True, text=True, timeout=timeout)
+    return proc, proc.stdout + proc.stderr
+
+
+def recap(output):
+    """{host: {ok, changed, failed, ...}} from the PLAY RECAP lines."""
+    out = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
