@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 
-.PHONY: all venv collection fixtures deploy test test-unit test-molecule test-hosts bench clean
+.PHONY: all venv venv-compat collection fixtures deploy test test-unit test-compat test-molecule test-hosts bench clean
 
 all: test
 
@@ -18,6 +18,13 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+# Oldest supported ansible-core, for test-compat.
+venv-compat: .venv-compat/.stamp
+.venv-compat/.stamp: requirements-compat.txt
+	$(PYTHON) -m venv .venv-compat
+	.venv-compat/bin/pip install --disable-pip-version-check -q -r requirements-compat.txt
 	touch $@
 
 collection: $(COLLECTION_LINK)
@@ -32,10 +39,15 @@ fixtures: venv
 deploy: venv collection fixtures
 	$(BIN)/ansible-playbook playbooks/deploy-k0s.yml
 
-test: test-unit test-molecule
+test: test-unit test-compat test-molecule
 
 test-unit: venv collection fixtures
 	$(BIN)/pytest -q tests/unit tests/integration
+
+# The integration tests again under the oldest supported ansible-core (they run the
+# ansible-playbook next to the interpreter running pytest).
+test-compat: venv-compat collection fixtures
+	.venv-compat/bin/pytest -q tests/integration
 
 test-hosts:
 	scripts/prepare-test-hosts
