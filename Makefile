@@ -57,6 +57,8 @@ test-molecule: venv collection fixtures test-hosts
 
 bench: venv collection fixtures
 	$(BIN)/python benchmarks/split_bench.py
+bench-fleet: venv collection fixtures test-hosts
+	$(BIN)/python benchmarks/fleet_bench.py
 
 clean:
 	rm -rf .build out

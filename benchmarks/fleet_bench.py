@@ -1,0 +1,527 @@
+#!/usr/bin/env python3
+"""Fleet benchmark: fleetsplit.k0s against copying the whole k0s, on real podman hosts over ssh.
+
+One command (`make bench-fleet`) creates Debian/systemd hosts fs-bench-N (10.89.77.(100+N)) on the
+internal network fleetsplit-test, reaches them over ssh (so every byte crosses a network
+interface), and measures in the same run:
+
+  1. fresh deploy to 3 hosts: playbooks/deploy-k0s.yml vs benchmarks/baseline/copy-whole-k0s.yml;
+  2. no-op re-run of each, plus a no-op re-run of benchmarks/baseline/copy-split-files.yml
+     (per-file ansible.builtin.copy loop over the split files);
+  3. upgrade where 2 binaries changed (fixture k0s-zip -> k0s-zip-v2: runc, kubectl and the
+     stripped k0s differ), each way;
+  4. fleet growth: fresh deploy-k0s.yml on 1, 3, 6 and 12 hosts (forks = hosts);
+  and the controller-side split (benchmarks/split_bench.py).
+
+Per run: wall time of the ansible-playbook process, bytes received per host (eth0 rx_bytes read
+inside each container with podman exec before and after; includes ssh/TCP framing, facts and
+module code), and changed count per host from PLAY RECAP. After every run each host must report
+the expected k0s version as running (`k0s status`), untimed. The results table in
+docs/performance.md is rewritten between its markers.
+
+  python3 benchmarks/fleet_bench.py [--reps 3] [--growth 1,3,6,12] [--quick] [--keep] [--no-doc]
+
+Needs root, podman and the images from scripts/prepare-test-hosts; `make bench-fleet` prepares all.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+IMAGE = "localhost/fleetsplit-debian-systemd:bookworm"
+NETWORK = "fleetsplit-test"
+NAME = "fs-bench-%d"
+FIRST_OCTET = 100           # fs-bench-N is 10.89.77.(100+N); the project reserves .101-.130
+MAX_HOSTS = 30
+DEPLOY = os.path.join(REPO, "playbooks", "deploy-k0s.yml")
+WHOLE = os.path.join(REPO, "benchmarks", "baseline", "copy-whole-k0s.yml")
+PERFILE = os.path.join(REPO, "benchmarks", "baseline", "copy-split-files.yml")
+DOC = os.path.join(REPO, "docs", "performance.md")
+BEGIN, END = "<!-- fleet-bench:begin -->", "<!-- fleet-bench:end -->"
+RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+METHODS = {"split": DEPLOY, "whole": WHOLE, "perfile": PERFILE}
+LABELS = {"split": "deploy-k0s.yml (split)", "whole": "copy whole k0s (baseline)",
+          "perfile": "per-file copy loop"}
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+def run(argv, check=True, timeout=600, **kw):
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise BenchError("%s exited %d:\n%s%s" % (" ".join(map(shlex.quote, argv)), proc.returncode,
+                                                    proc.stdout[-2000:], proc.stderr[-2000:]))
+    return proc
+
+
+def pmap(fn, items, workers=6):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def nofile_limit():
+    # Root here may lack CAP_SYS_RESOURCE: stay at or below the hard limit (as the molecule config does).
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    want = int(os.environ.get("FLEETSPLIT_NOFILE", "20000"))
+    return want if hard == resource.RLIM_INFINITY else min(want, hard)
+
+
+# ------------------------------------------------------------------------------------------ hosts
+
+class Fleet:
+    def __init__(self, count, workdir):
+        if not 1 <= count <= MAX_HOSTS:
+            raise BenchError("host count must be 1..%d (addresses 10.89.77.101-.130), got %d" % (MAX_HOSTS, count))
+        self.count = count
+        self.workdir = workdir
+        self.key = os.path.join(workdir, "id_ed25519")
+        self.names = [NAME % i for i in range(1, count + 1)]
+
+    @staticmethod
+    def addr(name):
+        return "10.89.77.%d" % (FIRST_OCTET + int(name.rsplit("-", 1)[1]))
+
+    def exec(self, name, script, check=True, timeout=120):
+        return run(["podman", "exec", name, "sh", "-c", script], check=check, timeout=timeout)
+
+    def destroy(self, names=None):
+        # Only our own names; never other scenarios' containers.
+        names = names or [NAME % i for i in range(1, MAX_HOSTS + 1)]
+        existing = run(["podman", "ps", "-a", "--format", "{{.Names}}"]).stdout.split()
+        mine = [n for n in names if n in existing]
+        if mine:
+            run(["podman", "rm", "-f", "-t", "2"] + mine, timeout=300)
+
+    def create(self):
+        if not os.path.exists(self.key):
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleetsplit-bench", "-f", self.key])
+        self.destroy()
+        nofile = nofile_limit()
+        hosts_args = []
+        for n in self.names:
+            hosts_args += ["--add-host", "%s:%s" % (n, self.addr(n))]
+        for n in self.names:
+            run(["podman", "run", "-d", "--name", n, "--hostname", n, "--runtime=runc", "--pull=never",
+                 "--network=%s" % NETWORK, "--ip=%s" % self.addr(n),
+                 "--ulimit", "nofile=%d:%d" % (nofile, nofile), "--ulimit", "nproc=32768:32768",
+                 "--label", "fleetsplit.bench=1"] + hosts_args + [IMAGE, "/sbin/init"], timeout=120)
+        pub = open(self.key + ".pub").read()
+        pmap(lambda n: self._authorize(n, pub), self.names)
+
+    def _authorize(self, name, pub):
+        # sshd generates its host keys at first start (ssh.service drop-in): wait for it.
+        deadline = time.time() + 90
+        while True:
+            p = self.exec(name, "systemctl is-active ssh.service", check=False)
+            if p.stdout.strip() == "active":
+                break
+            if time.time() > deadline:
+                raise BenchError("%s: ssh.service not active after 90 s (%s)" % (name, p.stdout.strip()))
+            time.sleep(0.5)
+        run(["podman", "exec", "-i", name, "sh", "-c",
+             "install -d -m 0700 /root/.ssh && cat > /root/.ssh/authorized_keys && chmod 0600 /root/.ssh/authorized_keys"],
+            input=pub)
+        p = run(["ssh", "-i", self.key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+                 "root@" + self.addr(name), "hostname"], check=False)
+        if p.returncode != 0 or p.stdout.strip() != name:
+            raise BenchError("%s: ssh root@%s failed (%d): %s" % (name, self.addr(name), p.returncode, p.stderr))
+
+    def rx_bytes(self, names):
+        vals = pmap(lambda n: self.exec(n, "cat /sys/class/net/eth0/statistics/rx_bytes").stdout.strip(), names)
+        return dict(zip(names, map(int, vals)))
+
+    RESET = ("systemctl disable --now k0scontroller.service k0sworker.service >/dev/null 2>&1; "
+             "rm -f /etc/systemd/system/k0scontroller.service /etc/systemd/system/k0sworker.service /usr/bin/k0s; "
+             "rm -rf /var/lib/fleetsplit-k0s /usr/libexec/k0s /var/lib/k0s /etc/k0s /run/k0s; "
+             "systemctl daemon-reload")
+
+    def reset(self, names):
+        """Back to a host that never saw k0s (faster than re-creating the container)."""
+        pmap(lambda n: self.exec(n, self.RESET), names)
+
+    def settle(self, names, version, timeout=120):
+        """Untimed: every host must run the expected k0s (the fake k0s writes its status after staging)."""
+        def one(n):
+            deadline = time.time() + timeout
+            while True:
+                p = self.exec(n, "k0s status 2>&1", check=False)
+                if p.returncode == 0 and ("Version: %s\n" % version) in p.stdout:
+                    return
+                if time.time() > deadline:
+                    raise BenchError("%s: k0s %s not running %d s after the run: %s"
+                                     % (n, version, timeout, p.stdout.strip()))
+                time.sleep(0.5)
+        pmap(one, names)
+
+
+# ------------------------------------------------------------------------------------------ ansible
+
+class Ansible:
+    def __init__(self, fleet, workdir, cache_dir):
+        self.fleet = fleet
+        self.workdir = workdir
+        self.cache_dir = cache_dir
+        self.seq = 0
+        self.cfg = os.path.join(workdir, "ansible.cfg")
+        # What a user would configure for a fleet: pipelining and persistent ssh connections.
+        with open(self.cfg, "w") as f:
+            f.write("[defaults]\ncollections_path = %s\nretry_files_enabled = false\nhost_key_checking = false\n"
+                    "interpreter_python = auto_silent\nstdout_callback = default\n"
+                    "[ssh_connection]\npipelining = true\n"
+                    "ssh_args = -o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=no "
+                    "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR\n"
+                    % os.path.join(REPO, ".build", "collections"))
+        os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+
+    def inventory(self, names):
+        path = os.path.join(self.workdir, "hosts-%d.yml" % len(names))
+        host = lambda n: {"ansible_host": Fleet.addr(n)}
+        inv = {"all": {
+            "vars": {"ansible_user": "root", "ansible_connection": "ssh",
+                     "ansible_ssh_private_key_file": self.fleet.key,
+                     "ansible_python_interpreter": "/usr/bin/python3"},
+            "children": {"k0s_controllers": {"hosts": {names[0]: host(names[0])}},
+                         "k0s_workers": {"hosts": dict((n, host(n)) for n in names[1:])}}}}
+        with open(path, "w") as f:
+            json.dump(inv, f, indent=1)   # JSON is YAML
+        return path
+
+    def play(self, playbook, names, executable, label, env_extra=None):
+        """One measured ansible-playbook run on ``names``: wall time, rx bytes per host, changed per host."""
+        self.seq += 1
+        tag = "%03d-%s" % (self.seq, label)
+        cp_dir = os.path.join("/tmp", "fsb-cp-%d-%d" % (os.getpid(), self.seq))   # short: ControlPath length limit
+        os.makedirs(cp_dir)
+        env = dict(os.environ, ANSIBLE_CONFIG=self.cfg, ANSIBLE_SSH_CONTROL_PATH_DIR=cp_dir,
+                   ANSIBLE_FORCE_COLOR="0", PATH=VENV_BIN + os.pathsep + os.environ["PATH"])
+        env.pop("ANSIBLE_COLLECTIONS_PATH", None)
+        env.update(env_extra or {})
+        argv = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", self.inventory(names),
+                "-f", str(max(5, len(names))), playbook,
+                "-e", "k0s_executable=%s" % executable, "-e", "k0s_controller_cache_dir=%s" % self.cache_dir]
+        before = self.fleet.rx_bytes(names)
+        start = time.perf_counter()
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        wall = time.perf_counter() - start
+        after = self.fleet.rx_bytes(names)
+        self._close_masters(cp_dir)
+        logfile = os.path.join(self.workdir, "logs", tag + ".log")
+        with open(logfile, "w") as f:
+            f.write("$ %s\n\n%s" % (" ".join(map(shlex.quote, argv)), proc.stdout))
+        if proc.returncode != 0:
+            raise BenchError("%s failed (exit %d); log: %s\n%s" % (label, proc.returncode, logfile, proc.stdout[-3000:]))
+        recap = dict((m.group(1), (int(m.group(3)), int(m.group(4)), int(m.group(5))))
+                     for m in RECAP_RE.finditer(proc.stdout))
+        missing = [n for n in names if n not in recap]
+        bad = [n for n in names if n in recap and (recap[n][1] or recap[n][2])]
+        if missing or bad:
+            raise BenchError("%s: PLAY RECAP lacks %s / reports failures on %s; log: %s" % (label, missing, bad, logfile))
+        return {"label": label, "hosts": len(names), "wall_s": wall, "log": logfile,
+                "rx": dict((n, after[n] - before[n]) for n in names),
+                "changed": dict((n, recap[n][0]) for n in names), "profile": proc.stdout if env_extra else None}
+
+    @staticmethod
+    def _close_masters(cp_dir):
+        # Close this run's persistent connections now, so their teardown lands in no later measurement.
+        for sock in os.listdir(cp_dir):
+            run(["ssh", "-o", "ControlPath=%s" % os.path.join(cp_dir, sock), "-O", "exit", "x"], check=False)
+        shutil.rmtree(cp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+def split_manifest(cache_dir, executable):
+    sha = run(["sha256sum", executable]).stdout.split()[0]
+    path = os.path.join(cache_dir, "split", sha, "streams", "manifest.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def changed_stream_bytes(old, new):
+    """Size of the gzip streams a host lacks after `old` when going to `new` (what must cross the wire)."""
+    have = set((f["name"], f["sha256"]) for f in old["files"])
+    names = [f["name"] for f in new["files"] if (f["name"], f["sha256"]) not in have]
+    total = sum(f["stream_size"] for f in new["files"] if f["name"] in names)
+    if old["stripped_executable"]["sha256"] != new["stripped_executable"]["sha256"]:
+        names.append("k0s")
+        total += new["stripped_executable"]["stream_size"]
+    return names, total
+
+
+def all_stream_bytes(m):
+    return sum(f["stream_size"] for f in m["files"]) + m["stripped_executable"]["stream_size"]
+
+
+def summarize(runs):
+    walls = [r["wall_s"] for r in runs]
+    per_host = [statistics.mean(r["rx"].values()) for r in runs]
+    max_host = [max(r["rx"].values()) for r in runs]
+    changed = sorted(set(c for r in runs for c in r["changed"].values()))
+    return {"n": len(runs), "wall_median_s": statistics.median(walls), "wall_min_s": min(walls),
+            "wall_max_s": max(walls), "rx_mean_per_host": statistics.median(per_host),
+            "rx_max_host": statistics.median(max_host),
+            "changed": "%d" % changed[0] if len(changed) == 1 else "%d-%d" % (changed[0], changed[-1]),
+            "walls": walls}
+
+
+def mb(n):
+    return "%.2f MB" % (n / 1e6)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3, help="fresh/no-op/upgrade cycles per method on 3 hosts")
+    ap.add_argument("--perfile-reps", type=int, default=3, help="no-op re-runs of the per-file copy loop")
+    ap.add_argument("--growth", default="1,3,6,12", help="host counts for the fleet-growth deploys")
+    ap.add_argument("--growth-reps", type=int, default=2)
+    ap.add_argument("--split-rounds", type=int, default=3, help="rounds of benchmarks/split_bench.py")
+    ap.add_argument("--quick", action="store_true", help="harness check: 1 rep, growth 1,3, 1 split round, no doc")
+    ap.add_argument("--keep", action="store_true", help="leave the fs-bench-* hosts running afterwards")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
+    ap.add_argument("--profile", action="store_true",
+                    help="add one profiled (ansible.posix.profile_tasks) split no-op and upgrade run")
+    ap.add_argument("--fixtures", default=os.path.join(REPO, ".cache", "fixtures"))
+    ap.add_argument("--workdir", default=os.path.join(REPO, ".cache", "bench-fleet"))
+    args = ap.parse_args()
+    if args.quick:
+        args.reps, args.perfile_reps, args.growth, args.growth_reps, args.split_rounds, args.no_doc = \
+            1, 1, "1,3", 1, 1, True
+    growth = sorted(set(int(x) for x in args.growth.split(",")))
+    if os.geteuid() != 0:
+        raise BenchError("run as root (rootful podman test hosts)")
+    v1, v2 = os.path.join(args.fixtures, "k0s-zip"), os.path.join(args.fixtures, "k0s-zip-v2")
+    for exe in (v1, v2):
+        if not os.path.exists(exe):
+            raise BenchError("%s is missing: run `make fixtures` first" % exe)
+    if not os.path.exists(os.path.join(VENV_BIN, "ansible-playbook")):
+        raise BenchError("%s/ansible-playbook missing: run `make venv collection` first" % VENV_BIN)
+    chk = run([os.path.join(REPO, "scripts", "prepare-test-hosts"), "--check"], check=False)
+    if chk.returncode != 0:
+        raise BenchError("test hosts not ready (run scripts/prepare-test-hosts):\n" + chk.stdout + chk.stderr)
+
+    os.makedirs(args.workdir, exist_ok=True)
+    shutil.rmtree(os.path.join(args.workdir, "logs"), ignore_errors=True)
+    cache_dir = os.path.join(args.workdir, "controller-cache")
+    t_all = time.perf_counter()
+    started = datetime.datetime.now().astimezone()
+    load_before = open("/proc/loadavg").read().split()[:3]
+
+    # Controller-side split first, while nothing else of ours runs.
+    log("controller-side split (benchmarks/split_bench.py, %d rounds)" % args.split_rounds)
+    split_json = os.path.join(args.workdir, "split.json")
+    sp = run([os.path.join(VENV_BIN, "python"), os.path.join(REPO, "benchmarks", "split_bench.py"), "--rounds", str(args.split_rounds),
+              "--fixtures", args.fixtures, "--json", split_json], timeout=1800)
+    split_table = [l for l in sp.stdout.splitlines() if l.startswith("|")]
+    split_rows = json.load(open(split_json))
+
+    nhosts = max(growth + [3])
+    fleet = Fleet(nhosts, args.workdir)
+    ans = Ansible(fleet, args.workdir, cache_dir)
+    results = {"runs": {}}
+    rec = lambda key, r: results["runs"].setdefault(key, []).append(r)
+    try:
+        log("creating %d hosts %s-%s" % (nhosts, fleet.names[0], fleet.names[-1]))
+        t = time.perf_counter()
+        fleet.create()
+        log("hosts up and reachable over ssh in %.1f s" % (time.perf_counter() - t))
+        h3 = fleet.names[:3]
+        ver1 = split_version(v1)
+        ver2 = split_version(v2)
+
+        # Untimed warm-up: fills the controller split cache for both versions, so every measured run
+        # does the same controller work (the first split of a release is what split_bench measures).
+        log("warm-up (untimed): split cache for both fixtures")
+        one = fleet.names[:1]
+        fleet.reset(one)
+        ans.play(DEPLOY, one, v1, "warmup-v1")
+        ans.play(DEPLOY, one, v2, "warmup-v2")
+        fleet.reset(one)
+        m1, m2 = split_manifest(cache_dir, v1), split_manifest(cache_dir, v2)
+
+        for rep in range(args.reps):
+            # Alternate the order so slow drifts in machine load hit both ways alike.
+            for method in (("split", "whole") if rep % 2 == 0 else ("whole", "split")):
+                log("3 hosts, cycle %d/%d: %s fresh, no-op, upgrade" % (rep + 1, args.reps, method))
+                fleet.reset(h3)
+                rec((method, "fresh"), ans.play(METHODS[method], h3, v1, method + "-fresh"))
+                fleet.settle(h3, ver1)
+                rec((method, "noop"), ans.play(METHODS[method], h3, v1, method + "-noop"))
+                fleet.settle(h3, ver1)
+                rec((method, "upgrade"), ans.play(METHODS[method], h3, v2, method + "-upgrade"))
+                fleet.settle(h3, ver2)
+
+        log("3 hosts: per-file copy loop fresh + %d no-op re-runs" % args.perfile_reps)
+        fleet.reset(h3)
+        rec(("perfile", "fresh"), ans.play(PERFILE, h3, v1, "perfile-fresh"))
+        fleet.settle(h3, ver1)
+        for _ in range(args.perfile_reps):
+            rec(("perfile", "noop"), ans.play(PERFILE, h3, v1, "perfile-noop"))
+            fleet.settle(h3, ver1)
+
+        for rep in range(args.growth_reps):
+            for n in growth:
+                names = fleet.names[:n]
+                log("growth %d/%d: fresh deploy-k0s.yml on %d host(s)" % (rep + 1, args.growth_reps, n))
+                fleet.reset(names)
+                rec(("growth", n), ans.play(DEPLOY, names, v1, "growth-%d" % n))
+                fleet.settle(names, ver1)
+
+        if args.profile:
+            prof = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "12"}
+            log("profiled runs (ansible.posix.profile_tasks): split no-op and upgrade on 3 hosts")
+            fleet.reset(h3)
+            ans.play(DEPLOY, h3, v1, "profile-fresh")
+            fleet.settle(h3, ver1)
+            results["profile_noop"] = profile_lines(ans.play(DEPLOY, h3, v1, "profile-noop", prof))
+            results["profile_upgrade"] = profile_lines(ans.play(DEPLOY, h3, v2, "profile-upgrade", prof))
+            fleet.settle(h3, ver2)
+    finally:
+        if not args.keep:
+            log("removing the fs-bench-* hosts")
+            fleet.destroy()
+
+    total = time.perf_counter() - t_all
+    load_after = open("/proc/loadavg").read().split()[:3]
+    report = render(results, split_table, split_rows, m1, m2, growth, args, started, total, load_before, load_after)
+    print(report)
+    with open(os.path.join(args.workdir, "results.json"), "w") as f:
+        json.dump({"runs": dict(("%s/%s" % k, v) for k, v in results["runs"].items()),
+                   "split": split_rows}, f, indent=1, default=str)
+    if not args.no_doc:
+        update_doc(report)
+        log("rewrote the results in %s" % os.path.relpath(DOC, REPO))
+    log("done in %.0f s" % total)
+
+
+def split_version(executable):
+    p = run([executable, "version"])
+    return p.stdout.strip()
+
+
+def profile_lines(r):
+    lines = r["profile"].splitlines()
+    try:
+        i = max(i for i, l in enumerate(lines) if l.startswith("=" * 20))
+    except ValueError:
+        return []
+    return [l for l in lines[i + 1:] if l.strip()]
+
+
+def render(results, split_table, split_rows, m1, m2, growth, args, started, total, load_before, load_after):
+    runs = results["runs"]
+    S = dict((k, summarize(v)) for k, v in runs.items())
+    up_names, up_bytes = changed_stream_bytes(m1, m2)
+    fresh_ref = all_stream_bytes(m1)
+    whole_size = m1["file_size"]
+    out = []
+    w = out.append
+    uname = os.uname()
+    w("Measured %s on `%s` (%s %s, %d cores, %.1f GiB RAM); load average before/after: %s / %s; total %.0f s."
+      % (started.strftime("%Y-%m-%d %H:%M %Z"), uname.nodename, uname.sysname, uname.release, os.cpu_count(),
+         os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, " ".join(load_before),
+         " ".join(load_after), total))
+    w("Command: `make bench-fleet` (`benchmarks/fleet_bench.py --reps %d --perfile-reps %d --growth %s "
+      "--growth-reps %d --split-rounds %d`). Fixtures: `k0s-zip` (%s whole, %s in gzip streams incl. `k0s.gz`) "
+      "-> `k0s-zip-v2` (changed: %s, %s in streams)."
+      % (args.reps, args.perfile_reps, ",".join(map(str, growth)), args.growth_reps, args.split_rounds,
+         mb(whole_size), mb(fresh_ref), ", ".join(up_names), mb(up_bytes)))
+    w("")
+    w("| scenario (3 hosts unless noted) | way | runs | wall median (min-max) | bytes per host (mean) | changed per host |")
+    w("| --- | --- | ---: | ---: | ---: | ---: |")
+    rows = [("fresh deploy", "split", "fresh"), ("fresh deploy", "whole", "fresh"), ("fresh deploy", "perfile", "fresh"),
+            ("no-op re-run", "split", "noop"), ("no-op re-run", "whole", "noop"), ("no-op re-run", "perfile", "noop"),
+            ("upgrade (runc, kubectl, k0s changed)", "split", "upgrade"),
+            ("upgrade (runc, kubectl, k0s changed)", "whole", "upgrade")]
+    for title, method, kind in rows:
+        s = S.get((method, kind))
+        if s:
+            w("| %s | %s | %d | %.1f s (%.1f-%.1f) | %s | %s |" % (title, LABELS[method], s["n"], s["wall_median_s"],
+                                                                  s["wall_min_s"], s["wall_max_s"],
+                                                                  mb(s["rx_mean_per_host"]), s["changed"]))
+    for n in growth:
+        s = S.get(("growth", n))
+        if s:
+            w("| fleet growth: fresh deploy, %d host%s, forks %d | %s | %d | %.1f s (%.1f-%.1f) | %s | %s |"
+              % (n, "" if n == 1 else "s", max(5, n), LABELS["split"], s["n"], s["wall_median_s"], s["wall_min_s"],
+                 s["wall_max_s"], mb(s["rx_mean_per_host"]), s["changed"]))
+    w("")
+    w("Controller-side split (`benchmarks/split_bench.py`, same run):")
+    w("")
+    w("\n".join(split_table))
+    w("")
+    w("| target | measured | result |")
+    w("| --- | --- | --- |")
+
+    def target(name, value, limit, detail):
+        if value is None:
+            w("| %s | not measured | - |" % name)
+        else:
+            w("| %s | %.2fx (%s) | %s |" % (name, value, detail, "met" if value <= limit else "**missed**"))
+
+    sn, pn = S.get(("split", "noop")), S.get(("perfile", "noop"))
+    target("no-op re-run <= 0.5x per-file copy loop no-op", sn and pn and sn["wall_median_s"] / pn["wall_median_s"], 0.5,
+           sn and pn and "%.1f s vs %.1f s" % (sn["wall_median_s"], pn["wall_median_s"]))
+    su = S.get(("split", "upgrade"))
+    target("bytes per host, 2-binary upgrade <= 1.05x changed streams (+ k0s.gz)",
+           su and su["rx_max_host"] / up_bytes, 1.05,
+           su and "busiest host %s vs %s" % (mb(su["rx_max_host"]), mb(up_bytes)))
+    sf = S.get(("split", "fresh"))
+    target("bytes per host, fresh deploy <= 1.05x all streams + k0s.gz (issue 3)",
+           sf and sf["rx_max_host"] / fresh_ref, 1.05, sf and "busiest host %s vs %s" % (mb(sf["rx_max_host"]), mb(fresh_ref)))
+    g_small, g_big = S.get(("growth", 3)), S.get(("growth", max(growth)))
+    target("deploy time %d hosts <= 3x 3 hosts" % max(growth),
+           g_small and g_big and max(growth) > 3 and g_big["wall_median_s"] / g_small["wall_median_s"], 3.0,
+           g_small and g_big and "%.1f s vs %.1f s" % (g_big["wall_median_s"], g_small["wall_median_s"]))
+    for r in split_rows:
+        target("split <= 0.6x %s (%s)" % (r["baseline"], r["format"]), r["ratio"], 0.6,
+               "%.2f s vs %.2f s, peak RSS %.0f MiB" % (r["split_median_s"], r["baseline_median_s"], r["split_peak_rss_mib"]))
+    for key in ("profile_noop", "profile_upgrade"):
+        if results.get(key):
+            w("")
+            w("Slowest tasks, %s (ansible.posix.profile_tasks, 3 hosts):" % key.split("_")[1])
+            w("")
+            w("```")
+            w("\n".join(results[key]))
+            w("```")
+    return "\n".join(out)
+
+
+def update_doc(report):
+    if not os.path.exists(DOC):
+        raise BenchError("%s is missing (it holds the %s ... %s markers)" % (DOC, BEGIN, END))
+    text = open(DOC).read()
+    if BEGIN not in text or END not in text:
+        raise BenchError("%s lacks the markers %s and %s" % (DOC, BEGIN, END))
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    tmp = DOC + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(head + BEGIN + "\n" + report + "\n" + END + tail)
+    os.rename(tmp, DOC)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as e:
+        sys.exit("fleet_bench: error: %s" % e)
