@@ -54,6 +54,7 @@ def main():
         "before": before, "after": after, "recap": recap,
         # the upgrade role's "Say what happens to this host" line, one per host as it is reached
         "order": re.findall(r'"msg": "(\S+) \((?:controller|worker|controller\+worker),', out),
+        "said": re.findall(r'"msg": "(\S+ \((?:controller|worker|controller\+worker),[^"]*)"', out),
         "plays": re.findall(r"^PLAY \[(.*)\]", out, re.M),
         "fail_msgs": re.findall(r'"msg": "(k0s (?:upgrade|rollback) stopped at [^"]*)"', out),
         "restarts": sorted(h for h in hosts if before[h]["pid"] != after[h]["pid"]),
