@@ -19,6 +19,7 @@ from __future__ import absolute_import, division, print_function
 
 import errno
 import hashlib
+import json
 import mmap
 import os
 import re
@@ -951,42 +952,163 @@ def write_executable_stream(payload, streams_dest, write=True, level=6):
     return {"stream": final, "stream_size": sink.size, "stream_sha256": digest, "changed": changed}
 
 
-def inflate_gzip_member(src_path, dst_path, size, crc32, sha256, mode=0o755, mtime_ns=None):
+def inflate_gzip_member(src_path, dst_path, size, crc32, sha256, mode=0o755, mtime_ns=None, offset=0, length=None):
     """Inflate one gzip member into a new file ``dst_path``, verifying size, CRC-32 and sha256.
 
     Used on hosts (standard library only). ``dst_path`` must not exist; on any failure it is removed.
+    With ``length`` the member is the ``length`` bytes at ``offset`` of ``src_path`` (a member of a
+    stream bundle) and must end exactly there; without it, it runs from ``offset`` to the end of the file.
     """
+    what = src_path if length is None and not offset else "%s (bytes %d+%s)" % (src_path, offset, length)
     try:
         src = open(src_path, "rb")
     except (IOError, OSError) as e:
         raise PayloadError("cannot read stream %s: %s" % (src_path, e.strerror))
     with src:
+        src.seek(offset)
         head = src.read(10)
-        src.seek(0)
+        src.seek(offset)
         if len(head) < 10 or head[:3] != b"\x1f\x8b\x08":
-            raise CorruptPayloadError("%s is not a gzip member" % src_path)
+            raise CorruptPayloadError("%s is not a gzip member" % what)
+        remaining = length
         sink = _Sink(dst_path, mode)
         try:
             inflater = zlib.decompressobj(31)   # gzip wrapper: zlib checks the trailer's CRC-32 and ISIZE too
             while not inflater.eof:
-                block = src.read(CHUNK)
+                block = src.read(CHUNK if remaining is None else min(CHUNK, remaining))
                 if not block:
-                    raise CorruptPayloadError("%s: truncated gzip member" % src_path)
+                    raise CorruptPayloadError("%s: truncated gzip member" % what)
+                if remaining is not None:
+                    remaining -= len(block)
                 _feed(inflater, block, sink)
-            if inflater.unused_data or src.read(1):
-                raise CorruptPayloadError("%s: data follows the gzip member" % src_path)
+            if inflater.unused_data or (remaining != 0 if remaining is not None else src.read(1)):
+                raise CorruptPayloadError("%s: data follows the gzip member" % what)
             expected = Entry(os.path.basename(dst_path), size, crc32, METHOD_DEFLATE, 0, 0, sha256=sha256)
-            _verify_sink(sink, expected, src_path)
+            _verify_sink(sink, expected, what)
             sink.close()
             os.chmod(dst_path, mode)
             if mtime_ns is not None:
                 os.utime(dst_path, ns=(mtime_ns, mtime_ns))
         except zlib.error as e:
             sink.discard()
-            raise CorruptPayloadError("%s: compressed data is corrupt (%s)" % (src_path, e))
+            raise CorruptPayloadError("%s: compressed data is corrupt (%s)" % (what, e))
         except BaseException:
             sink.discard()
             raise
+
+
+# --------------------------------------------------------------------------- stream bundles
+
+BUNDLE_FORMAT = 1
+
+
+def bundle_id(members):
+    """Content address of a bundle: sha256 over the ordered (name, stream sha256, stream size) lines."""
+    h = hashlib.sha256(b"fleetsplit-bundle %d\n" % BUNDLE_FORMAT)
+    for m in members:
+        h.update(("%s %s %d\n" % (m["name"], m["stream_sha256"], m["stream_size"])).encode())
+    return h.hexdigest()
+
+
+def write_bundle(streams, bundles_dir, write=True):
+    """Concatenate gzip streams into ``<bundles_dir>/<id>.bundle`` (cached, temp + rename).
+
+    ``streams`` is ``[(name, path)]``; the bundle holds them sorted by name. Returns
+    ``{id, path, size, sha256, members: [{name, offset, size}], changed}``. The bundle's content is a
+    function of its id, so an existing bundle of the right size is reused; a sidecar
+    ``<id>.json`` records its sha256 and member table. Safe with concurrent writers (same content,
+    each renames its own temporary file into place).
+    """
+    if not streams:
+        raise PayloadError("a bundle needs at least one stream")
+    seen = set()
+    members = []
+    for name, path in sorted(streams):
+        check_name(name)
+        if name in seen:
+            raise PayloadError("stream %r is listed twice" % name)
+        seen.add(name)
+        st = check_output_file(path)
+        if st is None:
+            raise PayloadError("stream %s for %s does not exist (split again?)" % (path, name))
+        members.append({"name": name, "path": path, "stream_size": st.st_size,
+                        "stream_sha256": sha256_file(path)})
+    bid = bundle_id(members)
+    final = os.path.join(bundles_dir, bid + ".bundle")
+    sidecar = os.path.join(bundles_dir, bid + ".json")
+    table, offset = [], 0
+    for m in members:
+        table.append({"name": m["name"], "offset": offset, "size": m["stream_size"]})
+        offset += m["stream_size"]
+    result = {"id": bid, "path": final, "size": offset, "members": table, "changed": False}
+    if write:
+        ensure_output_dir(bundles_dir)
+        st = check_output_file(final)
+        try:
+            with open(sidecar) as f:
+                side = json.load(f)
+        except (IOError, OSError, ValueError):
+            side = None
+        if st is not None and st.st_size == offset and isinstance(side, dict) \
+                and side.get("members") == table and side.get("size") == offset:
+            result["sha256"] = side["sha256"]
+            return result
+    sink = _Sink(_temp_path(final) if write else None, 0o644)
+    try:
+        for m in members:
+            before = sink.size
+            with open(m["path"], "rb") as f:
+                for block in iter(lambda: f.read(CHUNK), b""):
+                    sink.write(block)
+            if sink.size - before != m["stream_size"]:
+                raise PayloadError("stream %s changed while it was being bundled" % m["path"])
+        sink.close(fsync=False)
+    except BaseException:
+        sink.discard()
+        raise
+    result["sha256"] = sink.hash.hexdigest()
+    if write:
+        os.rename(sink.path, final)
+        body = json.dumps({"format": BUNDLE_FORMAT, "id": bid, "size": offset, "sha256": result["sha256"],
+                           "members": table}, indent=2, sort_keys=True) + "\n"
+        temp = _temp_path(sidecar)
+        with _open_exclusive(temp, 0o644) as f:
+            f.write(body.encode())
+        os.rename(temp, sidecar)
+    result["changed"] = True
+    return result
+
+
+def check_bundle_members(members, bundle_size=None):
+    """A member table ``[{name, offset, size}]`` must tile the bundle exactly: contiguous, no gaps or overlaps.
+
+    Returns ``{name: (offset, size)}``; raises PayloadError naming the first problem.
+    """
+    if not isinstance(members, list) or not members:
+        raise PayloadError("bundle member table must be a non-empty list of {name, offset, size}")
+    out, expect = {}, 0
+    for i, m in enumerate(members):
+        if not isinstance(m, dict):
+            raise PayloadError("bundle member %d is not a dict with name, offset and size" % i)
+        name = m.get("name")
+        try:
+            offset, size = int(m.get("offset")), int(m.get("size"))
+        except (TypeError, ValueError):
+            raise PayloadError("bundle member %d (%s): offset and size must be integers" % (i, name))
+        if not isinstance(name, str):
+            raise PayloadError("bundle member %d has no name" % i)
+        check_name(name)
+        if name in out:
+            raise PayloadError("bundle member %r is listed twice" % name)
+        if offset != expect or size <= 0:
+            raise PayloadError("bundle member table does not tile the bundle: %s at offset %d size %d, expected offset %d"
+                               % (name, offset, size, expect))
+        out[name] = (offset, size)
+        expect = offset + size
+    if bundle_size is not None and expect != bundle_size:
+        raise PayloadError("bundle is %d bytes but its member table covers %d bytes%s"
+                           % (bundle_size, expect, " (truncated or incomplete upload)" if bundle_size < expect else ""))
+    return out
 
 
 # --------------------------------------------------------------------------- one call for the modules

@@ -66,6 +66,21 @@ options:
         RV(missing) reports are needed. Used streams are removed after a successful V(present).
       - Defaults to C(<store_dir>/incoming).
     type: path
+  bundle:
+    description:
+      - An uploaded stream bundle written by M(fleetsplit.k0s.stream_bundle), that is gzip streams concatenated and
+        cut by O(bundle_members). Members are inflated straight from the bundle and verified like single streams; a member
+        takes precedence over a C(<name>.gz) in O(streams_dir). Removed after a successful V(present).
+      - The bundle must be exactly as long as the member table says (a truncated upload fails before anything is
+        built or switched). Ignored by V(query) and V(rollback); in check mode a missing bundle is not an error.
+    type: path
+  bundle_members:
+    description:
+      - The member table of O(bundle), RV(fleetsplit.k0s.stream_bundle#module:members), C([{name, offset, size}]).
+        Members must tile the bundle without gaps; every name must be C(k0s) or one of O(files).
+      - Required with O(bundle).
+    type: list
+    elements: dict
   store_dir:
     description: Release store. Must be on one filesystem (releases are switched by renaming symlinks).
     type: path
@@ -152,6 +167,14 @@ EXAMPLES = r"""
     executable: "{{ k0s_split.stripped_executable }}"
     pinned_mtime: "{{ k0s_split.pinned_mtime if k0s_split.format == 'legacy' else omit }}"
     streams_dir: /var/lib/fleetsplit-k0s/incoming
+
+- name: Install from one uploaded bundle (see fleetsplit.k0s.stream_bundle)
+  fleetsplit.k0s.k0s_release:
+    state: present
+    files: "{{ k0s_split.files }}"
+    executable: "{{ k0s_split.stripped_executable }}"
+    bundle: "/var/lib/fleetsplit-k0s/incoming/{{ k0s_bundle.id }}.bundle"
+    bundle_members: "{{ k0s_bundle.members }}"
 
 - name: Go back to the release that was active before
   fleetsplit.k0s.k0s_release:
@@ -268,6 +291,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
     PayloadError,
+    check_bundle_members,
     inflate_gzip_member,
     sha256_file,
 )
@@ -612,6 +636,7 @@ class Planner(object):
         self.link_data_dir = link_data_dir
         self.manifests = dict((r, self.s.manifest(r)) for r in self.s.list_releases())
         self._hash_cache = {}
+        self.bundle = None   # (path, {name: (offset, size)}) once checked by Runner.check_bundle
 
     def target_exists(self):
         # A release directory without a readable manifest still counts: its files get hashed.
@@ -693,9 +718,13 @@ class Planner(object):
         return out
 
     def stream_path(self, it):
+        """Where ``it``'s gzip stream is: (path, offset, length or None), or None."""
+        if self.bundle is not None and it.name in self.bundle[1]:
+            offset, length = self.bundle[1][it.name]
+            return (self.bundle[0], offset, length)
         p = os.path.join(self.s.streams_dir, it.stream)
         st = _lstat(p)
-        return p if st is not None and stat.S_ISREG(st.st_mode) else None
+        return (p, 0, None) if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def missing(self):
         """Names whose content is nowhere on the host (their streams must be uploaded)."""
@@ -853,8 +882,10 @@ class Runner(object):
         if stream is None:
             raise ReleaseError("no source for %s: its content is not on the host and %s does not exist"
                                % (it.name, os.path.join(self.s.streams_dir, it.stream)))
+        path, offset, length = stream
         try:
-            inflate_gzip_member(stream, dst, it.size, it.crc32, it.sha256, mode=0o755, mtime_ns=mtime_ns)
+            inflate_gzip_member(path, dst, it.size, it.crc32, it.sha256, mode=0o755, mtime_ns=mtime_ns,
+                                offset=offset, length=length)
         except PayloadError as e:
             raise ReleaseError("stream for %s is unusable: %s" % (it.name, e))
         _set_owner_mode(dst)
@@ -1060,14 +1091,16 @@ class Runner(object):
         problems, missing = pl.missing()
         self.result["corrupt"] = dict((items[r].name, why) for r, why in problems.items() if why != "new")
         links = pl.link_plan()   # raises on foreign data-dir links before anything is built
+        pl.bundle = self.check_bundle(items)
         # Everything needed must be available before anything is switched.
         unavailable = [n for n in missing if pl.stream_path(self._by_name(items, n)) is None]
         if unavailable and not self.check:
             raise ReleaseError(
                 "cannot install release %s: no content on the host and no stream in %s for: %s "
-                "(expected %s); nothing was switched"
+                "(expected %s%s); nothing was switched"
                 % (rid, self.s.streams_dir, ", ".join(unavailable),
-                   ", ".join(os.path.join(self.s.streams_dir, n + ".gz") for n in unavailable)))
+                   ", ".join(os.path.join(self.s.streams_dir, n + ".gz") for n in unavailable),
+                   "" if pl.bundle is None else ", or a member of the bundle %s" % self.p["bundle"]))
         self.result["missing"] = missing
         sources = {}
         self.result.update(built=False, repaired={}, sources=sources, selinux_relabeled=[])
@@ -1112,6 +1145,35 @@ class Runner(object):
         if self.check:
             self.result["current_release"] = old_cur
 
+    def check_bundle(self, items):
+        """The uploaded bundle as (path, {name: (offset, size)}), or None; refuses a bundle that does not
+        match its member table before anything is built."""
+        path = self.p["bundle"]
+        if path is None:
+            return None
+        try:
+            table = check_bundle_members(self.p["bundle_members"])
+        except PayloadError as e:
+            raise ReleaseError("bundle_members: %s; nothing was switched" % e)
+        names = set(it.name for it in items.values())
+        extra = sorted(set(table) - names)
+        if extra:
+            raise ReleaseError("bundle %s has members that are not part of release %s: %s (member table from "
+                               "another split?); nothing was switched" % (path, self.result.get("release_id"),
+                                                                         ", ".join(extra)))
+        st = _lstat(path)
+        if st is None:
+            if self.check:
+                return None
+            raise ReleaseError("bundle %s does not exist (upload it first); nothing was switched" % path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReleaseError("bundle %s is not a regular file; nothing was switched" % path)
+        try:
+            check_bundle_members(self.p["bundle_members"], st.st_size)
+        except PayloadError as e:
+            raise ReleaseError("bundle %s does not match its member table: %s; nothing was switched" % (path, e))
+        return (path, table)
+
     @staticmethod
     def _by_name(items, name):
         for it in items.values():
@@ -1131,6 +1193,13 @@ class Runner(object):
         return False
 
     def remove_streams(self, items):
+        b = self.p["bundle"]
+        if b is not None:
+            st = _lstat(b)
+            if st is not None and stat.S_ISREG(st.st_mode):
+                if not self.check:
+                    os.unlink(b)
+                self.changes.append("removed used bundle %s" % b)
         for it in items.values():
             p = os.path.join(self.s.streams_dir, it.stream)
             st = _lstat(p)
@@ -1209,6 +1278,8 @@ def main():
             files=dict(type="list", elements="dict"),
             executable=dict(type="dict"),
             streams_dir=dict(type="path"),
+            bundle=dict(type="path"),
+            bundle_members=dict(type="list", elements="dict"),
             store_dir=dict(type="path", default="/var/lib/fleetsplit-k0s"),
             bin_dir=dict(type="path", default="/usr/bin"),
             libexec_dir=dict(type="path", default="/usr/libexec/k0s"),
@@ -1220,10 +1291,11 @@ def main():
             selinux_relabel=dict(type="bool", default=True),
         ),
         required_if=[("state", "present", ("files", "executable")), ("state", "query", ("files", "executable"))],
+        required_together=[("bundle", "bundle_members")],
         supports_check_mode=True,
     )
     p = module.params
-    for key in ("store_dir", "bin_dir", "libexec_dir", "data_dir", "streams_dir"):
+    for key in ("store_dir", "bin_dir", "libexec_dir", "data_dir", "streams_dir", "bundle"):
         if p[key] is not None:
             if not os.path.isabs(p[key]):
                 module.fail_json(msg="%s must be an absolute path, got %r" % (key, p[key]))

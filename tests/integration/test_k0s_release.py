@@ -437,6 +437,144 @@ def test_legacy_pinned_mtime(host, v1, v2):
     assert r3["release_id"] == r1["release_id"] and r3["built"] is False
 
 
+# --------------------------------------------------------------------------- one bundle instead of one file per stream
+
+def _bundle(host, rel, names, tmp):
+    """Write each named stream as a file, bundle them with the library, 'upload' the bundle next to the streams."""
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import write_bundle  # noqa: E402
+    tmp.mkdir(exist_ok=True)
+    streams = []
+    for name in names:
+        f = tmp / (name + ".gz")
+        f.write_bytes(gzip.compress(rel["_content"][name], 6))
+        streams.append((name, str(f)))
+    b = write_bundle(streams, str(tmp / "bundles"))
+    dst = host.streams / (b["id"] + ".bundle")
+    shutil.copyfile(b["path"], dst)
+    return dst, b
+
+
+def test_bundle_installs_every_missing_stream_and_is_removed(host, v1, v2, tmp_path):
+    q = host.run("query", v1)
+    path, b = _bundle(host, v1, q["missing"], tmp_path / "b1")
+    assert [m["name"] for m in b["members"]] == ["k0s", "runc", "xtables-nft-multi"]
+    r = host.run("present", v1, bundle=str(path), bundle_members=b["members"])
+    assert r["changed"] and r["built"]
+    assert r["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "stream"}
+    host.assert_installed(v1, r["release_id"])
+    assert os.listdir(host.streams) == [], "the used bundle is removed"
+    assert any("removed used bundle" in c for c in r["changes"])
+    assert host.run("present", v1)["changed"] is False
+    # Upgrade: only the two changed streams travel, unchanged xtables is linked from v1.
+    q2 = host.run("query", v2)
+    path2, b2 = _bundle(host, v2, q2["missing"], tmp_path / "b2")
+    assert [m["name"] for m in b2["members"]] == ["k0s", "runc"]
+    r2 = host.run("present", v2, bundle=str(path2), bundle_members=b2["members"])
+    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "link"}
+    host.assert_installed(v2, r2["release_id"])
+
+
+def test_bundle_check_mode_without_upload_reports_and_writes_nothing(host, v1, tmp_path):
+    q = host.run("query", v1)
+    path, b = _bundle(host, v1, q["missing"], tmp_path / "b")
+    path.unlink()   # check mode never uploads
+    r = host.run("present", v1, check=True, diff=True, bundle=str(path), bundle_members=b["members"])
+    assert r["changed"] and r["built"]
+    assert "runc: " in r["diff"]["after"]
+    assert not host.store.exists()
+
+
+def test_truncated_bundle_fails_clearly_and_switches_nothing(host, v1, v2, tmp_path):
+    _, r1 = install(host, v1)
+    before = host.snapshot()
+    q = host.run("query", v2)
+    path, b = _bundle(host, v2, q["missing"], tmp_path / "b")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 1000])
+    bad = host.run("present", v2, expect_fail=True, bundle=str(path), bundle_members=b["members"])
+    assert "does not match its member table" in bad["msg"] and "truncated" in bad["msg"], bad["msg"]
+    assert "nothing was switched" in bad["msg"]
+    host.assert_installed(v1, r1["release_id"])
+    assert sorted(os.listdir(host.store / "releases")) == [r1["release_id"]]
+    after = host.snapshot()
+    for snap in (before, after):
+        snap.pop(str(host.streams))
+    after.pop(str(path))
+    assert {k: v for k, v in after.items() if not k.endswith("/.lock")} == \
+        {k: v for k, v in before.items() if not k.endswith("/.lock")}
+    # The complete upload (what copy's checksum compare would send again) then works.
+    shutil.copyfile(b["path"], path)
+    r2 = host.run("present", v2, bundle=str(path), bundle_members=b["members"])
+    host.assert_installed(v2, r2["release_id"])
+
+
+def test_bundle_member_table_mismatch_is_refused(host, v1, tmp_path):
+    q = host.run("query", v1)
+    path, b = _bundle(host, v1, q["missing"], tmp_path / "b")
+    m = b["members"]
+    # A gap or overlap: the table does not tile the bundle.
+    shifted = [dict(m[0])] + [dict(x, offset=x["offset"] + 1) for x in m[1:]]
+    bad = host.run("present", v1, expect_fail=True, bundle=str(path), bundle_members=shifted)
+    assert "does not tile the bundle" in bad["msg"], bad["msg"]
+    # A member the release does not have.
+    foreign = [dict(x) for x in m]
+    foreign[1]["name"] = "etcd"
+    bad = host.run("present", v1, expect_fail=True, bundle=str(path), bundle_members=foreign)
+    assert "not part of release" in bad["msg"] and "etcd" in bad["msg"], bad["msg"]
+    # Names swapped between two members of equal tiling: the content check catches it.
+    swapped = [dict(x) for x in m]
+    swapped[0]["name"], swapped[1]["name"] = m[1]["name"], m[0]["name"]
+    swapped[0]["size"], swapped[1]["size"] = m[0]["size"], m[1]["size"]
+    bad = host.run("present", v1, expect_fail=True, bundle=str(path), bundle_members=swapped)
+    assert "unusable" in bad["msg"], bad["msg"]
+    assert not (host.store / "current").exists()
+    assert os.listdir(host.store / "releases") == [], "the temp release dir is removed"
+    # Members without the bundle argument, or the other way round, are refused by the argument spec.
+    bad = host.run("present", v1, expect_fail=True, bundle=str(path))
+    assert "bundle_members" in bad["msg"]
+    # The bundle is still there and right: the correct table installs.
+    r = host.run("present", v1, bundle=str(path), bundle_members=m)
+    host.assert_installed(v1, r["release_id"])
+
+
+def test_stream_bundle_module_caches_and_shares(tmp_path):
+    load_fixtures()
+    res = _split("k0s-small-zip", tmp_path / "split")
+    module = REPO / "plugins" / "modules" / "stream_bundle.py"
+
+    def run(names, check=False, expect_fail=False):
+        argfile = tmp_path / "args.json"
+        argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(split=res, names=names, _ansible_check_mode=check)}))
+        p = subprocess.run([sys.executable, str(module), str(argfile)], capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
+        out = json.loads(p.stdout)
+        assert bool(out.get("failed")) == expect_fail, out
+        return out
+
+    names = sorted(f["name"] for f in res["files"][:2]) + ["k0s"]
+    dry = run(list(reversed(names)), check=True)
+    assert dry["changed"] and not os.path.exists(dry["path"])
+    a = run(list(reversed(names)))
+    assert a["changed"] and a["path"] == str(tmp_path / "split" / "bundles" / (a["id"] + ".bundle"))
+    assert (a["id"], a["sha256"], a["size"]) == (dry["id"], dry["sha256"], dry["size"])
+    data = Path(a["path"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == a["sha256"] and len(data) == a["size"]
+    streams = dict((f["name"], f["stream"]) for f in res["files"])
+    streams["k0s"] = res["stripped_executable"]["stream"]
+    assert [m["name"] for m in a["members"]] == sorted(names)
+    for m in a["members"]:
+        assert data[m["offset"]:m["offset"] + m["size"]] == Path(streams[m["name"]]).read_bytes(), m["name"]
+    ino = os.stat(a["path"]).st_ino
+    b = run(names)   # same set in another order: same bundle, not rewritten
+    assert not b["changed"] and b["id"] == a["id"] and os.stat(a["path"]).st_ino == ino
+    c = run(names[:1])
+    assert c["id"] != a["id"] and c["size"] == os.path.getsize(streams[names[0]])
+    bad = run(["nope"], expect_fail=True)
+    assert "'nope' is not in the split result" in bad["msg"]
+    bad = run([], expect_fail=True)
+    assert "nothing to bundle" in bad["msg"]
+
+
 # --------------------------------------------------------------------------- the fixture k0s, run for real
 
 def _split(name, out):
@@ -537,7 +675,8 @@ def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
     (tmp_path / "result.json").unlink()
     p, changed, failed, out = _playbook(host, tmp_path, res)
     assert failed == 0 and changed == 1 and out == {"changed": False}, p.stdout
-    assert "Upload the streams" in p.stdout and "changed: [localhost] => (item=" not in p.stdout
+    assert re.search(r"Upload the missing streams in one bundle\] \*+\nskipping: \[localhost\]", p.stdout), p.stdout
+    assert not list((host.store / "incoming").iterdir()), "the used bundle is removed"
     # Upgrade to another k0s (legacy format), then roll back through the role; a re-run keeps it rolled back.
     res2 = _split("k0s-small-legacy", tmp_path / "split2")
     p, changed, failed, out = _playbook(host, tmp_path, res2)
@@ -552,3 +691,52 @@ def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
     wrong = dict(res, elf_machine="aarch64")
     p, changed, failed, _ = _playbook(host, tmp_path, wrong)
     assert failed == 1 and "localhost is x86_64" in p.stdout and "aarch64" in p.stdout, p.stdout
+
+
+STAGED_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: fleetsplit.k0s.install
+      vars:
+        k0s_install_switch: false
+    - name: Record what was staged
+      ansible.builtin.copy:
+        content: "{{ {'missing': k0s_install_query.missing,
+                      'incoming': lookup('ansible.builtin.pipe', 'ls ' ~ k0s_store_dir ~ '/incoming'),
+                      'current': lookup('ansible.builtin.pipe', 'test -e ' ~ k0s_store_dir ~ '/current && echo yes || echo no')} | to_json }}"
+        dest: "{{ staged_file }}"
+      check_mode: false
+    - ansible.builtin.include_role:
+        name: fleetsplit.k0s.install
+        tasks_from: switch.yml
+    - name: Record the fact for the test
+      ansible.builtin.copy:
+        content: "{{ {'changed': k0s_binaries_changed} | to_json }}"
+        dest: "{{ result_file }}"
+      check_mode: false
+"""
+
+
+def test_role_stage_then_switch_uses_the_bundle(host, tmp_path):
+    load_fixtures()
+    res = _split("k0s-small-zip", tmp_path / "split")
+    pb = tmp_path / "staged.yml"
+    pb.write_text(STAGED_PLAYBOOK)
+    staged = tmp_path / "staged.json"
+    result_file = tmp_path / "result.json"
+    ev = dict(k0s_split=res, k0s_store_dir=str(host.store), k0s_bin_dir=str(host.bin),
+              k0s_libexec_dir=str(host.libexec), k0s_data_dir=str(host.data), result_file=str(result_file),
+              staged_file=str(staged))
+    (tmp_path / "ev.json").write_text(json.dumps(ev))
+    p, _ = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
+                         "-e", "ansible_python_interpreter=%s" % sys.executable, pb])
+    assert "failed=0" in p.stdout, p.stdout + p.stderr
+    st = json.loads(staged.read_text())
+    # Between the two steps the host holds exactly one upload: the bundle, nothing switched yet.
+    assert sorted(st["missing"]) == sorted([f["name"] for f in res["files"]] + ["k0s"])
+    assert re.match(r"^[0-9a-f]{64}\.bundle$", st["incoming"]) and st["current"] == "no", st
+    assert json.loads(result_file.read_text()) == {"changed": True}
+    assert sorted(_stage(host)["binaries"]) == sorted(f["name"] for f in res["files"])
+    assert not list((host.store / "incoming").iterdir())

@@ -519,3 +519,67 @@ def test_streams_are_payload_bytes_not_recompressed(small, tmp_path):
             raw = data[entry.data_offset:entry.data_offset + entry.compressed_size]
             assert stream[10:-8] == raw
             assert zlib.crc32(gzip.decompress(stream)) == entry.crc32
+
+
+# --------------------------------------------------------------------------- stream bundles
+
+def _members(tmp_path, blobs):
+    streams = []
+    for name, data in blobs.items():
+        p = tmp_path / (name + ".gz")
+        p.write_bytes(gzip.compress(data, 6))
+        streams.append((name, str(p)))
+    return streams
+
+
+def test_bundle_members_inflate_from_offsets(tmp_path):
+    blobs = {"b": os.urandom(300000), "a": b"x" * 5000000, "k0s": os.urandom(1000)}
+    b = kp.write_bundle(_members(tmp_path, blobs), str(tmp_path / "bundles"))
+    assert [m["name"] for m in b["members"]] == ["a", "b", "k0s"]
+    assert os.path.getsize(b["path"]) == b["size"] == sum(m["size"] for m in b["members"])
+    assert kp.check_bundle_members(b["members"], b["size"])["b"] == (b["members"][1]["offset"], b["members"][1]["size"])
+    for m in b["members"]:
+        data = blobs[m["name"]]
+        out = tmp_path / ("out-" + m["name"])
+        kp.inflate_gzip_member(b["path"], str(out), len(data), zlib.crc32(data), hashlib.sha256(data).hexdigest(),
+                               offset=m["offset"], length=m["size"])
+        assert read(out) == data
+    # A length that cuts the member short, or runs into the next one, is refused and leaves no file.
+    m = b["members"][0]
+    data = blobs["a"]
+    for length, msg in ((m["size"] - 1, "truncated"), (m["size"] + 10, "data follows")):
+        with pytest.raises(kp.CorruptPayloadError, match=msg):
+            kp.inflate_gzip_member(b["path"], str(tmp_path / "bad"), len(data), zlib.crc32(data),
+                                   hashlib.sha256(data).hexdigest(), offset=m["offset"], length=length)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_bundle_is_content_addressed_and_cached(tmp_path):
+    streams = _members(tmp_path, {"a": b"1" * 1000, "b": b"2" * 1000})
+    one = kp.write_bundle(streams, str(tmp_path / "bundles"))
+    ino = os.stat(one["path"]).st_ino
+    again = kp.write_bundle(list(reversed(streams)), str(tmp_path / "bundles"))
+    assert not again["changed"] and again["id"] == one["id"] and again["sha256"] == one["sha256"]
+    assert os.stat(one["path"]).st_ino == ino
+    # A truncated cached bundle is rebuilt, not reused.
+    with open(one["path"], "r+b") as f:
+        f.truncate(10)
+    fixed = kp.write_bundle(streams, str(tmp_path / "bundles"))
+    assert fixed["changed"] and sha256(fixed["path"]) == one["sha256"]
+    # Other content in a stream: another id.
+    (tmp_path / "a.gz").write_bytes(gzip.compress(b"3" * 1000))
+    assert kp.write_bundle(streams, str(tmp_path / "bundles"))["id"] != one["id"]
+    assert not [e for e in os.listdir(tmp_path / "bundles") if e.startswith(".")], "no temporaries left"
+
+
+def test_bundle_member_table_must_tile(tmp_path):
+    good = [{"name": "a", "offset": 0, "size": 10}, {"name": "b", "offset": 10, "size": 5}]
+    assert kp.check_bundle_members(good, 15) == {"a": (0, 10), "b": (10, 5)}
+    with pytest.raises(kp.PayloadError, match="truncated"):
+        kp.check_bundle_members(good, 14)
+    with pytest.raises(kp.PayloadError, match="does not tile"):
+        kp.check_bundle_members([good[0], dict(good[1], offset=11)])
+    with pytest.raises(kp.PayloadError, match="twice"):
+        kp.check_bundle_members([good[0], dict(good[1], name="a")])
+    with pytest.raises(kp.PayloadError, match="path separator"):
+        kp.check_bundle_members([dict(good[0], name="../x")])

@@ -1,0 +1,167 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetsplit.k0s maintainers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: stream_bundle
+short_description: Concatenate the gzip streams a host lacks into one bundle file (controller side)
+version_added: "0.1.0"
+description:
+  - Takes the result of M(fleetsplit.k0s.payload_split) (with C(streams_dest)) and a list of names, and writes
+    C(<dest>/<id>.bundle), the gzip streams of those names concatenated in name order. One file means one
+    C(ansible.builtin.copy) per host instead of one per stream, which saves Ansible's per-file cost (a remote
+    stat and a copy module run, about 0.26 MB over ssh each).
+  - C(<id>) is a sha256 over the ordered (name, stream sha256, stream size) of the members, so hosts lacking the
+    same set share one bundle and a bundle is never rebuilt for the same content. The bundle is written to a
+    temporary name and renamed into place, so concurrent runs (one per host, C(delegate_to=localhost)) are safe.
+  - A sidecar C(<id>.json) records the bundle's sha256 and member table; an existing bundle whose size and
+    sidecar match is reused without being rewritten.
+  - M(fleetsplit.k0s.k0s_release) takes the uploaded bundle (O(fleetsplit.k0s.k0s_release#module:bundle)) and
+    RV(members) (O(fleetsplit.k0s.k0s_release#module:bundle_members)) and inflates each member in place,
+    verifying size, CRC-32 and sha256 as for single streams.
+options:
+  split:
+    description:
+      - The M(fleetsplit.k0s.payload_split) result (the C(k0s_split) fact of the split role). Its C(files) items
+        and C(stripped_executable) need C(stream) (an existing gzip file) and C(name) (files only).
+    type: dict
+    required: true
+  names:
+    description:
+      - Names to bundle, as M(fleetsplit.k0s.k0s_release) reports them in C(missing); C(k0s) is the stripped
+        executable. Order does not matter. Unknown names are an error.
+    type: list
+    elements: str
+    required: true
+  dest:
+    description: Directory for the bundles. Defaults to C(<split dir>/bundles) (the split directory holds C(streams/bin/k0s.gz)).
+    type: path
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Computes id, size, sha256 and member table without writing anything.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+notes:
+  - Runs on the controller (C(delegate_to=localhost)); the bundles are a cache like the split directory and may be
+    removed at any time.
+author:
+  - fleetsplit.k0s maintainers
+"""
+
+EXAMPLES = r"""
+- name: Bundle the streams this host lacks
+  fleetsplit.k0s.stream_bundle:
+    split: "{{ k0s_split }}"
+    names: "{{ k0s_query.missing }}"
+  delegate_to: localhost
+  become: false
+  register: bundle
+
+- name: Upload it in one transfer
+  ansible.builtin.copy:
+    src: "{{ bundle.path }}"
+    dest: "/var/lib/fleetsplit-k0s/incoming/{{ bundle.id }}.bundle"
+    mode: "0600"
+
+- name: Build the release from it
+  fleetsplit.k0s.k0s_release:
+    files: "{{ k0s_split.files }}"
+    executable: "{{ k0s_split.stripped_executable }}"
+    bundle: "/var/lib/fleetsplit-k0s/incoming/{{ bundle.id }}.bundle"
+    bundle_members: "{{ bundle.members }}"
+"""
+
+RETURN = r"""
+id:
+  description: Content id of the bundle (sha256 hex over the members' names, stream sha256 and sizes).
+  returned: always
+  type: str
+path:
+  description: The bundle on the controller.
+  returned: always
+  type: str
+  sample: ~/.cache/fleetsplit-k0s/split/<sha256>/bundles/<id>.bundle
+size:
+  description: Bundle size in bytes (the sum of the member streams).
+  returned: always
+  type: int
+sha256:
+  description: sha256 of the bundle file.
+  returned: always
+  type: str
+members:
+  description: The member table, in bundle order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Name (C(k0s) for the executable)., type: str}
+    offset: {description: Byte offset of the member's gzip stream in the bundle., type: int}
+    size: {description: Size of that gzip stream., type: int}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import PayloadError, write_bundle
+
+
+def streams_for(split, names):
+    """[(name, stream path)] for ``names`` from a payload_split result; raises ValueError with a clear message."""
+    if not isinstance(split, dict) or not isinstance(split.get("files"), list) \
+            or not isinstance(split.get("stripped_executable"), dict):
+        raise ValueError("split must be a payload_split result with files and stripped_executable")
+    known = {}
+    for f in split["files"]:
+        if isinstance(f, dict) and f.get("name"):
+            known[f["name"]] = f.get("stream")
+    known["k0s"] = split["stripped_executable"].get("stream")
+    out = []
+    for name in sorted(set(names)):
+        if name not in known:
+            raise ValueError("%r is not in the split result (known: %s)" % (name, ", ".join(sorted(known))))
+        if not known[name]:
+            raise ValueError("the split result has no stream for %r: run payload_split with streams_dest" % name)
+        out.append((name, known[name]))
+    return out
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            split=dict(type="dict", required=True),
+            names=dict(type="list", elements="str", required=True),
+            dest=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        streams = streams_for(p["split"], p["names"])
+    except ValueError as e:
+        module.fail_json(msg=str(e))
+    if not streams:
+        module.fail_json(msg="names is empty: nothing to bundle (skip this task when the host lacks nothing)")
+    # <split dir>/streams/bin/k0s.gz -> <split dir>/bundles
+    exe_stream = p["split"]["stripped_executable"]["stream"]
+    dest = p["dest"] or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(exe_stream))), "bundles")
+    try:
+        res = write_bundle(streams, dest, write=not module.check_mode)
+    except PayloadError as e:
+        module.fail_json(msg=str(e))
+    except (IOError, OSError) as e:
+        module.fail_json(msg="%s: %s" % (getattr(e, "filename", None) or dest, e.strerror or e))
+    module.exit_json(**res)
+
+
+if __name__ == "__main__":
+    main()
