@@ -52,6 +52,11 @@ def ansible_env(**extra):
     return env
 
 
+def local_inventory():
+    """ansible-playbook arguments for localhost with this venv's python (controller modules need pyelftools)."""
+    return ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable]
+
+
 def run_playbook(args, cwd=REPO, timeout=600, env=None):
     """ansible-playbook ARGS for real; returns (CompletedProcess, stdout+stderr)."""
     proc = subprocess.run([str(VENV_BIN / "ansible-playbook")] + [str(a) for a in args], cwd=str(cwd),

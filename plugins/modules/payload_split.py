@@ -48,6 +48,14 @@ options:
         nanosecond) equal the executable's. Harmless for the zip format.
     type: bool
     default: true
+  reuse_manifest:
+    description:
+      - Trust an existing C(manifest.json) in O(streams_dest) when it was written for this very O(src) (same size and
+        mtime) and every output it lists is still there with its recorded size; then nothing is inflated or hashed.
+      - Meant for content-addressed caches (the P(fleetsplit.k0s.split#role) role keys its cache by the executable's
+        sha256), where re-verifying 128 MB on every run buys nothing; hosts verify every file's sha256 anyway.
+    type: bool
+    default: false
   workers:
     description: Threads that inflate entries in parallel.
     type: int
@@ -168,6 +176,10 @@ manifest:
   description: Path of C(manifest.json) in O(streams_dest).
   returned: with O(streams_dest)
   type: str
+reused_manifest:
+  description: True when O(reuse_manifest) found a matching manifest and nothing was read or written.
+  returned: success
+  type: bool
 '''
 
 import json
@@ -194,6 +206,37 @@ def _lines(state):
     return "".join("%s %s\n" % (name, digest) for name, digest in sorted(state.items()))
 
 
+def _reusable_manifest(p):
+    """The manifest of an earlier split of this same src whose outputs are all still in place, else None."""
+    path = os.path.join(p['streams_dest'], 'manifest.json')
+    if not os.path.isfile(path) or os.path.islink(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        st = os.stat(p['src'])
+        if manifest['file_size'] != st.st_size or manifest['pinned_mtime_ns'] != st.st_mtime_ns:
+            return None
+        outputs = []
+        for item in manifest['files']:
+            want = os.path.join(p['dest'], item['name']) if p['dest'] else None
+            if item.get('path') != want:
+                return None
+            outputs.append((want, item['size']))
+            outputs.append((item.get('stream'), item.get('stream_size')))
+        stripped = manifest['stripped_executable']
+        if stripped.get('path') != p['stripped_executable']:
+            return None
+        outputs.append((stripped.get('path'), stripped['size']))
+        outputs.append((stripped.get('stream'), stripped.get('stream_size')))
+        for out, size in outputs:
+            if out is not None and (os.path.islink(out) or not os.path.isfile(out) or os.path.getsize(out) != size):
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -202,6 +245,7 @@ def main():
             stripped_executable=dict(type='path'),
             streams_dest=dict(type='path'),
             pin_mtime=dict(type='bool', default=True),
+            reuse_manifest=dict(type='bool', default=False),
             workers=dict(type='int', default=2),
             mode=dict(type='raw', default='0755'),
             owner=dict(type='str'),
@@ -214,6 +258,11 @@ def main():
     if p['workers'] < 1:
         module.fail_json(msg="workers must be at least 1, got %d" % p['workers'])
     mode = int(p['mode'], 8) if isinstance(p['mode'], str) else int(p['mode'])
+    if p['reuse_manifest'] and p['streams_dest']:
+        manifest = _reusable_manifest(p)
+        if manifest is not None:
+            manifest['manifest'] = os.path.join(p['streams_dest'], 'manifest.json')
+            module.exit_json(changed=False, reused_manifest=True, **manifest)
 
     try:
         names = [e.name for e in inspect(p['src']).entries] if module._diff else []
@@ -264,7 +313,7 @@ def main():
             after['k0s (stripped)'] = result['stripped_executable']['sha256']
         result['diff'] = dict(before=_lines(before), after=_lines(after),
                               before_header=p['dest'] or p['src'], after_header=p['dest'] or p['src'])
-    module.exit_json(changed=changed, **result)
+    module.exit_json(changed=changed, reused_manifest=False, **result)
 
 
 if __name__ == '__main__':
