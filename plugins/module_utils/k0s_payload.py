@@ -832,25 +832,41 @@ def _copy_range(fd, offset, length, sink, transform=None):
         sink.write(transform(block) if transform else block)
 
 
-def write_stripped(payload, out_path, mode=0o755, write=True, mtime_ns=None, fsync=False):
-    """The executable without its payload: byte for byte the bare build. Returns dict(size, sha256, crc32, path, changed)."""
-    write = write and out_path is not None
-    if write:
-        ensure_output_dir(os.path.dirname(os.path.abspath(out_path)))
-        check_output_file(out_path)
-    temp = _temp_path(out_path) if write else None
+def _produce(fd, final, mode, write, fsync, produce):
+    """Run ``produce(fd, sink)`` into a temp file beside ``final``, then commit it by sha256.
+
+    With ``write=False`` the bytes are only counted and hashed. Returns (sink, sha256, changed).
+    """
+    temp = _temp_path(final) if write else None
     sink = _Sink(temp, mode)
-    fd = os.open(payload.path, os.O_RDONLY)
     try:
-        _copy_range(fd, 0, payload.stripped_size, sink)
+        produce(fd, sink)
         sink.close(fsync=fsync and write)
     except BaseException:
         sink.discard()
         raise
+    digest = sink.hash.hexdigest()
+    changed = _commit(temp, final, digest, write=write) if final else False
+    return sink, digest, changed
+
+
+def _prepare_output(final, *directories):
+    for directory in directories:
+        ensure_output_dir(directory)
+    check_output_file(final)
+
+
+def write_stripped(payload, out_path, mode=0o755, write=True, mtime_ns=None, fsync=False):
+    """The executable without its payload: byte for byte the bare build. Returns dict(size, sha256, crc32, path, changed)."""
+    write = write and out_path is not None
+    if write:
+        _prepare_output(out_path, os.path.dirname(os.path.abspath(out_path)))
+    fd = os.open(payload.path, os.O_RDONLY)
+    try:
+        sink, digest, changed = _produce(fd, out_path, mode, write, fsync,
+                                         lambda fd_, sink_: _copy_range(fd_, 0, payload.stripped_size, sink_))
     finally:
         os.close(fd)
-    digest = sink.hash.hexdigest()
-    changed = _commit(temp, out_path, digest, write=write) if out_path else False
     if write and mtime_ns is not None:
         os.utime(out_path, ns=(mtime_ns, mtime_ns))
     return {"path": out_path, "size": sink.size, "sha256": digest, "crc32": sink.crc32, "changed": changed}
@@ -872,6 +888,23 @@ class _GzipWriter(object):
         self.sink.write(struct.pack("<II", crc32 & 0xFFFFFFFF, size & 0xFFFFFFFF))
 
 
+def _entry_stream(payload, entry):
+    """produce() for one entry's gzip member: legacy members as they are, zip deflate data re-framed."""
+    def produce(fd, sink):
+        if payload.format == FORMAT_LEGACY:
+            _copy_range(fd, entry.member_offset, entry.member_size, sink)
+            return
+        gz = _GzipWriter(sink)
+        if entry.method == METHOD_DEFLATE:
+            _copy_range(fd, entry.data_offset, entry.compressed_size, sink)
+        else:   # stored entry: compress it once so hosts still receive a gzip member
+            compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+            _copy_range(fd, entry.data_offset, entry.compressed_size, sink, compressor.compress)
+            sink.write(compressor.flush())
+        gz.trailer(entry.crc32, entry.size)
+    return produce
+
+
 def write_streams(payload, streams_dest, write=True):
     """Write one gzip member per entry to ``streams_dest/libexec/<name>.gz`` (no recompression).
 
@@ -881,37 +914,14 @@ def write_streams(payload, streams_dest, write=True):
     """
     require_payload(payload)
     directory = os.path.join(streams_dest, "libexec")
-    if write:
-        ensure_output_dir(streams_dest)
-        ensure_output_dir(directory)
-    fd = os.open(payload.path, os.O_RDONLY)
     results = {}
+    fd = os.open(payload.path, os.O_RDONLY)
     try:
         for entry in payload.entries:
             final = os.path.join(directory, entry.name + ".gz")
-            temp = _temp_path(final) if write else None
             if write:
-                check_output_file(final)
-            sink = _Sink(temp, 0o644)
-            try:
-                if payload.format == FORMAT_LEGACY:
-                    _copy_range(fd, entry.member_offset, entry.member_size, sink)
-                elif entry.method == METHOD_DEFLATE:
-                    gz = _GzipWriter(sink)
-                    _copy_range(fd, entry.data_offset, entry.compressed_size, sink)
-                    gz.trailer(entry.crc32, entry.size)
-                else:   # stored entry: compress it once so hosts still receive a gzip member
-                    gz = _GzipWriter(sink)
-                    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-                    _copy_range(fd, entry.data_offset, entry.compressed_size, sink, compressor.compress)
-                    sink.write(compressor.flush())
-                    gz.trailer(entry.crc32, entry.size)
-                sink.close(fsync=False)
-            except BaseException:
-                sink.discard()
-                raise
-            digest = sink.hash.hexdigest()
-            changed = _commit(temp, final, digest, write=write)
+                _prepare_output(final, streams_dest, directory)
+            sink, digest, changed = _produce(fd, final, 0o644, write, False, _entry_stream(payload, entry))
             results[entry.name] = {"stream": final, "stream_size": sink.size, "stream_sha256": digest, "changed": changed}
     finally:
         os.close(fd)
@@ -923,13 +933,9 @@ def write_executable_stream(payload, streams_dest, write=True, level=6):
     directory = os.path.join(streams_dest, "bin")
     final = os.path.join(directory, "k0s.gz")
     if write:
-        ensure_output_dir(streams_dest)
-        ensure_output_dir(directory)
-        check_output_file(final)
-    temp = _temp_path(final) if write else None
-    sink = _Sink(temp, 0o644)
-    fd = os.open(payload.path, os.O_RDONLY)
-    try:
+        _prepare_output(final, streams_dest, directory)
+
+    def produce(fd, sink):
         gz = _GzipWriter(sink)
         compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
         state = {"crc": 0}
@@ -941,14 +947,12 @@ def write_executable_stream(payload, streams_dest, write=True, level=6):
         _copy_range(fd, 0, payload.stripped_size, sink, compress)
         sink.write(compressor.flush())
         gz.trailer(state["crc"], payload.stripped_size)
-        sink.close(fsync=False)
-    except BaseException:
-        sink.discard()
-        raise
+
+    fd = os.open(payload.path, os.O_RDONLY)
+    try:
+        sink, digest, changed = _produce(fd, final, 0o644, write, False, produce)
     finally:
         os.close(fd)
-    digest = sink.hash.hexdigest()
-    changed = _commit(temp, final, digest, write=write)
     return {"stream": final, "stream_size": sink.size, "stream_sha256": digest, "changed": changed}
 
 
