@@ -44,14 +44,19 @@ def fresh(path):
     return path
 
 
+def time_split(exe, work, workers, ours, rss):
+    """One `k0s-payload split` process into a fresh directory: wall time and peak RSS appended."""
+    out = fresh(os.path.join(work, "ours"))
+    t, m = run([sys.executable, CLI, "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
+                "--workers", str(workers)])
+    ours.append(t)
+    rss.append(m)
+
+
 def bench_zip(exe, work, rounds, workers):
     ours, base, rss = [], [], []
     for _ in range(rounds):
-        out = fresh(os.path.join(work, "ours"))
-        t, m = run([sys.executable, CLI, "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
-                    "--workers", str(workers)])
-        ours.append(t)
-        rss.append(m)
+        time_split(exe, work, workers, ours, rss)
         out = fresh(os.path.join(work, "unzip"))
         # unzip exits 1 with "extra bytes at beginning" for an appended zip: that is expected
         base.append(run(["unzip", "-o", "-q", exe, "-d", out], ok_codes=(0, 1))[0])
@@ -68,11 +73,7 @@ def bench_legacy(exe, work, rounds, workers):
                 out.write(f.read(entry.member_size))
     ours, base, rss = [], [], []
     for _ in range(rounds):
-        out = fresh(os.path.join(work, "ours"))
-        t, m = run([sys.executable, CLI, "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
-                    "--workers", str(workers)])
-        ours.append(t)
-        rss.append(m)
+        time_split(exe, work, workers, ours, rss)
         out = fresh(os.path.join(work, "gzip"))
         total = 0.0
         for entry in payload.entries:
@@ -96,8 +97,7 @@ def main():
         exe = os.path.join(args.fixtures, fixture)
         if not os.path.exists(exe):
             raise SystemExit("%s missing: run `make fixtures` first" % exe)
-        inflated = sum(e.size for e in k0s_payload.inspect(exe).entries) if fmt == "zip" else \
-            sum(e.size for e in k0s_payload.inspect(exe).entries)
+        inflated = sum(e.size for e in k0s_payload.inspect(exe).entries)
         ours, base, rss = fn(exe, os.path.join(args.workdir, fmt), args.rounds, args.workers)
         rows.append({"format": fmt, "fixture": fixture, "inflated_mb": inflated / 1e6, "baseline": baseline,
                      "split_median_s": statistics.median(ours), "baseline_median_s": statistics.median(base),
