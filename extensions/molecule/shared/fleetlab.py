@@ -15,7 +15,6 @@ also be run by hand against live scenario containers:
   .venv/bin/python extensions/molecule/shared/fleetlab.py bytes --hosts fs-default-1=10.89.77.31:controller ...
 """
 import argparse
-import glob
 import hashlib
 import json
 import os
@@ -179,10 +178,10 @@ def stream_sizes(manifest):
 
 # --------------------------------------------------------------------------- bytes
 
-def measured_run(hosts, inventory, executable):
+def measured_run(hosts, inventory, executable, extra=()):
     before = dict((h.name, h.rx_bytes()) for h in hosts)
     t0 = time.monotonic()
-    out = run_playbook(inventory, executable)
+    out = run_playbook(inventory, executable, extra)
     secs = time.monotonic() - t0
     after = dict((h.name, h.rx_bytes()) for h in hosts)
     return out, dict((n, after[n] - before[n]) for n in before), secs
@@ -298,6 +297,20 @@ def cmd_bytes(args):
     for h in hosts:
         if uploaded(out, h.name):
             problems.append("%s: switching back uploaded %s" % (h.name, uploaded(out, h.name)))
+
+    # 5. The distribution alone: the same re-deploy with k0s_service_manage=false (how
+    #    prepare-k0sctl-hosts.yml runs it), so the bytes are split + install only, no unit tasks.
+    prune_to_current(hosts)
+    out, dist, secs = measured_run(hosts, inv, zip2, ("-e", "k0s_service_manage=false"))
+    row("distribution only, k0s-zip-v2", dist, secs, total2)
+    for h in hosts:
+        if uploaded(out, h.name) != changed:
+            problems.append("%s: distribution-only re-deploy uploaded %s, expected %s" % (h.name, uploaded(out, h.name), changed))
+        if dist[h.name] > BUDGET * total2:
+            budget_misses.append("%s: distribution-only v2 re-deploy received %d bytes > 1.05 x %d"
+                                 % (h.name, dist[h.name], total2))
+    # Leave the hosts on k0s-zip with their services restarted, for verify.
+    measured_run(hosts, inv, zip1)
 
     log("stream sizes k0s-zip: %s (total %d)" % (json.dumps(m1, sort_keys=True), total1))
     log("\n".join(report))
