@@ -35,8 +35,8 @@ FORMAT_BARE = "bare"
 METHOD_STORE = "store"
 METHOD_DEFLATE = "deflate"
 
-CHUNK = 1 << 20            # compressed bytes read per call
-MAX_OUTPUT = 4 << 20       # inflated bytes produced per zlib call: bounds memory whatever the input
+CHUNK = 1 << 17            # compressed bytes read per call: small enough that each piece stays in cache
+MAX_OUTPUT = 1 << 19       # inflated bytes per zlib call: bounds memory, and crc32, sha256 and write read it from cache
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"   # what Go's gzip writer emits at best compression
 
 _ZIP_METHODS = {0: METHOD_STORE, 8: METHOD_DEFLATE}
