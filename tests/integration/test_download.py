@@ -77,13 +77,13 @@ PLAYBOOK = """
     - role: fleetsplit.k0s.split
   tasks:
     # files[].changed / stripped_executable.changed say whether this run wrote the file: drop them
-    # so re-runs compare equal.
+    # so re-runs compare equal (keys sorted: a reused cache manifest lists them in another order).
     - name: Record what every host sees
       vars:
         _files: "{{ k0s_split.files | map('dict2items') | map('rejectattr', 'key', 'equalto', 'changed') | map('items2dict') | list }}"
         _exe: "{{ k0s_split.stripped_executable | dict2items | rejectattr('key', 'equalto', 'changed') | items2dict }}"
       ansible.builtin.copy:
-        content: "{{ {'k0s_split': k0s_split | combine({'files': _files, 'stripped_executable': _exe}), 'source': k0s_split_source, 'dir': k0s_split_dir} | to_json }}"
+        content: "{{ {'k0s_split': k0s_split | combine({'files': _files, 'stripped_executable': _exe}), 'source': k0s_split_source, 'dir': k0s_split_dir} | to_json(sort_keys=true) }}"
         dest: "{{ out_dir }}/{{ inventory_hostname }}.json"
         mode: "0644"
 """
