@@ -583,3 +583,23 @@ def test_bundle_member_table_must_tile(tmp_path):
         kp.check_bundle_members([good[0], dict(good[1], name="a")])
     with pytest.raises(kp.PayloadError, match="path separator"):
         kp.check_bundle_members([dict(good[0], name="../x")])
+
+
+def test_legacy_without_symbol_table(small, tmp_path):
+    """A legacy k0s whose symbols were stripped: BinDataSize is then found as an aligned int64 in .noptrdata."""
+    if not shutil.which("objcopy"):
+        pytest.skip("objcopy (binutils) not installed")
+    fixture = small["legacy"]
+    subprocess.run(["objcopy", "--strip-all", fixture["bare_path"], str(tmp_path / "bare")], check=True)
+    blob = read(fixture["path"])[fixture["payload_offset"]:]
+    path = write(tmp_path / "k0s", read(tmp_path / "bare") + blob)
+    from elftools.elf.elffile import ELFFile
+    with open(path, "rb") as f:
+        assert ELFFile(f).get_section_by_name(".symtab") is None
+    payload = kp.inspect(path)
+    assert payload.format == "legacy" and payload.bin_data_size == len(blob)
+    assert payload.names() == sorted(fixture["binaries"])
+    # One byte more and no aligned int64 in .noptrdata records the length any longer.
+    path = write(tmp_path / "k0s-more", read(tmp_path / "bare") + blob + b"\x00")
+    with pytest.raises(kp.CorruptPayloadError, match="BinDataSize"):
+        kp.inspect(path)
