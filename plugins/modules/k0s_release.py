@@ -29,7 +29,8 @@ options:
   state:
     description:
       - V(query) reads the host and reports which contents are RV(missing); it never changes anything, also not
-        outside check mode.
+        outside check mode. It is a dry run of V(present), so it fails for the same reasons (for example a foreign
+        symlink in C(<data_dir>/bin)) before anything is uploaded, and RV(changes) lists what V(present) would do.
       - V(present) builds (or repairs) the release, switches C(current) to it and ensures the links.
       - V(rollback) switches C(current) back to C(previous) and records the release it left as the new C(previous).
     type: str
@@ -74,6 +75,13 @@ options:
       - The bundle must be exactly as long as the member table says (a truncated upload fails before anything is
         built or switched). Ignored by V(query) and V(rollback); in check mode a missing bundle is not an error.
     type: path
+  bundle_src:
+    description:
+      - A stream bundle on the B(controller) (the RV(fleetsplit.k0s.stream_bundle#module:path) result). The action
+        uploads it into the task's remote temporary directory with one plain transfer (no extra module runs on
+        the host), uses it as O(bundle) and removes it afterwards. Mutually exclusive with O(bundle).
+      - Nothing is uploaded in check mode.
+    type: path
   bundle_members:
     description:
       - The member table of O(bundle), RV(fleetsplit.k0s.stream_bundle#module:members), C([{name, offset, size}]).
@@ -81,6 +89,14 @@ options:
       - Required with O(bundle).
     type: list
     elements: dict
+  switch:
+    description:
+      - With V(false), V(present) only builds (or repairs) the target release in the store, from host content and
+        the uploaded streams, and does not switch C(current), the links or prune. A later V(present) with
+        V(true) then switches in a moment, with nothing to upload or inflate. The upgrade role stages this way
+        before it stops k0s, so the service is down only for the switch.
+    type: bool
+    default: true
   store_dir:
     description: Release store. Must be on one filesystem (releases are switched by renaming symlinks).
     type: path
@@ -128,7 +144,15 @@ options:
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
+  action:
+    support: full
+    details: The action uploads O(bundle_src) from the controller; everything else runs on the host.
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
   check_mode:
     support: full
     details: V(query) runs normally in check mode (it is read-only); the other states report what would change.
@@ -210,10 +234,18 @@ missing:
   sample: [k0s, runc]
 up_to_date:
   description:
-    - The target release was already current, with intact files and all links in place, before this run
-      (V(present) then changes nothing).
+    - The target release was already current, with intact files, owners, modes and all links in place, and
+      nothing was left to clean up, before this run. For V(query) this means V(present) would change nothing
+      (V(query) runs V(present) as a dry run), so callers may skip it.
   returned: state is query or present
   type: bool
+host:
+  description:
+    - Facts about the host the roles need, so a play does not have to gather facts.
+    - C(architecture) as C(uname -m) prints it; C(service_mgr) is V(systemd), V(openrc) or the name of PID 1.
+  returned: state is query
+  type: dict
+  sample: {architecture: x86_64, service_mgr: systemd}
 binaries_changed:
   description: The executable or a binary the host runs changed (switched release or repaired file).
   returned: always
@@ -784,6 +816,25 @@ class Planner(object):
         return [("leaf", path, target, "move aside and replace")]
 
 
+def service_manager():
+    """The host's init system, decided like Ansible's service_mgr fact for the two k0s supports."""
+    if os.path.isdir("/run/systemd/system"):
+        return "systemd"
+    if os.path.exists("/run/openrc/softlevel") or os.path.exists("/sbin/openrc-run"):
+        return "openrc"
+    try:
+        with open("/proc/1/comm") as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def host_facts():
+    """What the roles need to know about the host, so plays need no fact gathering (a `setup` call
+    costs more bytes than this whole module)."""
+    return dict(architecture=os.uname().machine, service_mgr=service_manager())
+
+
 # --------------------------------------------------------------------------- actions
 
 class Runner(object):
@@ -1063,19 +1114,16 @@ class Runner(object):
         return items, check_release_id(rid)
 
     def run_query(self):
-        items, rid = self.items_and_id()
-        self.check_paths(writing=False)
-        pl = Planner(self.s, items, rid, self.p["pinned_mtime"], self.p["verify"], self.p["link_data_dir"])
-        problems, missing = pl.missing()
-        cur = self.s.pointer(self.s.current_link)
-        try:
-            links = pl.link_plan()
-        except ReleaseError as e:
-            links = [("error", str(e), None, None)]
-        self.result.update(release_id=rid, missing=missing,
-                           corrupt=dict((items[r].name, why) for r, why in problems.items() if why != "new"),
-                           up_to_date=(cur == rid and not problems and not links))
-        self.common_result()
+        # A dry run of present: `up_to_date` then means exactly "present would change nothing", so
+        # callers may skip it (one module call less per host and run).
+        self.check = True
+        self.p["switch"] = True
+        self.run_present()
+        if _lstat(self.s.rollback_record) is not None:
+            # present ends a rollback by removing its record, even when nothing else changes.
+            self.result["up_to_date"] = False
+        self.result["host"] = host_facts()
+        self.result.pop("diff", None)
 
     def run_present(self):
         items, rid = self.items_and_id()
@@ -1131,15 +1179,17 @@ class Runner(object):
             if not self.check and (problems or self._manifest_stale(pl, rid, items)):
                 self.write_manifest(self.s.release_dir(rid), rid, items, pinned)
         old_prev = self.s.pointer(self.s.previous_link)
-        switched = self.switch(rid, old_cur)
-        self.apply_links(links)
-        if not self.check:
-            _unlink_quietly(self.s.rollback_record)   # an explicit install ends a rollback
+        switched = False
+        if self.p["switch"]:
+            switched = self.switch(rid, old_cur)
+            self.apply_links(links)
+            if not self.check:
+                _unlink_quietly(self.s.rollback_record)   # an explicit install ends a rollback
+            self.prune(self.p["keep_releases"], rid, old_cur if switched and old_cur else old_prev)
         self.result["binaries_changed"] = bool(switched or self.result["repaired"])
-        self.prune(self.p["keep_releases"], rid, old_cur if switched and old_cur else old_prev)
         self.remove_streams(items)
         self.result["up_to_date"] = not self.changes
-        if self.m._diff:
+        if self.m._diff and self.p["state"] == "present":
             self.result["diff"] = self.diff(old_cur, dict((it.name, it.sha256) for it in items.values()))
         self.common_result()
         if self.check:
@@ -1280,6 +1330,8 @@ def main():
             streams_dir=dict(type="path"),
             bundle=dict(type="path"),
             bundle_members=dict(type="list", elements="dict"),
+            bundle_src=dict(type="path"),   # consumed by the action plugin; never reaches the host set
+            switch=dict(type="bool", default=True),
             store_dir=dict(type="path", default="/var/lib/fleetsplit-k0s"),
             bin_dir=dict(type="path", default="/usr/bin"),
             libexec_dir=dict(type="path", default="/usr/libexec/k0s"),

@@ -174,6 +174,46 @@ def test_fresh_install_then_rerun_is_unchanged(host, v1):
     assert r2["release_id"] == r["release_id"]
 
 
+def test_query_up_to_date_means_present_would_change_nothing(host, v1, v2):
+    """The install role skips present when query says up to date: every kind of drift present repairs
+    must make query say otherwise, and query must report host facts (plays gather none)."""
+    _, r1 = install(host, v1)
+    rid = r1["release_id"]
+    q = host.run("query", v1)
+    assert q["up_to_date"] is True and q["changes"] == []
+    assert q["host"]["architecture"] == os.uname().machine
+    assert q["host"]["service_mgr"]
+
+    def drifted(why, undo):
+        q = host.run("query", v1)
+        assert q["up_to_date"] is False and q["changes"], why
+        assert q["changed"] is False
+        r = host.run("present", v1)
+        assert r["changed"] is True, why
+        assert host.run("query", v1)["up_to_date"] is True, why
+        undo()
+
+    os.chmod(host.rdir(rid) / "libexec/runc", 0o700)
+    drifted("mode", lambda: None)
+    (host.rdir(rid) / "libexec/stray").write_bytes(b"x")
+    drifted("extra file in the release", lambda: None)
+    (host.data / "bin/runc").unlink()
+    drifted("data-dir link removed", lambda: None)
+    (host.rdir(rid) / "libexec/.runc.fleetsplit-tmp-abc123").write_bytes(b"half")
+    drifted("leftover of a killed run", lambda: None)
+    (host.streams / "runc.gz").write_bytes(b"stale")
+    drifted("stale stream", lambda: None)
+    # After a rollback, re-installing the rolled-back-to release must run present (it ends the rollback).
+    _, r2 = install(host, v2)
+    host.run("rollback")
+    assert host.current() == rid
+    q = host.run("query", v1)
+    assert q["missing"] == [] and q["up_to_date"] is False
+    host.run("present", v1)
+    assert not (host.store / "rolled-back.json").exists()
+    assert host.run("query", v1)["up_to_date"] is True
+
+
 def test_one_changed_file_is_the_only_one_missing(host, v1, v2):
     _, r1 = install(host, v1)
     q = host.run("query", v2)
@@ -675,8 +715,9 @@ def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
     (tmp_path / "result.json").unlink()
     p, changed, failed, out = _playbook(host, tmp_path, res)
     assert failed == 0 and changed == 1 and out == {"changed": False}, p.stdout
-    assert re.search(r"Upload the missing streams in one bundle\] \*+\nskipping: \[localhost\]", p.stdout), p.stdout
-    assert not list((host.store / "incoming").iterdir()), "the used bundle is removed"
+    # The query (a dry run of present) found nothing to do, so present itself does not run.
+    assert re.search(r"Install the release and switch to it\] \*+\nskipping: \[localhost\]", p.stdout), p.stdout
+    assert _no_uploads_left(host)
     # Upgrade to another k0s (legacy format), then roll back through the role; a re-run keeps it rolled back.
     res2 = _split("k0s-small-legacy", tmp_path / "split2")
     p, changed, failed, out = _playbook(host, tmp_path, res2)
@@ -704,7 +745,7 @@ STAGED_PLAYBOOK = """
     - name: Record what was staged
       ansible.builtin.copy:
         content: "{{ {'missing': k0s_install_query.missing,
-                      'incoming': lookup('ansible.builtin.pipe', 'ls ' ~ k0s_store_dir ~ '/incoming'),
+                      'releases': lookup('ansible.builtin.pipe', 'ls ' ~ k0s_store_dir ~ '/releases'),
                       'current': lookup('ansible.builtin.pipe', 'test -e ' ~ k0s_store_dir ~ '/current && echo yes || echo no')} | to_json }}"
         dest: "{{ staged_file }}"
       check_mode: false
@@ -734,9 +775,18 @@ def test_role_stage_then_switch_uses_the_bundle(host, tmp_path):
                          "-e", "ansible_python_interpreter=%s" % sys.executable, pb])
     assert "failed=0" in p.stdout, p.stdout + p.stderr
     st = json.loads(staged.read_text())
-    # Between the two steps the host holds exactly one upload: the bundle, nothing switched yet.
+    # Between the two steps the release is uploaded and built, but nothing is switched yet.
     assert sorted(st["missing"]) == sorted([f["name"] for f in res["files"]] + ["k0s"])
-    assert re.match(r"^[0-9a-f]{64}\.bundle$", st["incoming"]) and st["current"] == "no", st
+    assert re.match(r"^v[0-9.]+.*-[0-9a-f]{12}$", st["releases"]) and st["current"] == "no", st
     assert json.loads(result_file.read_text()) == {"changed": True}
     assert sorted(_stage(host)["binaries"]) == sorted(f["name"] for f in res["files"])
-    assert not list((host.store / "incoming").iterdir())
+    assert _no_uploads_left(host)
+
+
+def _no_uploads_left(host):
+    """No stream or bundle stays behind on the host, nor in Ansible's remote temporary directory."""
+    incoming = host.store / "incoming"
+    left = list(incoming.iterdir()) if incoming.exists() else []
+    tmp = Path(os.path.expanduser("~/.ansible/tmp"))
+    left += [p for p in tmp.rglob("*.bundle")] if tmp.exists() else []
+    return left == []
