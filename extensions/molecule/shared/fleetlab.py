@@ -15,6 +15,7 @@ also be run by hand against live scenario containers:
   .venv/bin/python extensions/molecule/shared/fleetlab.py bytes --hosts fs-default-1=10.89.77.31:controller ...
 """
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -148,13 +149,14 @@ def task_results(out, name):
 
 
 def uploaded(out, host):
-    """Names whose streams the run copied to ``host``: the members of the one bundle the install role
-    uploaded (nothing when the copy did not change anything)."""
-    res = task_results(out, "Upload the missing streams in one bundle").get(host, {})
-    if not res.get("changed"):
-        return []
-    bundle = task_results(out, "Bundle the streams this host lacks (on the controller)").get(host, {})
-    return sorted(m["name"] for m in bundle.get("members", []))
+    """Names whose streams the run sent to ``host``: the members of the one bundle the k0s_release
+    action uploaded (it reports bundle_bytes only when it transferred one)."""
+    for task in ("Install the release and switch to it", "Upload and build the release without switching to it"):
+        res = task_results(out, task).get(host, {})
+        if res.get("bundle_bytes"):
+            bundle = task_results(out, "Bundle the streams this host lacks (on the controller)").get(host, {})
+            return sorted(m["name"] for m in bundle.get("members", []))
+    return []
 
 
 def split_manifest(executable):
@@ -445,9 +447,17 @@ def kill_modules(h):
     return killed
 
 
-def incoming_count(root):
-    d = root + "/incoming"
-    return len([e for e in os.listdir(d) if e.endswith((".gz", ".bundle")) and not e.startswith(".")]) if os.path.isdir(d) else 0
+def bundle_arrived(root):
+    """The k0s_release action has put the whole bundle into Ansible's remote temporary directory
+    (``root`` is <container>/<store>; ssh logs in as root)."""
+    host_root = root[:-len(STORE)]
+    for p in glob.glob(host_root + "/root/.ansible/tmp/ansible-tmp-*/k0s-streams.bundle"):
+        try:
+            if os.path.getsize(p) > 0:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def building(root):
@@ -474,10 +484,10 @@ def cmd_fault(args):
         run_playbook(inv, full)
         versions = {"k0s-small-zip": expected_files(small), "k0s-zip": expected_files(full)}
         need = sorted(k for k, v in versions["k0s-zip"].items() if versions["k0s-small-zip"].get(k) != v)
-        # The install role uploads all missing streams as one bundle (copy renames it into place
-        # whole), so "some streams arrived" is no longer a state a host can be in.
+        # The install role uploads all missing streams as one bundle, into Ansible's temporary
+        # directory, and present inflates it: kill while it arrives and while the release is built.
         points = [
-            ("bundle of %d streams in incoming/" % len(need), lambda root: incoming_count(root) >= 1),
+            ("upload of the bundle (%d streams)" % len(need), bundle_arrived),
             ("during present (release being built)", building),
         ]
         for label, trigger in points:

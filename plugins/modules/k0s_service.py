@@ -1,0 +1,367 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: fleetsplit.k0s maintainers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: k0s_service
+short_description: Write a k0s service unit (systemd or OpenRC), enable it and start or restart k0s, in one step
+version_added: "0.1.0"
+description:
+  - Writes the unit file (systemd) or init script (OpenRC, plus an optional C(/etc/conf.d) file) with the given
+    content, then reloads systemd when the unit changed, enables or disables the service and starts, stops or
+    restarts it. The content normally comes from the templates of the C(fleetsplit.k0s.service) role, which match
+    what C(k0s install) writes.
+  - One module run instead of a C(template) (a C(stat) plus a C(copy) module) and a C(systemd_service) or
+    C(service) module, which keeps what a host receives per play small.
+  - With O(root) other than C(/) the files are written below that directory (an image overlay) and enabling
+    creates the links C(systemctl enable) or C(rc-update add) would create; no service manager is contacted.
+  - Runs on the managed host with the Python standard library only.
+options:
+  name:
+    description: Service name, for example C(k0scontroller) or C(k0sworker). Letters, digits and C(._@-) only.
+    type: str
+    required: true
+  manager:
+    description: The host's service manager.
+    type: str
+    required: true
+    choices: [systemd, openrc]
+  unit:
+    description:
+      - Content of C(/etc/systemd/system/<name>.service) (systemd) or C(/etc/init.d/<name>) (OpenRC).
+    type: str
+    required: true
+  conf:
+    description:
+      - OpenRC only. Content of C(/etc/conf.d/<name>). Unset leaves that file alone.
+    type: str
+  root:
+    description: Directory the files are written below. Anything other than C(/) only writes files.
+    type: path
+    default: /
+  enabled:
+    description:
+      - Whether the service starts at boot. Unset leaves that alone.
+      - With O(root) other than C(/), V(true) creates the enablement link inside O(root) and V(false) removes it.
+    type: bool
+  state:
+    description:
+      - V(started) starts the service when it is not running and restarts it when the unit changed or
+        O(restart=true). V(stopped) stops it. Unset leaves the running state alone. Ignored with O(root) other
+        than C(/).
+    type: str
+    choices: [started, stopped]
+  restart:
+    description:
+      - Restart a running service with O(state=started) even if the unit did not change, for example because the
+        k0s binaries or the k0s configuration changed.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: Shows the unit (and conf.d file) before and after.
+  platform:
+    platforms: posix
+notes:
+  - Files are written to a temporary name and renamed into place, C(root:root) (when run as root), mode 0644
+    (systemd unit, conf.d) or 0755 (init script). A symlink at the target path, or a parent directory that is
+    world-writable or owned by another user, is refused.
+author:
+  - fleetsplit.k0s maintainers
+"""
+
+EXAMPLES = r"""
+- name: Install and start k0s as a worker (systemd)
+  fleetsplit.k0s.k0s_service:
+    name: k0sworker
+    manager: systemd
+    unit: "{{ lookup('ansible.builtin.template', 'k0s.service.j2') }}"
+    enabled: true
+    state: started
+    restart: "{{ k0s_binaries_changed }}"
+
+- name: Put an enabled OpenRC service into an image overlay
+  fleetsplit.k0s.k0s_service:
+    name: k0scontroller
+    manager: openrc
+    unit: "{{ lookup('ansible.builtin.template', 'k0s.openrc.j2') }}"
+    root: /srv/image-overlay
+    enabled: true
+"""
+
+RETURN = r"""
+path:
+  description: The unit file or init script.
+  returned: always
+  type: str
+  sample: /etc/systemd/system/k0sworker.service
+unit_changed:
+  description: The unit file or init script was written.
+  returned: always
+  type: bool
+conf_changed:
+  description: The OpenRC conf.d file was written.
+  returned: always
+  type: bool
+enabled_changed:
+  description: The service was enabled or disabled.
+  returned: always
+  type: bool
+action:
+  description: What was done to the running service (V(started), V(restarted), V(stopped)), or null.
+  returned: always
+  type: str
+changes:
+  description: One line per change made (or that would be made in check mode).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import os
+import re
+import secrets
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")
+
+
+class ServiceError(Exception):
+    pass
+
+
+def check_parent(path):
+    """Refuse to write into a directory another user could swap files in."""
+    d = os.path.dirname(path)
+    while True:
+        st = os.lstat(d) if os.path.lexists(d) else None
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode):
+                st = os.stat(d)
+            if st.st_uid not in (0, os.geteuid()):
+                raise ServiceError("refusing to write into %s: owned by uid %d" % (d, st.st_uid))
+            if st.st_mode & 0o002 and not st.st_mode & 0o1000:
+                raise ServiceError("refusing to write into %s: it is world-writable" % d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            return
+        d = parent
+
+
+def read_file(path):
+    st = os.lstat(path) if os.path.lexists(path) else None
+    if st is None:
+        return None, None
+    if not stat.S_ISREG(st.st_mode):
+        raise ServiceError("refusing to replace %s: it is %s, not a regular file"
+                           % (path, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a file"))
+    with open(path, "rb") as f:
+        return f.read(), st
+
+
+def write_file(path, data, mode):
+    d = os.path.dirname(path)
+    tmp = os.path.join(d, ".%s.fleetsplit-tmp-%s" % (os.path.basename(path), secrets.token_hex(6)))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.geteuid() == 0:
+            os.chown(tmp, 0, 0)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Service(object):
+
+    def __init__(self, module):
+        self.m = module
+        self.p = module.params
+        self.check = module.check_mode
+        self.root = self.p["root"]
+        self.live = os.path.normpath(self.root) == "/"
+        self.changes = []
+        self.result = dict(unit_changed=False, conf_changed=False, enabled_changed=False, action=None,
+                           changes=self.changes)
+        self.diff = dict(before="", after="")
+        name, mgr = self.p["name"], self.p["manager"]
+        if mgr == "systemd":
+            self.unit_rel, self.unit_mode = "/etc/systemd/system/%s.service" % name, 0o644
+            self.enable_link = ("/etc/systemd/system/multi-user.target.wants/%s.service" % name, self.unit_rel)
+            self.conf_rel = None
+        else:
+            self.unit_rel, self.unit_mode = "/etc/init.d/%s" % name, 0o755
+            self.enable_link = ("/etc/runlevels/default/%s" % name, self.unit_rel)
+            self.conf_rel = "/etc/conf.d/%s" % name
+
+    def path(self, rel):
+        return os.path.join(self.root, rel.lstrip("/"))
+
+    def ensure_file(self, rel, content, mode, label):
+        path = self.path(rel)
+        data = content.encode("utf-8")
+        old, st = read_file(path)
+        self.diff["before"] += "" if old is None else "# %s\n%s" % (path, old.decode("utf-8", "replace"))
+        self.diff["after"] += "# %s\n%s" % (path, content)
+        same = old == data and st is not None and stat.S_IMODE(st.st_mode) == mode and (
+            os.geteuid() != 0 or (st.st_uid, st.st_gid) == (0, 0))
+        if same:
+            return False
+        check_parent(path)
+        if not self.check:
+            if not os.path.isdir(os.path.dirname(path)):
+                if self.live and self.p["manager"] == "systemd":
+                    raise ServiceError("%s does not exist: is systemd installed?" % os.path.dirname(path))
+                os.makedirs(os.path.dirname(path), 0o755)
+            write_file(path, data, mode)
+        self.changes.append("%s %s %s" % ("wrote" if old is not None else "created", label, path))
+        return True
+
+    def run(self, *cmd, **kw):
+        rc, out, err = self.m.run_command(list(cmd))
+        if rc != 0 and not kw.get("ok_rc"):
+            raise ServiceError("%s failed (rc=%d): %s" % (" ".join(cmd), rc, (err or out).strip()))
+        return rc, out
+
+    # ----- enablement
+    def enable_in_root(self, want):
+        link, target = self.enable_link
+        path = self.path(link)
+        st = os.lstat(path) if os.path.lexists(path) else None
+        have = st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(path) == target
+        if want == have:
+            return False
+        if st is not None and not stat.S_ISLNK(st.st_mode):
+            raise ServiceError("refusing to replace %s: it is not a symlink" % path)
+        check_parent(path)
+        if not self.check:
+            if st is not None:
+                os.unlink(path)
+            if want:
+                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                os.symlink(target, path)
+        self.changes.append("%s %s" % ("enabled (link %s)" % path if want else "disabled (removed %s)" % path,
+                                       self.p["name"]))
+        return True
+
+    def enable_live(self, want):
+        name = self.p["name"]
+        if self.p["manager"] == "systemd":
+            rc, out = self.run("systemctl", "is-enabled", name + ".service", ok_rc=True)
+            have = rc == 0 and out.strip() in ("enabled", "enabled-runtime", "alias", "static", "indirect")
+            cmd = ("systemctl", "enable" if want else "disable", name + ".service")
+        else:
+            have = os.path.lexists(os.path.join("/etc/runlevels/default", name))
+            cmd = ("rc-update", "add" if want else "del", name, "default")
+        if want == have:
+            return False
+        if not self.check:
+            self.run(*cmd)
+        self.changes.append("%s %s" % ("enabled" if want else "disabled", name))
+        return True
+
+    # ----- running state
+    def is_running(self):
+        name = self.p["name"]
+        if self.p["manager"] == "systemd":
+            rc, out = self.run("systemctl", "is-active", name + ".service", ok_rc=True)
+            return out.strip() in ("active", "activating", "reloading")
+        rc, out = self.run("rc-service", name, "status", ok_rc=True)
+        return rc == 0
+
+    def set_state(self, want, must_restart):
+        name = self.p["name"]
+        running = self.is_running()
+        if want == "started":
+            action = "restarted" if running and must_restart else (None if running else "started")
+        else:
+            action = "stopped" if running else None
+        if action is None:
+            return None
+        verb = {"started": "start", "restarted": "restart", "stopped": "stop"}[action]
+        if not self.check:
+            if self.p["manager"] == "systemd":
+                self.run("systemctl", verb, name + ".service")
+            else:
+                self.run("rc-service", name, verb)
+        self.changes.append("%s %s" % (action, name))
+        return action
+
+    def apply(self):
+        p = self.p
+        r = self.result
+        r["path"] = self.path(self.unit_rel)
+        r["unit_changed"] = self.ensure_file(self.unit_rel, p["unit"], self.unit_mode,
+                                             "unit" if p["manager"] == "systemd" else "init script")
+        if p["conf"] is not None:
+            if self.conf_rel is None:
+                raise ServiceError("conf is for OpenRC (/etc/conf.d); systemd units carry their environment")
+            r["conf_changed"] = self.ensure_file(self.conf_rel, p["conf"], 0o644, "conf.d file")
+        if not self.live:
+            if p["enabled"] is not None:
+                r["enabled_changed"] = self.enable_in_root(p["enabled"])
+            return
+        if p["manager"] == "systemd" and r["unit_changed"]:
+            if not self.check:
+                self.run("systemctl", "daemon-reload")
+            self.changes.append("reloaded systemd")
+        if p["enabled"] is not None:
+            r["enabled_changed"] = self.enable_live(p["enabled"])
+        if p["state"] is not None:
+            must_restart = p["restart"] or r["unit_changed"] or r["conf_changed"]
+            r["action"] = self.set_state(p["state"], must_restart)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            manager=dict(type="str", required=True, choices=["systemd", "openrc"]),
+            unit=dict(type="str", required=True),
+            conf=dict(type="str"),
+            root=dict(type="path", default="/"),
+            enabled=dict(type="bool"),
+            state=dict(type="str", choices=["started", "stopped"]),
+            restart=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not NAME_RE.match(p["name"]):
+        module.fail_json(msg="name %r is not a plain service name (letters, digits, ._@- only)" % p["name"])
+    if not os.path.isabs(p["root"]):
+        module.fail_json(msg="root must be an absolute path, got %r" % p["root"])
+    svc = Service(module)
+    try:
+        svc.apply()
+    except ServiceError as e:
+        module.fail_json(msg=str(e), changes=svc.changes)
+    except OSError as e:
+        module.fail_json(msg="%s: %s" % (getattr(e, "filename", None) or "file system error", e.strerror or e),
+                         changes=svc.changes)
+    res = svc.result
+    res["changed"] = bool(svc.changes)
+    if module._diff:
+        res["diff"] = svc.diff
+    module.exit_json(**res)
+
+
+if __name__ == "__main__":
+    main()
