@@ -311,8 +311,6 @@ class Service(object):
         r["unit_changed"] = self.ensure_file(self.unit_rel, p["unit"], self.unit_mode,
                                              "unit" if p["manager"] == "systemd" else "init script")
         if p["conf"] is not None:
-            if self.conf_rel is None:
-                raise ServiceError("conf is for OpenRC (/etc/conf.d); systemd units carry their environment")
             r["conf_changed"] = self.ensure_file(self.conf_rel, p["conf"], 0o644, "conf.d file")
         if not self.live:
             if p["enabled"] is not None:
@@ -346,6 +344,9 @@ def main():
     p = module.params
     if not NAME_RE.match(p["name"]):
         module.fail_json(msg="name %r is not a plain service name (letters, digits, ._@- only)" % p["name"])
+    if p["conf"] is not None and p["manager"] != "openrc":
+        module.fail_json(msg="conf is for OpenRC (/etc/conf.d/%s); a systemd unit carries its environment itself"
+                         % p["name"])
     if not os.path.isabs(p["root"]):
         module.fail_json(msg="root must be an absolute path, got %r" % p["root"])
     svc = Service(module)

@@ -1,0 +1,100 @@
+"""fleetsplit.k0s.k0s_service run for real (as a module process) against temporary roots.
+
+Live service managers are exercised by the molecule scenarios (systemd and OpenRC hosts); here the
+file side: writes, modes, idempotence, check mode, diff, enablement links and every refusal.
+"""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from testlib import COLLECTIONS, REPO
+
+MODULE = REPO / "plugins" / "modules" / "k0s_service.py"
+UNIT = "[Unit]\nDescription=k0s - Zero Friction Kubernetes\n\n[Service]\nExecStart=/usr/bin/k0s worker\n"
+
+
+def run(tmp_path, expect_fail=False, check=False, diff=False, **args):
+    argfile = tmp_path / "args.json"
+    args.update(_ansible_check_mode=check, _ansible_diff=diff)
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    p = subprocess.run([sys.executable, str(MODULE), str(argfile)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
+    res = json.loads(p.stdout)
+    assert bool(res.get("failed")) == expect_fail, res
+    return res
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "image"
+    r.mkdir()
+    return r
+
+
+def test_systemd_unit_in_root_is_written_once_and_enabled(tmp_path, root):
+    args = dict(name="k0sworker", manager="systemd", unit=UNIT, root=str(root), enabled=True)
+    # Check mode: reports, writes nothing, diff shows the new unit.
+    r = run(tmp_path, check=True, diff=True, **args)
+    assert r["changed"] and r["unit_changed"] and r["enabled_changed"]
+    assert "ExecStart=/usr/bin/k0s worker" in r["diff"]["after"] and r["diff"]["before"] == ""
+    assert not (root / "etc").exists()
+    r = run(tmp_path, **args)
+    unit = root / "etc/systemd/system/k0sworker.service"
+    assert r["changed"] and r["path"] == str(unit) and unit.read_text() == UNIT
+    st = unit.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o644 and (st.st_uid, st.st_gid) == (0, 0)
+    link = root / "etc/systemd/system/multi-user.target.wants/k0sworker.service"
+    assert os.readlink(link) == "/etc/systemd/system/k0sworker.service"
+    assert r["action"] is None, "nothing is started inside an image"
+    ino = unit.stat().st_ino
+    r = run(tmp_path, **args)
+    assert not r["changed"] and r["changes"] == [] and unit.stat().st_ino == ino
+    # A changed unit is replaced (new inode: temp file + rename), a wrong mode repaired.
+    r = run(tmp_path, **dict(args, unit=UNIT + "Restart=always\n"))
+    assert r["unit_changed"] and unit.stat().st_ino != ino and unit.read_text().endswith("Restart=always\n")
+    os.chmod(unit, 0o666)
+    assert run(tmp_path, **dict(args, unit=UNIT + "Restart=always\n"))["unit_changed"]
+    assert stat.S_IMODE(unit.stat().st_mode) == 0o644
+    # enabled=false removes the link; unset leaves it alone.
+    assert run(tmp_path, **dict(args, enabled=False))["enabled_changed"] and not os.path.lexists(link)
+    args.pop("enabled")
+    assert not run(tmp_path, **args)["enabled_changed"] and not os.path.lexists(link)
+    assert not [e for e in os.listdir(unit.parent) if "fleetsplit-tmp" in e]
+
+
+def test_openrc_script_and_conf_in_root(tmp_path, root):
+    r = run(tmp_path, name="k0scontroller", manager="openrc", unit="#!/sbin/openrc-run\n", conf="rc_ulimit='-n 20000'\n",
+            root=str(root), enabled=True)
+    assert r["unit_changed"] and r["conf_changed"]
+    script, conf = root / "etc/init.d/k0scontroller", root / "etc/conf.d/k0scontroller"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755 and stat.S_IMODE(conf.stat().st_mode) == 0o644
+    assert conf.read_text() == "rc_ulimit='-n 20000'\n"
+    assert os.readlink(root / "etc/runlevels/default/k0scontroller") == "/etc/init.d/k0scontroller"
+
+
+def test_refusals_name_the_problem_and_change_nothing(tmp_path, root):
+    base = dict(name="k0sworker", manager="systemd", unit=UNIT, root=str(root))
+    d = root / "etc/systemd/system"
+    d.mkdir(parents=True)
+    # A symlink at the unit path is not written through.
+    (tmp_path / "elsewhere").write_text("precious")
+    os.symlink(tmp_path / "elsewhere", d / "k0sworker.service")
+    r = run(tmp_path, expect_fail=True, **base)
+    assert "symlink" in r["msg"] and str(d / "k0sworker.service") in r["msg"]
+    assert (tmp_path / "elsewhere").read_text() == "precious"
+    os.unlink(d / "k0sworker.service")
+    # World-writable directory (no sticky bit).
+    os.chmod(d, 0o777)
+    r = run(tmp_path, expect_fail=True, **base)
+    assert "world-writable" in r["msg"] and str(d) in r["msg"]
+    assert os.listdir(d) == []
+    os.chmod(d, 0o755)
+    # conf.d is OpenRC only; names must be plain.
+    assert "OpenRC" in run(tmp_path, expect_fail=True, conf="x=1\n", **base)["msg"]
+    assert "plain service name" in run(tmp_path, expect_fail=True, **dict(base, name="../evil"))["msg"]
+    assert "absolute" in run(tmp_path, expect_fail=True, **dict(base, root="relative/dir"))["msg"]
+    assert os.listdir(d) == []
