@@ -417,10 +417,16 @@ class KilledRun(object):
             raise Failure("the kill point was never reached (play ended with rc %s)" % p.returncode)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+        secs = time.monotonic() - t0
+        # A `podman exec` the controller launched just before the kill may start its module a moment
+        # later: keep killing for a while, so no module outlives the play and finishes its work.
         killed = []
-        for h in hosts:
-            killed += kill_modules(h)
-        return time.monotonic() - t0, killed
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            for h in hosts:
+                killed += kill_modules(h)
+            time.sleep(0.05)
+        return secs, killed
 
 
 def kill_modules(h):
