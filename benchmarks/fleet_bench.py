@@ -26,6 +26,7 @@ Needs root, podman and the images from scripts/prepare-test-hosts; `make bench-f
 import argparse
 import concurrent.futures
 import datetime
+import glob
 import json
 import os
 import re
@@ -153,6 +154,27 @@ class Fleet:
              "rm -rf /var/lib/fleetsplit-k0s /usr/libexec/k0s /var/lib/k0s /etc/k0s /run/k0s; "
              "systemctl daemon-reload")
 
+    def cpu_seconds(self, names):
+        """CPU time each container's cgroup has used so far ({name: seconds}; empty when not found)."""
+        if not hasattr(self, "_cg"):
+            self._cg = {}
+        out = {}
+        for n in names:
+            if n not in self._cg:
+                cid = run(["podman", "inspect", "--format", "{{.Id}}", n]).stdout.strip()
+                cands = glob.glob("/sys/fs/cgroup/cpuacct/**/*%s*/cpuacct.usage" % cid, recursive=True)
+                cands += glob.glob("/sys/fs/cgroup/**/*%s*/cpu.stat" % cid, recursive=True)
+                self._cg[n] = cands[0] if cands else None
+            path = self._cg[n]
+            if path is None:
+                continue
+            text = open(path).read()
+            if path.endswith("cpuacct.usage"):
+                out[n] = int(text) / 1e9
+            else:
+                out[n] = int(re.search(r"usage_usec (\d+)", text).group(1)) / 1e6
+        return out
+
     def reset(self, names):
         """Back to a host that never saw k0s (faster than re-creating the container)."""
         pmap(lambda n: self.exec(n, self.RESET), names)
@@ -221,9 +243,12 @@ class Ansible:
                 "-e", "k0s_executable=%s" % executable, "-e", "k0s_controller_cache_dir=%s" % self.cache_dir]
         argv += list(extra_args)
         before = self.fleet.rx_bytes(names)
+        cpu_before, busy_before = self.fleet.cpu_seconds(names), machine_busy_seconds()
         start = time.perf_counter()
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
         wall = time.perf_counter() - start
+        busy = machine_busy_seconds() - busy_before
+        cpu_after = self.fleet.cpu_seconds(names)
         after = self.fleet.rx_bytes(names)
         self._close_masters(cp_dir)
         logfile = os.path.join(self.workdir, "logs", tag + ".log")
@@ -239,7 +264,10 @@ class Ansible:
             raise BenchError("%s: PLAY RECAP lacks %s / reports failures on %s; log: %s" % (label, missing, bad, logfile))
         return {"label": label, "hosts": len(names), "wall_s": wall, "log": logfile,
                 "rx": dict((n, after[n] - before[n]) for n in names),
-                "changed": dict((n, recap[n][0]) for n in names), "profile": proc.stdout if env_extra else None}
+                "changed": dict((n, recap[n][0]) for n in names), "profile": proc.stdout if env_extra else None,
+                "busy_cpu_s": busy,
+                "host_cpu_s": (sum(cpu_after[n] - cpu_before[n] for n in names)
+                               if len(cpu_after) == len(names) == len(cpu_before) else None)}
 
     @staticmethod
     def _close_masters(cp_dir):
@@ -284,6 +312,12 @@ def summarize(runs):
             "rx_max_host": statistics.median(max_host),
             "changed": "%d" % changed[0] if len(changed) == 1 else "%d-%d" % (changed[0], changed[-1]),
             "walls": walls}
+
+
+def machine_busy_seconds():
+    """CPU seconds the whole machine has spent busy (all cores; /proc/stat, idle and iowait excluded)."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def mb(n):
@@ -466,6 +500,21 @@ def render(results, split_table, split_rows, m1, m2, growth, args, started, tota
             w("| fleet growth: fresh deploy, %d host%s, forks %d | %s | %d | %.1f s (%.1f-%.1f) | %.1f s | %s | %s |"
               % (n, "" if n == 1 else "s", max(5, n), LABELS["split"], s["n"], s["wall_median_s"], s["wall_min_s"],
                  s["wall_max_s"], s["ready_median_s"], mb(s["rx_mean_per_host"]), s["changed"]))
+    cpu_rows = [(n, runs.get(("growth", n), [])) for n in growth]
+    cpu_rows = [(n, rs) for n, rs in cpu_rows if rs and all(r.get("host_cpu_s") is not None for r in rs)]
+    if cpu_rows:
+        w("")
+        w("Where the CPU went in the growth runs (hosts and controller share this machine's %d cores; CPU seconds "
+          "from /proc/stat for the whole machine and from each container's cgroup for the hosts):" % os.cpu_count())
+        w("")
+        w("| hosts | wall | machine busy | in the hosts | per host | controller and the rest | busy / (cores x wall) |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for n, rs in cpu_rows:
+            wall = statistics.median(r["wall_s"] for r in rs)
+            busy = statistics.median(r["busy_cpu_s"] for r in rs)
+            host = statistics.median(r["host_cpu_s"] for r in rs)
+            w("| %d | %.1f s | %.1f s | %.1f s | %.2f s | %.1f s | %.0f %% |" % (
+                n, wall, busy, host, host / n, busy - host, 100 * busy / (os.cpu_count() * wall)))
     w("")
     w("Controller-side split (`benchmarks/split_bench.py`, same run):")
     w("")

@@ -13,8 +13,10 @@ version_added: "0.1.0"
 description:
   - Takes the result of M(fleetsplit.k0s.payload_split) (with C(streams_dest)) and a list of names, and writes
     C(<dest>/<id>.bundle), the gzip streams of those names concatenated in name order. One file means one
-    C(ansible.builtin.copy) per host instead of one per stream, which saves Ansible's per-file cost (a remote
-    stat and a copy module run, about 0.26 MB over ssh each).
+    transfer per host instead of one per stream, which saves Ansible's per-file cost.
+  - With O(names_by_host) one run (C(run_once)) serves a whole play: each distinct set of names gets one bundle
+    and RV(bundles) maps every host to its own. That is one controller-side module run per play instead of one
+    per host, which matters for large fleets where the controller's CPU is the limit.
   - C(<id>) is a sha256 over the ordered (name, stream sha256, stream size) of the members, so hosts lacking the
     same set share one bundle and a bundle is never rebuilt for the same content. The bundle is written to a
     temporary name and renamed into place, so concurrent runs (one per host, C(delegate_to=localhost)) are safe.
@@ -34,9 +36,14 @@ options:
     description:
       - Names to bundle, as M(fleetsplit.k0s.k0s_release) reports them in C(missing); C(k0s) is the stripped
         executable. Order does not matter. Unknown names are an error.
+      - Exactly one of O(names) and O(names_by_host) is required.
     type: list
     elements: str
-    required: true
+  names_by_host:
+    description:
+      - C({host: [names]}) for a whole play, for example built from every host's C(k0s_release) query. Hosts
+        with an empty list get no bundle.
+    type: dict
   dest:
     description: Directory for the bundles. Defaults to C(<split dir>/bundles) (the split directory holds C(streams/bin/k0s.gz)).
     type: path
@@ -66,41 +73,47 @@ EXAMPLES = r"""
   become: false
   register: bundle
 
-- name: Upload it in one transfer
-  ansible.builtin.copy:
-    src: "{{ bundle.path }}"
-    dest: "/var/lib/fleetsplit-k0s/incoming/{{ bundle.id }}.bundle"
-    mode: "0600"
-
-- name: Build the release from it
+- name: Upload it (the k0s_release action transfers bundle_src itself) and build the release from it
   fleetsplit.k0s.k0s_release:
     files: "{{ k0s_split.files }}"
     executable: "{{ k0s_split.stripped_executable }}"
-    bundle: "/var/lib/fleetsplit-k0s/incoming/{{ bundle.id }}.bundle"
+    bundle_src: "{{ bundle.path }}"
     bundle_members: "{{ bundle.members }}"
+
+- name: The same for every host of the play in one controller-side run
+  fleetsplit.k0s.stream_bundle:
+    split: "{{ k0s_split }}"
+    names_by_host: "{{ dict(ansible_play_hosts | zip(ansible_play_hosts | map('extract', hostvars, ['k0s_query', 'missing']))) }}"
+  run_once: true
+  delegate_to: localhost
+  register: bundles
 """
 
 RETURN = r"""
+bundles:
+  description: With O(names_by_host), C({host: {id, path, size, sha256, members}}) for every host that lacks something.
+  returned: names_by_host given
+  type: dict
 id:
   description: Content id of the bundle (sha256 hex over the members' names, stream sha256 and sizes).
-  returned: always
+  returned: names given
   type: str
 path:
   description: The bundle on the controller.
-  returned: always
+  returned: names given
   type: str
   sample: ~/.cache/fleetsplit-k0s/split/<sha256>/bundles/<id>.bundle
 size:
   description: Bundle size in bytes (the sum of the member streams).
-  returned: always
+  returned: names given
   type: int
 sha256:
   description: sha256 of the bundle file.
-  returned: always
+  returned: names given
   type: str
 members:
   description: The member table, in bundle order.
-  returned: always
+  returned: names given
   type: list
   elements: dict
   contains:
@@ -139,28 +152,46 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             split=dict(type="dict", required=True),
-            names=dict(type="list", elements="str", required=True),
+            names=dict(type="list", elements="str"),
+            names_by_host=dict(type="dict"),
             dest=dict(type="path"),
         ),
+        required_one_of=[("names", "names_by_host")],
+        mutually_exclusive=[("names", "names_by_host")],
         supports_check_mode=True,
     )
     p = module.params
+    if p["names"] is not None:
+        wanted = {None: p["names"]}
+        if not p["names"]:
+            module.fail_json(msg="names is empty: nothing to bundle (skip this task when the host lacks nothing)")
+    else:
+        wanted = p["names_by_host"]
+        for host, names in wanted.items():
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                module.fail_json(msg="names_by_host[%r] must be a list of names, got %r" % (host, names))
+    # <split dir>/streams/bin/k0s.gz -> <split dir>/bundles
+    exe_stream = (p["split"].get("stripped_executable") or {}).get("stream") or ""
+    dest = p["dest"] or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(exe_stream))), "bundles")
+    made = {}   # one bundle per distinct set of names
+    bundles = {}
     try:
-        streams = streams_for(p["split"], p["names"])
+        for host, names in sorted(wanted.items(), key=lambda kv: str(kv[0])):
+            key = tuple(sorted(set(names)))
+            if not key:
+                continue
+            if key not in made:
+                made[key] = write_bundle(streams_for(p["split"], key), dest, write=not module.check_mode)
+            bundles[host] = made[key]
     except ValueError as e:
         module.fail_json(msg=str(e))
-    if not streams:
-        module.fail_json(msg="names is empty: nothing to bundle (skip this task when the host lacks nothing)")
-    # <split dir>/streams/bin/k0s.gz -> <split dir>/bundles
-    exe_stream = p["split"]["stripped_executable"]["stream"]
-    dest = p["dest"] or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(exe_stream))), "bundles")
-    try:
-        res = write_bundle(streams, dest, write=not module.check_mode)
     except PayloadError as e:
         module.fail_json(msg=str(e))
     except (IOError, OSError) as e:
         module.fail_json(msg="%s: %s" % (getattr(e, "filename", None) or dest, e.strerror or e))
-    module.exit_json(**res)
+    if p["names"] is not None:
+        module.exit_json(**bundles[None])
+    module.exit_json(changed=any(b.get("changed") for b in made.values()), bundles=bundles)
 
 
 if __name__ == "__main__":

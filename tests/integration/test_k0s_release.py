@@ -716,7 +716,8 @@ def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
     p, changed, failed, out = _playbook(host, tmp_path, res)
     assert failed == 0 and changed == 1 and out == {"changed": False}, p.stdout
     # The query (a dry run of present) found nothing to do, so present itself does not run.
-    assert re.search(r"Install the release and switch to it\] \*+\nskipping: \[localhost\]", p.stdout), p.stdout
+    assert re.search(re.escape("Upload, build and switch (or only build, with k0s_install_switch=false)")
+                     + r"\] \*+\nskipping: \[localhost\]", p.stdout), p.stdout
     assert _no_uploads_left(host)
     # Upgrade to another k0s (legacy format), then roll back through the role; a re-run keeps it rolled back.
     res2 = _split("k0s-small-legacy", tmp_path / "split2")

@@ -148,14 +148,17 @@ def task_results(out, name):
     return found
 
 
+PRESENT_TASK = "Upload, build and switch (or only build, with k0s_install_switch=false)"
+BUNDLE_TASK = "Bundle the streams each host lacks (on the controller, once for the play)"
+
+
 def uploaded(out, host):
     """Names whose streams the run sent to ``host``: the members of the one bundle the k0s_release
     action uploaded (it reports bundle_bytes only when it transferred one)."""
-    for task in ("Install the release and switch to it", "Upload and build the release without switching to it"):
-        res = task_results(out, task).get(host, {})
-        if res.get("bundle_bytes"):
-            bundle = task_results(out, "Bundle the streams this host lacks (on the controller)").get(host, {})
-            return sorted(m["name"] for m in bundle.get("members", []))
+    if not task_results(out, PRESENT_TASK).get(host, {}).get("bundle_bytes"):
+        return []
+    for res in task_results(out, BUNDLE_TASK).values():   # run_once: one host carries the result
+        return sorted(m["name"] for m in res.get("bundles", {}).get(host, {}).get("members", []))
     return []
 
 
@@ -524,7 +527,7 @@ def cmd_fault(args):
         if st["files"]["libexec/" + name] == versions["k0s-zip"]["libexec/" + name]:
             raise Failure("corrupting %s on %s did not change its sha256" % (name, victim.name))
         out = run_playbook(inv, full)
-        present = task_results(out, "Install the release and switch to it")
+        present = task_results(out, PRESENT_TASK)
         for h in hosts:
             changed = out["stats"][h.name]["changed"]
             after = host_state(h)["inodes"]
