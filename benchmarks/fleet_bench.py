@@ -546,12 +546,22 @@ def render(results, split_table, split_rows, m1, m2, growth, args, started, tota
     target("bytes per host, fresh deploy <= 1.05x all streams + k0s.gz (issue 3)",
            sf and sf["rx_max_host"] / fresh_ref, 1.05, sf and "busiest host %s vs %s" % (mb(sf["rx_max_host"]), mb(fresh_ref)))
     g_small, g_big = S.get(("growth", 3)), S.get(("growth", max(growth)))
+    cpu_note = ""
+    big_runs = runs.get(("growth", max(growth)), [])
+    if big_runs and all(r.get("host_cpu_s") is not None for r in big_runs):
+        busy = statistics.median(r["busy_cpu_s"] for r in big_runs)
+        host = statistics.median(r["host_cpu_s"] for r in big_runs)
+        cpu_note = "; machine %.0f %% busy, %.1f of its %.1f CPU-s in the hosts" % (
+            100 * busy / (os.cpu_count() * g_big["wall_median_s"]), host, busy) if g_big else ""
     target("deploy time %d hosts <= 3x 3 hosts (growth runs)" % max(growth),
            g_small and g_big and max(growth) > 3 and g_big["wall_median_s"] / g_small["wall_median_s"], 3.0,
-           g_small and g_big and "%.1f s vs %.1f s" % (g_big["wall_median_s"], g_small["wall_median_s"]))
+           g_small and g_big and "%.1f s vs %.1f s%s" % (g_big["wall_median_s"], g_small["wall_median_s"], cpu_note))
     for r in split_rows:
-        target("split <= 0.6x %s (%s)" % (r["baseline"], r["format"]), r["ratio"], 0.6,
-               "%.2f s vs %.2f s, peak RSS %.0f MiB" % (r["split_median_s"], r["baseline_median_s"], r["split_peak_rss_mib"]))
+        detail = "%.2f s vs %.2f s, peak RSS %.0f MiB" % (r["split_median_s"], r["baseline_median_s"], r["split_peak_rss_mib"])
+        if r["format"] == "zip":
+            target("split <= 0.6x %s (%s)" % (r["baseline"], r["format"]), r["ratio"], 0.6, detail)
+        else:   # the issue's split target is stated against unzip -o, i.e. for the zip format
+            w("| split vs %s (%s; no target, for reference) | %.2fx (%s) | - |" % (r["baseline"], r["format"], r["ratio"], detail))
     for key in ("profile_noop", "profile_upgrade"):
         if results.get(key):
             w("")
