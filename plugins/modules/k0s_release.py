@@ -850,6 +850,7 @@ class Runner(object):
                            replaced_staged=[], links_changed=[], pruned=[], cleaned=[])
         self._lock_fd = None
         self._backup_root = None
+        self.stale_manifest = False
 
     # ----- guards
     def check_paths(self, writing):
@@ -1119,8 +1120,9 @@ class Runner(object):
         self.check = True
         self.p["switch"] = True
         self.run_present()
-        if _lstat(self.s.rollback_record) is not None:
-            # present ends a rollback by removing its record, even when nothing else changes.
+        if _lstat(self.s.rollback_record) is not None or self.stale_manifest:
+            # present ends a rollback by removing its record, and refreshes a stale manifest.json,
+            # even when nothing else changes.
             self.result["up_to_date"] = False
         self.result["host"] = host_facts()
         self.result.pop("diff", None)
@@ -1176,8 +1178,12 @@ class Runner(object):
                 if not self.check:
                     remove_tree_or_file(os.path.join(self.s.release_dir(rid), rel))
                 self.changes.append("removed %s from release %s: not part of it" % (rel, rid))
-            if not self.check and (problems or self._manifest_stale(pl, rid, items)):
-                self.write_manifest(self.s.release_dir(rid), rid, items, pinned)
+            if problems or self._manifest_stale(pl, rid, items):
+                if self.check:
+                    # Not a change anyone sees, but without the refresh every run re-hashes those files.
+                    self.stale_manifest = True
+                else:
+                    self.write_manifest(self.s.release_dir(rid), rid, items, pinned)
         old_prev = self.s.pointer(self.s.previous_link)
         switched = False
         if self.p["switch"]:

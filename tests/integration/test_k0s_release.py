@@ -203,6 +203,15 @@ def test_query_up_to_date_means_present_would_change_nothing(host, v1, v2):
     drifted("leftover of a killed run", lambda: None)
     (host.streams / "runc.gz").write_bytes(b"stale")
     drifted("stale stream", lambda: None)
+    # A file whose mtime changed but whose content did not: present refreshes manifest.json (quietly), so
+    # the query must not call that up to date, or every later run would re-hash the file.
+    victim = host.rdir(rid) / "libexec/runc"
+    os.utime(victim, ns=(1, 1))
+    q = host.run("query", v1)
+    assert q["up_to_date"] is False and q["missing"] == [] and q["changes"] == []
+    assert host.run("present", v1)["changed"] is False
+    assert json.loads((host.rdir(rid) / "manifest.json").read_text())["files"]["libexec/runc"]["mtime_ns"] == 1
+    assert host.run("query", v1)["up_to_date"] is True
     # After a rollback, re-installing the rolled-back-to release must run present (it ends the rollback).
     _, r2 = install(host, v2)
     host.run("rollback")
