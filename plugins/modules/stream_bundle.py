@@ -14,7 +14,7 @@ description:
   - Takes the result of M(fleetsplit.k0s.payload_split) (with C(streams_dest)) and a list of names, and writes
     C(<dest>/<id>.bundle), the gzip streams of those names concatenated in name order. One file means one
     transfer per host instead of one per stream, which saves Ansible's per-file cost.
-  - With O(names_by_host) one run (C(run_once)) serves a whole play: each distinct set of names gets one bundle
+  - With O(names_by_host) one run (C(run_once)) serves a whole play; each distinct set of names gets one bundle
     and RV(bundles) maps every host to its own. That is one controller-side module run per play instead of one
     per host, which matters for large fleets where the controller's CPU is the limit.
   - C(<id>) is a sha256 over the ordered (name, stream sha256, stream size) of the members, so hosts lacking the
@@ -41,8 +41,8 @@ options:
     elements: str
   names_by_host:
     description:
-      - C({host: [names]}) for a whole play, for example built from every host's C(k0s_release) query. Hosts
-        with an empty list get no bundle.
+      - "A mapping of host name to names for a whole play, for example built from every host's C(k0s_release)
+        query. Hosts with an empty list get no bundle."
     type: dict
   dest:
     description: Directory for the bundles. Defaults to C(<split dir>/bundles) (the split directory holds C(streams/bin/k0s.gz)).
@@ -91,7 +91,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 bundles:
-  description: With O(names_by_host), C({host: {id, path, size, sha256, members}}) for every host that lacks something.
+  description: With O(names_by_host), for every host that lacks something, its bundle as C(id), C(path), C(size), C(sha256) and C(members).
   returned: names_by_host given
   type: dict
 id:
