@@ -321,6 +321,20 @@ import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
+    TMP_MARK,
+    HostFsError,
+    atomic_symlink,
+    atomic_write,
+    check_dir_chain,
+    check_dir_stat,
+    fsync_dir,
+    lstat_or_none,
+    os_error_message,
+    set_owner_mode,
+    tmp_name,
+    unlink_quietly,
+)
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
     PayloadError,
     check_bundle_members,
@@ -331,78 +345,21 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import 
 EXE = "k0s"             # display name of the executable in `missing`, `sources`, diffs
 EXE_REL = "bin/k0s"
 MANIFEST = "manifest.json"
-TMP_MARK = ".fleetsplit-tmp-"
 NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 SELINUX_NAMES = ("containerd", "containerd-shim-runc-v2", "runc")
 CHUNK = 1 << 20
 
 
-class ReleaseError(Exception):
+class ReleaseError(HostFsError):
     pass
 
 
 # --------------------------------------------------------------------------- small file-system helpers
 
-def _trusted_uids():
-    return (0, os.geteuid())
-
-
-def _lstat(path):
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-def _tmp_name(directory, base):
-    return os.path.join(directory, ".%s%s%s" % (base, TMP_MARK, secrets.token_hex(6)))
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _check_dir_stat(path, st):
-    if not stat.S_ISDIR(st.st_mode):
-        raise ReleaseError("%s is not a directory" % path)
-    if st.st_uid not in _trusted_uids():
-        raise ReleaseError("refusing to write below %s: it is owned by uid %d, not by root" % (path, st.st_uid))
-    if st.st_mode & stat.S_IWOTH and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0):
-        raise ReleaseError("refusing to write below %s: it is world-writable (mode %04o)"
-                           % (path, stat.S_IMODE(st.st_mode)))
-
-
-def check_dir_chain(path, _depth=0):
-    """Every existing component of ``path`` must be a safe directory; symlinks must be owned by root."""
-    if _depth > 20:
-        raise ReleaseError("too many levels of symlinks below %s" % path)
-    cur = "/"
-    _check_dir_stat(cur, os.lstat(cur))
-    for comp in path.strip("/").split("/"):
-        if comp in ("", "."):
-            continue
-        nxt = os.path.join(cur, comp)
-        st = _lstat(nxt)
-        if st is None:
-            return   # the rest is created by us, below a directory that passed
-        if stat.S_ISLNK(st.st_mode):
-            if st.st_uid not in _trusted_uids():
-                raise ReleaseError("refusing to write through %s: it is a symlink owned by uid %d" % (nxt, st.st_uid))
-            nxt = os.path.realpath(nxt)
-            check_dir_chain(nxt, _depth + 1)
-            st = os.lstat(nxt)
-        _check_dir_stat(nxt, st)
-        cur = nxt
-
-
 def ensure_real_dir(path, check_mode, changes, mode=0o755):
     """A directory the store owns: must be a real directory, never a symlink."""
-    st = _lstat(path)
+    st = lstat_or_none(path)
     if st is None:
         if not check_mode:
             os.makedirs(path, mode)
@@ -414,47 +371,7 @@ def ensure_real_dir(path, check_mode, changes, mode=0o755):
                            "(the store only holds real directories)" % path)
     if not stat.S_ISDIR(st.st_mode):
         raise ReleaseError("%s is in the way: expected a directory" % path)
-    _check_dir_stat(path, st)
-
-
-def atomic_symlink(target, link_path):
-    tmp = _tmp_name(os.path.dirname(link_path), os.path.basename(link_path))
-    os.symlink(target, tmp)
-    try:
-        os.rename(tmp, link_path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    fsync_dir(os.path.dirname(link_path))
-
-
-def atomic_write(path, data, mode=0o644):
-    tmp = _tmp_name(os.path.dirname(path), os.path.basename(path))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _set_owner_mode(path, mode=0o755):
-    if os.geteuid() == 0:
-        os.chown(path, 0, 0, follow_symlinks=False)
-    os.chmod(path, mode)
+    check_dir_stat(path, st)
 
 
 def copy_verified(src, dst, size, sha256, mtime_ns):
@@ -476,18 +393,18 @@ def copy_verified(src, dst, size, sha256, mtime_ns):
             os.fsync(out.fileno())
         if n != size or h.hexdigest() != sha256:
             return False
-        _set_owner_mode(dst)
+        set_owner_mode(dst)
         if mtime_ns is not None:
             os.utime(dst, ns=(mtime_ns, mtime_ns))
         ok = True
         return True
     finally:
         if not ok:
-            _unlink_quietly(dst)
+            unlink_quietly(dst)
 
 
 def remove_tree_or_file(path):
-    st = _lstat(path)
+    st = lstat_or_none(path)
     if st is None:
         return
     if stat.S_ISDIR(st.st_mode):
@@ -599,7 +516,7 @@ class Store(object):
 
     def pointer(self, link):
         """Release id a store pointer (current/previous) names, or None."""
-        st = _lstat(link)
+        st = lstat_or_none(link)
         if st is None:
             return None
         if not stat.S_ISLNK(st.st_mode):
@@ -612,13 +529,13 @@ class Store(object):
         return parts[1]
 
     def list_releases(self):
-        if _lstat(self.releases) is None:
+        if lstat_or_none(self.releases) is None:
             return []
         out = []
         for e in sorted(os.listdir(self.releases)):
             if e.startswith("."):
                 continue
-            st = _lstat(os.path.join(self.releases, e))
+            st = lstat_or_none(os.path.join(self.releases, e))
             if st is not None and stat.S_ISDIR(st.st_mode):
                 out.append(e)
         return out
@@ -640,7 +557,7 @@ def file_state(path, expect_size, expect_sha, record, verify, mtime_ns=None):
 
     Trusts a ``manifest.json`` record when size and mtime match it (fast re-runs); otherwise hashes.
     """
-    st = _lstat(path)
+    st = lstat_or_none(path)
     if st is None:
         return "missing"
     if not stat.S_ISREG(st.st_mode):
@@ -690,7 +607,7 @@ class Planner(object):
         rdir = self.s.release_dir(self.rid)
         out = []
         for rel in sorted(self.items):
-            st = _lstat(os.path.join(rdir, rel))
+            st = lstat_or_none(os.path.join(rdir, rel))
             if st is None or not stat.S_ISREG(st.st_mode):
                 continue
             if stat.S_IMODE(st.st_mode) != 0o755 or (os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0)):
@@ -702,7 +619,7 @@ class Planner(object):
         out = []
         for sub in ("bin", "libexec"):
             d = os.path.join(rdir, sub)
-            if _lstat(d) is None:
+            if lstat_or_none(d) is None:
                 continue
             for e in sorted(os.listdir(d)):
                 if "%s/%s" % (sub, e) not in self.items:
@@ -736,10 +653,10 @@ class Planner(object):
             foreign.append(os.path.join(self.s.data_bin, it.name))
             foreign.append(os.path.join(self.s.libexec_dir, it.name))
         for path in foreign:
-            st = _lstat(path)
+            st = lstat_or_none(path)
             if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != it.size:
                 continue
-            parent = _lstat(os.path.dirname(path))
+            parent = lstat_or_none(os.path.dirname(path))
             if parent is None or not stat.S_ISDIR(parent.st_mode):
                 continue   # e.g. <libexec_dir>/x when libexec_dir is our symlink: already covered above
             try:
@@ -755,7 +672,7 @@ class Planner(object):
             offset, length = self.bundle[1][it.name]
             return (self.bundle[0], offset, length)
         p = os.path.join(self.s.streams_dir, it.stream)
-        st = _lstat(p)
+        st = lstat_or_none(p)
         return (p, 0, None) if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def missing(self):
@@ -770,9 +687,9 @@ class Planner(object):
     def link_plan(self):
         """[(kind, path, target, action)] for links that are not right; raises for foreign links we must not touch."""
         plan = []
-        st = _lstat(self.s.exe_link)
+        st = lstat_or_none(self.s.exe_link)
         plan += self._leaf_plan(self.s.exe_link, self.s.exe_link_target, st)
-        st = _lstat(self.s.libexec_dir)
+        st = lstat_or_none(self.s.libexec_dir)
         plan += self._leaf_plan(self.s.libexec_dir, self.s.libexec_link_target, st)
         if self.link_data_dir:
             names = set(it.name for it in self.items.values() if it.rel != EXE_REL)
@@ -780,7 +697,7 @@ class Planner(object):
             for name in sorted(names):
                 path = os.path.join(self.s.data_bin, name)
                 target = prefix + name
-                st = _lstat(path)
+                st = lstat_or_none(path)
                 if st is None:
                     plan.append(("data", path, target, "create"))
                 elif stat.S_ISLNK(st.st_mode):
@@ -797,12 +714,12 @@ class Planner(object):
                 else:
                     raise ReleaseError("%s is in the way (not a file or symlink); remove it" % path)
             # Our links to names this release no longer has.
-            if _lstat(self.s.data_bin) is not None and os.path.isdir(self.s.data_bin):
+            if lstat_or_none(self.s.data_bin) is not None and os.path.isdir(self.s.data_bin):
                 for e in sorted(os.listdir(self.s.data_bin)):
                     path = os.path.join(self.s.data_bin, e)
                     if e in names or TMP_MARK in e:
                         continue
-                    st = _lstat(path)
+                    st = lstat_or_none(path)
                     if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(path).startswith(prefix):
                         plan.append(("data", path, None, "remove stale link"))
         return plan
@@ -862,20 +779,20 @@ class Runner(object):
         for d in dirs:
             check_dir_chain(d)
         for d in (self.s.releases, self.s.backup):
-            st = _lstat(d)
+            st = lstat_or_none(d)
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 raise ReleaseError("refusing to write through %s: it is %s, not a directory fleetsplit created"
                                    % (d, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"))
         for rid in self.s.list_releases():
             for sub in ("bin", "libexec"):
                 d = os.path.join(self.s.release_dir(rid), sub)
-                st = _lstat(d)
+                st = lstat_or_none(d)
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     raise ReleaseError("refusing to use %s: it is not a real directory" % d)
-        if _lstat(self.s.releases) is not None:
+        if lstat_or_none(self.s.releases) is not None:
             # symlinked release directories are filtered out by list_releases; name them.
             for e in os.listdir(self.s.releases):
-                st = _lstat(os.path.join(self.s.releases, e))
+                st = lstat_or_none(os.path.join(self.s.releases, e))
                 if st is not None and stat.S_ISLNK(st.st_mode) and not e.startswith("."):
                     raise ReleaseError("refusing to use %s: it is a symlink fleetsplit did not create"
                                        % os.path.join(self.s.releases, e))
@@ -883,7 +800,7 @@ class Runner(object):
     def lock(self):
         if self.check:
             return
-        if _lstat(self.s.root) is None:
+        if lstat_or_none(self.s.root) is None:
             os.makedirs(self.s.root, 0o755)
         fd = os.open(os.path.join(self.s.root, ".lock"),
                      os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -893,7 +810,7 @@ class Runner(object):
     # ----- cleanup of killed runs
     def cleanup(self):
         found = []
-        if _lstat(self.s.releases) is not None:
+        if lstat_or_none(self.s.releases) is not None:
             for e in os.listdir(self.s.releases):
                 if e.startswith(".") and (".tmp-" in e):
                     found.append(os.path.join(self.s.releases, e))
@@ -908,7 +825,7 @@ class Runner(object):
                 for e in os.listdir(d):
                     if e.startswith(".") and TMP_MARK in e:
                         p = os.path.join(d, e)
-                        st = _lstat(p)
+                        st = lstat_or_none(p)
                         if st is not None and (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
                             found.append(p)
         for p in sorted(set(found)):
@@ -940,7 +857,7 @@ class Runner(object):
                                 offset=offset, length=length)
         except PayloadError as e:
             raise ReleaseError("stream for %s is unusable: %s" % (it.name, e))
-        _set_owner_mode(dst)
+        set_owner_mode(dst)
         if mtime_ns is not None:
             os.utime(dst, ns=(mtime_ns, mtime_ns))
         return "stream"
@@ -974,7 +891,7 @@ class Runner(object):
         try:
             for sub in ("bin", "libexec"):
                 os.mkdir(os.path.join(tmp, sub), 0o755)
-                _set_owner_mode(os.path.join(tmp, sub))
+                set_owner_mode(os.path.join(tmp, sub))
             for rel, it in sorted(items.items()):
                 sources_out[it.name] = self.materialize(it, os.path.join(tmp, rel), pl.host_sources(it),
                                                         pl.stream_path(it), mtime_ns)
@@ -983,7 +900,7 @@ class Runner(object):
             self.write_manifest(tmp, rid, items, pinned)
             for sub in ("bin", "libexec"):
                 fsync_dir(os.path.join(tmp, sub))
-            _set_owner_mode(tmp)
+            set_owner_mode(tmp)
             fsync_dir(tmp)
             os.rename(tmp, self.s.release_dir(rid))
             fsync_dir(self.s.releases)
@@ -996,15 +913,15 @@ class Runner(object):
         for rel, reason in sorted(problems.items()):
             it = items[rel]
             d = os.path.join(rdir, os.path.dirname(rel))
-            if _lstat(d) is None:
+            if lstat_or_none(d) is None:
                 os.mkdir(d, 0o755)
-                _set_owner_mode(d)
-            tmp = _tmp_name(d, it.name)
+                set_owner_mode(d)
+            tmp = tmp_name(d, it.name)
             bad = os.path.join(rdir, rel)
             srcs = [(p, c) for p, c in pl.host_sources(it) if p != bad]
             sources_out[it.name] = self.materialize(it, tmp, srcs, pl.stream_path(it), pl.mtime_ns)
             self.result["selinux_relabeled"] += self.selinux([(it.name, tmp)])
-            st = _lstat(bad)
+            st = lstat_or_none(bad)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(bad)
             os.rename(tmp, bad)
@@ -1120,7 +1037,7 @@ class Runner(object):
         self.check = True
         self.p["switch"] = True
         self.run_present()
-        if _lstat(self.s.rollback_record) is not None or self.stale_manifest:
+        if lstat_or_none(self.s.rollback_record) is not None or self.stale_manifest:
             # present ends a rollback by removing its record, and refreshes a stale manifest.json,
             # even when nothing else changes.
             self.result["up_to_date"] = False
@@ -1132,7 +1049,7 @@ class Runner(object):
         self.result["release_id"] = rid
         self.check_paths(writing=True)
         self.lock()
-        if _lstat(self.s.root) is None:
+        if lstat_or_none(self.s.root) is None:
             self.changes.append("created directory %s" % self.s.root)
         ensure_real_dir(self.s.releases, self.check, self.changes)
         self.cleanup()
@@ -1172,7 +1089,7 @@ class Runner(object):
                     self.changes.append("repaired %s in release %s (%s)" % (items[rel].name, rid, why))
             for rel in pl.target_perm_problems():
                 if not self.check:
-                    _set_owner_mode(os.path.join(self.s.release_dir(rid), rel))
+                    set_owner_mode(os.path.join(self.s.release_dir(rid), rel))
                 self.changes.append("fixed owner/mode of %s in release %s" % (rel, rid))
             for rel in pl.target_extras():
                 if not self.check:
@@ -1190,7 +1107,7 @@ class Runner(object):
             switched = self.switch(rid, old_cur)
             self.apply_links(links)
             if not self.check:
-                _unlink_quietly(self.s.rollback_record)   # an explicit install ends a rollback
+                unlink_quietly(self.s.rollback_record)   # an explicit install ends a rollback
             self.prune(self.p["keep_releases"], rid, old_cur if switched and old_cur else old_prev)
         self.result["binaries_changed"] = bool(switched or self.result["repaired"])
         self.remove_streams(items)
@@ -1217,7 +1134,7 @@ class Runner(object):
             raise ReleaseError("bundle %s has members that are not part of release %s: %s (member table from "
                                "another split?); nothing was switched" % (path, self.result.get("release_id"),
                                                                          ", ".join(extra)))
-        st = _lstat(path)
+        st = lstat_or_none(path)
         if st is None:
             if self.check:
                 return None
@@ -1243,7 +1160,7 @@ class Runner(object):
             return True
         for rel in items:
             rec = man["files"].get(rel) or {}
-            st = _lstat(os.path.join(self.s.release_dir(rid), rel))
+            st = lstat_or_none(os.path.join(self.s.release_dir(rid), rel))
             if st is None or rec.get("mtime_ns") != st.st_mtime_ns or rec.get("size") != st.st_size:
                 return True
         return False
@@ -1251,14 +1168,14 @@ class Runner(object):
     def remove_streams(self, items):
         b = self.p["bundle"]
         if b is not None:
-            st = _lstat(b)
+            st = lstat_or_none(b)
             if st is not None and stat.S_ISREG(st.st_mode):
                 if not self.check:
                     os.unlink(b)
                 self.changes.append("removed used bundle %s" % b)
         for it in items.values():
             p = os.path.join(self.s.streams_dir, it.stream)
-            st = _lstat(p)
+            st = lstat_or_none(p)
             if st is not None and stat.S_ISREG(st.st_mode):
                 if not self.check:
                     os.unlink(p)
@@ -1294,7 +1211,7 @@ class Runner(object):
             raise ReleaseError("nothing to roll back to: %s records no previous release%s"
                                % (self.s.previous_link, "" if cur is None else " (current is %s)" % cur))
         man = self.s.manifest(prev)
-        if man is None or _lstat(self.s.release_dir(prev)) is None:
+        if man is None or lstat_or_none(self.s.release_dir(prev)) is None:
             raise ReleaseError("previous release %s is gone or has no manifest.json; cannot roll back" % prev)
         items = {}
         for rel, r in man["files"].items():
@@ -1368,13 +1285,10 @@ def main():
     r = Runner(module)
     try:
         getattr(r, "run_" + p["state"])()
-    except ReleaseError as e:
-        module.fail_json(msg=str(e), changes=r.changes)
-    except PayloadError as e:
+    except (HostFsError, PayloadError) as e:
         module.fail_json(msg=str(e), changes=r.changes)
     except OSError as e:
-        module.fail_json(msg="%s: %s" % (getattr(e, "filename", None) or "file system error", e.strerror or e),
-                         changes=r.changes)
+        module.fail_json(msg=os_error_message(e), changes=r.changes)
     res = r.result
     res["changed"] = bool(r.changes) and p["state"] != "query"
     if p["state"] == "query":

@@ -73,8 +73,9 @@ attributes:
     platforms: posix
 notes:
   - Files are written to a temporary name and renamed into place, C(root:root) (when run as root), mode 0644
-    (systemd unit, conf.d) or 0755 (init script). A symlink at the target path, or a parent directory that is
-    world-writable or owned by another user, is refused.
+    (systemd unit, conf.d) or 0755 (init script). A symlink at the target path is refused, and so is any
+    directory on the way that is owned by another user or world-writable (unless root-owned with the sticky
+    bit), or a symlink on the way owned by another user (the same checks as M(fleetsplit.k0s.k0s_release)).
 author:
   - fleetsplit.k0s maintainers
 """
@@ -129,38 +130,26 @@ changes:
 
 import os
 import re
-import secrets
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
+    HostFsError,
+    atomic_write,
+    check_dir_chain,
+    lstat_or_none,
+    os_error_message,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")
 
 
-class ServiceError(Exception):
+class ServiceError(HostFsError):
     pass
 
 
-def check_parent(path):
-    """Refuse to write into a directory another user could swap files in."""
-    d = os.path.dirname(path)
-    while True:
-        st = os.lstat(d) if os.path.lexists(d) else None
-        if st is not None:
-            if stat.S_ISLNK(st.st_mode):
-                st = os.stat(d)
-            if st.st_uid not in (0, os.geteuid()):
-                raise ServiceError("refusing to write into %s: owned by uid %d" % (d, st.st_uid))
-            if st.st_mode & 0o002 and not st.st_mode & 0o1000:
-                raise ServiceError("refusing to write into %s: it is world-writable" % d)
-        parent = os.path.dirname(d)
-        if parent == d:
-            return
-        d = parent
-
-
 def read_file(path):
-    st = os.lstat(path) if os.path.lexists(path) else None
+    st = lstat_or_none(path)
     if st is None:
         return None, None
     if not stat.S_ISREG(st.st_mode):
@@ -168,25 +157,6 @@ def read_file(path):
                            % (path, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a file"))
     with open(path, "rb") as f:
         return f.read(), st
-
-
-def write_file(path, data, mode):
-    d = os.path.dirname(path)
-    tmp = os.path.join(d, ".%s.fleetsplit-tmp-%s" % (os.path.basename(path), secrets.token_hex(6)))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.geteuid() == 0:
-            os.chown(tmp, 0, 0)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Service(object):
@@ -224,13 +194,13 @@ class Service(object):
             os.geteuid() != 0 or (st.st_uid, st.st_gid) == (0, 0))
         if same:
             return False
-        check_parent(path)
+        check_dir_chain(os.path.dirname(path))
         if not self.check:
             if not os.path.isdir(os.path.dirname(path)):
                 if self.live and self.p["manager"] == "systemd":
                     raise ServiceError("%s does not exist: is systemd installed?" % os.path.dirname(path))
                 os.makedirs(os.path.dirname(path), 0o755)
-            write_file(path, data, mode)
+            atomic_write(path, data, mode)
         self.changes.append("%s %s %s" % ("wrote" if old is not None else "created", label, path))
         return True
 
@@ -244,13 +214,13 @@ class Service(object):
     def enable_in_root(self, want):
         link, target = self.enable_link
         path = self.path(link)
-        st = os.lstat(path) if os.path.lexists(path) else None
+        st = lstat_or_none(path)
         have = st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(path) == target
         if want == have:
             return False
         if st is not None and not stat.S_ISLNK(st.st_mode):
             raise ServiceError("refusing to replace %s: it is not a symlink" % path)
-        check_parent(path)
+        check_dir_chain(os.path.dirname(path))
         if not self.check:
             if st is not None:
                 os.unlink(path)
@@ -352,11 +322,10 @@ def main():
     svc = Service(module)
     try:
         svc.apply()
-    except ServiceError as e:
+    except HostFsError as e:
         module.fail_json(msg=str(e), changes=svc.changes)
     except OSError as e:
-        module.fail_json(msg="%s: %s" % (getattr(e, "filename", None) or "file system error", e.strerror or e),
-                         changes=svc.changes)
+        module.fail_json(msg=os_error_message(e), changes=svc.changes)
     res = svc.result
     res["changed"] = bool(svc.changes)
     if module._diff:
