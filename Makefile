@@ -10,7 +10,8 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 
-.PHONY: all venv venv-compat collection fixtures deploy test test-unit test-compat test-molecule test-hosts bench clean
+.PHONY: all venv venv-compat collection test-collections fixtures deploy test test-unit test-compat test-molecule \
+        test-hosts lint sanity rehearsal bench clean
 
 all: test
 
@@ -32,16 +33,34 @@ $(COLLECTION_LINK):
 	mkdir -p $(dir $@)
 	ln -sfn ../../../.. $@
 
+# containers.podman (molecule's podman driver) and ansible.posix (callbacks), pinned, without Galaxy.
+test-collections: venv collection
+	$(BIN)/python scripts/install-test-collections
+
 fixtures: venv
 	$(BIN)/python tests/fixtures/build_fixtures.py --out $(FIXTURES)
 
-# The main job on its embedded default: no inventory, so deploy-k0s.yml writes an overlay.
+# The main job on its embedded default: the test fixture k0s (named here, never a role default) and
+# no inventory, so deploy-k0s.yml writes an overlay into ./out/overlay.
+DEPLOY_K0S := $(FIXTURES)/k0s-zip
 deploy: venv collection fixtures
-	$(BIN)/ansible-playbook playbooks/deploy-k0s.yml
+	@echo "make deploy: NOTE: splitting the TEST FIXTURE $(DEPLOY_K0S) (a k0s look-alike built by" \
+	  "'make fixtures', not a real k0s); for a real one: ansible-playbook deploy-k0s.yml -e k0s_executable=..."
+	$(BIN)/ansible-playbook deploy-k0s.yml -e k0s_executable=$(CURDIR)/$(DEPLOY_K0S)
 
-test: test-unit test-compat test-molecule
+# Checkers first (fast, and they fail on what a reviewer would see), then the tests. test-hosts
+# installs every package the tests need (podman, runc, ...) before any test runs.
+test: test-hosts lint sanity test-unit test-compat test-molecule
 
-test-unit: venv collection fixtures
+# ansible-lint --profile production (.ansible-lint), offline.
+lint: venv test-collections
+	$(BIN)/ansible-lint --profile production
+
+# ansible-test sanity on a clean copy of the tracked files (scripts/sanity).
+sanity: venv
+	scripts/sanity
+
+test-unit: venv collection test-collections fixtures
 	$(BIN)/pytest -q tests/unit tests/integration
 
 # The integration tests again under the oldest supported ansible-core (they run the
@@ -52,13 +71,17 @@ test-compat: venv-compat collection fixtures
 test-hosts:
 	scripts/prepare-test-hosts
 
-test-molecule: venv collection fixtures test-hosts
+test-molecule: venv collection test-collections fixtures test-hosts
 	scripts/run-molecule
 
 bench: venv collection fixtures
 	$(BIN)/python benchmarks/split_bench.py
-bench-fleet: venv collection fixtures test-hosts
+bench-fleet: venv collection test-collections fixtures test-hosts
 	$(BIN)/python benchmarks/fleet_bench.py
+
+# Fresh-machine rehearsal: remove what the project installs, fresh clone, CI=true .ci/run (as root).
+rehearsal:
+	scripts/fresh-machine-rehearsal
 
 clean:
 	rm -rf .build out

@@ -5,12 +5,12 @@ One command (`make bench-fleet`) creates Debian/systemd hosts fs-bench-N (10.89.
 internal network fleetsplit-test, reaches them over ssh (so every byte crosses a network
 interface), and measures in the same run:
 
-  1. fresh deploy to 3 hosts: playbooks/deploy-k0s.yml vs benchmarks/baseline/copy-whole-k0s.yml;
+  1. fresh deploy to 3 hosts: playbooks/deploy_k0s.yml vs benchmarks/baseline/copy-whole-k0s.yml;
   2. no-op re-run of each, plus a no-op re-run of benchmarks/baseline/copy-split-files.yml
      (per-file ansible.builtin.copy loop over the split files);
   3. upgrade where 2 binaries changed (fixture k0s-zip -> k0s-zip-v2: runc, kubectl and the
      stripped k0s differ), each way;
-  4. fleet growth: fresh deploy-k0s.yml on 1, 3, 6 and 12 hosts (forks = hosts);
+  4. fleet growth: fresh deploy_k0s.yml on 1, 3, 6 and 12 hosts (forks = hosts);
   and the controller-side split (benchmarks/split_bench.py).
 
 Per run: wall time of the ansible-playbook process, bytes received per host (eth0 rx_bytes read
@@ -39,19 +39,21 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import hostnet  # noqa: E402  (tests/hostnet.py: the route check before any ssh connection)
 IMAGE = "localhost/fleetsplit-debian-systemd:bookworm"
 NETWORK = "fleetsplit-test"
 NAME = "fs-bench-%d"
 FIRST_OCTET = 100           # fs-bench-N is 10.89.77.(100+N); the project reserves .101-.130
 MAX_HOSTS = 30
-DEPLOY = os.path.join(REPO, "playbooks", "deploy-k0s.yml")
+DEPLOY = os.path.join(REPO, "playbooks", "deploy_k0s.yml")
 WHOLE = os.path.join(REPO, "benchmarks", "baseline", "copy-whole-k0s.yml")
 PERFILE = os.path.join(REPO, "benchmarks", "baseline", "copy-split-files.yml")
 DOC = os.path.join(REPO, "docs", "performance.md")
 BEGIN, END = "<!-- fleet-bench:begin -->", "<!-- fleet-bench:end -->"
 RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 METHODS = {"split": DEPLOY, "whole": WHOLE, "perfile": PERFILE}
-LABELS = {"split": "deploy-k0s.yml (split)", "whole": "copy whole k0s (baseline)",
+LABELS = {"split": "deploy_k0s.yml (split)", "whole": "copy whole k0s (baseline)",
           "perfile": "per-file copy loop"}
 
 
@@ -124,6 +126,7 @@ class Fleet:
                  "--ulimit", "nofile=%d:%d" % (nofile, nofile), "--ulimit", "nproc=32768:32768",
                  "--label", "fleetsplit.bench=1"] + hosts_args + [IMAGE, "/sbin/init"], timeout=120)
         pub = open(self.key + ".pub").read()
+        hostnet.ensure_routes([self.addr(n) for n in self.names], network=NETWORK, log=log)
         pmap(lambda n: self._authorize(n, pub), self.names)
 
     def _authorize(self, name, pub):
@@ -417,7 +420,7 @@ def main():
         for rep in range(args.growth_reps):
             for n in growth:
                 names = fleet.names[:n]
-                log("growth %d/%d: fresh deploy-k0s.yml on %d host(s)" % (rep + 1, args.growth_reps, n))
+                log("growth %d/%d: fresh deploy_k0s.yml on %d host(s)" % (rep + 1, args.growth_reps, n))
                 fleet.reset(names)
                 rec(("growth", n), DEPLOY, names, v1, "growth-%d" % n, ver1)
 

@@ -179,7 +179,11 @@ def test_asset_missing_from_sums_is_a_clear_error(tmp_path, release):
     assert not (tmp_path / "cache" / "downloads" / VERSION / release.asset.name).exists()
 
 
-def test_missing_fixture_fallback_says_how_to_build_it(tmp_path, release):
-    proc, out = run_split(tmp_path, release, k0s_version="", k0s_fixture_path=str(tmp_path / "no-such-k0s"))
+def test_neither_executable_nor_version_fails_at_once_naming_both(tmp_path, release):
+    # No test fixture is ever a role default: with nothing given the role stops before any work.
+    proc, out = run_split(tmp_path, release, k0s_version="")
     assert proc.returncode != 0
-    assert "make fixtures" in out and str(tmp_path / "no-such-k0s") in out, out
+    assert "k0s_executable" in out and "k0s_version" in out, out
+    assert "Require a k0s executable or a release version" in out, out
+    assert not (tmp_path / "cache").exists()
+    assert release.requests == []

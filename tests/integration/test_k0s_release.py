@@ -27,7 +27,9 @@ def _real(path):
     return Path(path).read_bytes()
 
 
-# Real executables of this machine as stand-ins for embedded binaries (genuine ELF files, real sizes).
+# Real executables as stand-ins for embedded binaries (genuine ELF files, real sizes): runc and xtables come
+# from the Debian packages the fixtures are built from (never from this machine's own packages, which a fresh
+# machine lacks), the others from coreutils, which every Debian has.
 def _pick(*cands):
     for c in cands:
         if os.path.isfile(c):
@@ -35,8 +37,13 @@ def _pick(*cands):
     raise RuntimeError("none of %s exists" % (cands,))
 
 
-RUNC = _pick("/usr/sbin/runc", "/usr/bin/runc")
-XT = _pick("/usr/sbin/xtables-nft-multi", "/usr/sbin/iptables", "/usr/bin/env")
+def _fixture_bin(name):
+    load_fixtures()
+    return _pick(str(FIXTURES / "bins" / name))
+
+
+RUNC = _fixture_bin("runc")
+XT = _fixture_bin("xtables-nft-multi")
 EXE_V1 = _pick("/bin/ls", "/usr/bin/ls")
 EXE_V2 = _pick("/bin/cat", "/usr/bin/cat")
 OTHER = _pick("/bin/cp", "/usr/bin/cp")

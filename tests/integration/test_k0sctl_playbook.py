@@ -1,4 +1,4 @@
-"""playbooks/prepare-k0sctl-hosts.yml run for real on this machine (connection local).
+"""playbooks/prepare_k0sctl_hosts.yml run for real on this machine (connection local).
 
 - One host: preconditions pass, the split k0s is installed below a temporary root with no service
   unit, and k0sctl.yaml says useExistingK0s with spec.k0s.version = what the installed k0s prints.
@@ -24,7 +24,7 @@ def _inventory(tmp_path, names):
 
 def _run(tmp_path, names, fixture):
     root = tmp_path / "root"
-    args = ["-i", _inventory(tmp_path, names), testlib.REPO / "playbooks" / "prepare-k0sctl-hosts.yml",
+    args = ["-i", _inventory(tmp_path, names), testlib.REPO / "playbooks" / "prepare_k0sctl_hosts.yml",
             "-e", "k0s_executable=%s" % fixture["path"],
             "-e", "k0s_controller_cache_dir=%s" % (tmp_path / "cache"),
             "-e", "k0sctl_install_path=%s" % (root / "usr/bin/k0s"),

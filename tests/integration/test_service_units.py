@@ -1,4 +1,4 @@
-"""roles/service and the overlay play of playbooks/deploy-k0s.yml, rendered by real ansible-playbook runs.
+"""roles/service and the overlay play of playbooks/deploy_k0s.yml, rendered by real ansible-playbook runs.
 
 Units are written below temporary roots (k0s_root), compared line by line with what `k0s install`
 writes, checked with `systemd-analyze verify` (when present) and `sh -n`; the OpenRC command line is
@@ -241,7 +241,7 @@ def test_overlay_play(tmp_path, fixture_index, fixture, fmt):
     root = tmp_path / "overlay"
     evars = dict(k0s_executable=str(exe), k0s_controller_cache_dir=str(tmp_path / "cache"),
                  k0s_overlay_root=str(root))
-    args = [str(REPO / "playbooks/deploy-k0s.yml"), "-e", json.dumps(evars)]
+    args = [str(REPO / "playbooks/deploy_k0s.yml"), "-e", json.dumps(evars)]
 
     # Check mode on a fresh root reports changes and writes nothing there.
     proc, out = playbook(args + ["--check", "--diff"], tmp_path)

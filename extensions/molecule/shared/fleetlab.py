@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Drive deploy-k0s.yml against a molecule scenario's containers from outside molecule.
+"""Drive deploy_k0s.yml against a molecule scenario's containers from outside molecule.
 
 Two jobs the molecule steps cannot do themselves:
 
@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / ".cache" / "fixtures"
 VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "tests"))
+import hostnet  # noqa: E402  (tests/hostnet.py: the route check before any ssh connection)
 STORE = "/var/lib/fleetsplit-k0s"
 BUDGET = 1.05
 
@@ -83,6 +85,7 @@ def setup_ssh(hosts, workdir):
 def write_inventory(hosts, workdir, connection, key=None):
     lines = ["all:", "  vars:", "    ansible_python_interpreter: /usr/bin/python3"]
     if connection == "ssh":
+        hostnet.ensure_routes([h.address for h in hosts], log=log)
         lines += ["    ansible_user: root",
                   "    ansible_ssh_private_key_file: %s" % key,
                   "    ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"]
@@ -112,7 +115,7 @@ def ansible_env():
 
 
 def playbook_cmd(inventory, executable, extra=()):
-    return [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / "deploy-k0s.yml"),
+    return [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / "deploy_k0s.yml"),
             "-e", "k0s_executable=%s" % executable] + list(extra)
 
 
@@ -304,7 +307,7 @@ def cmd_bytes(args):
             problems.append("%s: switching back uploaded %s" % (h.name, uploaded(out, h.name)))
 
     # 5. The distribution alone: the same re-deploy with k0s_service_manage=false (how
-    #    prepare-k0sctl-hosts.yml runs it), so the bytes are split + install only, no unit tasks.
+    #    prepare_k0sctl_hosts.yml runs it), so the bytes are split + install only, no unit tasks.
     prune_to_current(hosts)
     out, dist, secs = measured_run(hosts, inv, zip2, ("-e", "k0s_service_manage=false"))
     row("distribution only, k0s-zip-v2", dist, secs, total2)
@@ -395,7 +398,7 @@ def check_one_version(h, versions, problems, label):
 
 
 class KilledRun(object):
-    """deploy-k0s.yml in its own process group, SIGKILLed (with the modules it started on the hosts)
+    """deploy_k0s.yml in its own process group, SIGKILLed (with the modules it started on the hosts)
     as soon as ``trigger(first host's root)`` is true."""
 
     def __init__(self, inventory, executable):
