@@ -52,6 +52,16 @@ def ansible_env(**extra):
     return env
 
 
+def ansible_galaxy(args, cwd=None):
+    """Run this venv's ansible-galaxy with no project configuration; fails loudly."""
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith("ANSIBLE_"))
+    env.update(ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(VENV_BIN / "ansible-galaxy")] + args, cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout
+    return proc.stdout
+
+
 def local_inventory():
     """ansible-playbook arguments for localhost with this venv's python (controller modules need pyelftools)."""
     return ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable]
