@@ -11,7 +11,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 
 .PHONY: all venv venv-compat collection test-collections fixtures deploy test test-unit test-compat test-molecule \
-        test-hosts lint sanity rehearsal bench clean
+        test-hosts lint sanity readmes check-build rehearsal bench clean
 
 all: test
 
@@ -78,6 +78,14 @@ bench: venv collection fixtures
 	$(BIN)/python benchmarks/split_bench.py
 bench-fleet: venv collection test-collections fixtures test-hosts
 	$(BIN)/python benchmarks/fleet_bench.py
+
+# Role READMEs from meta/argument_specs.yml (run after changing a spec; a unit test fails on drift).
+readmes: venv
+	$(BIN)/python scripts/role-readmes
+
+# The Galaxy tarball: size, file summary, and a failure if a developer file would ship.
+check-build: venv
+	scripts/check-build
 
 # Fresh-machine rehearsal: remove what the project installs, fresh clone, CI=true .ci/run (as root).
 rehearsal:
