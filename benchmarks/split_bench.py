@@ -29,7 +29,7 @@ def run(argv, stdout=None, ok_codes=(0,)):
     """Wall time and peak RSS (KiB) of one process."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    dummy, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code not in ok_codes:
@@ -55,7 +55,7 @@ def time_split(exe, work, workers, ours, rss):
 
 def bench_zip(exe, work, rounds, workers):
     ours, base, rss = [], [], []
-    for _ in range(rounds):
+    for dummy in range(rounds):
         time_split(exe, work, workers, ours, rss)
         out = fresh(os.path.join(work, "unzip"))
         # unzip exits 1 with "extra bytes at beginning" for an appended zip: that is expected
@@ -72,7 +72,7 @@ def bench_legacy(exe, work, rounds, workers):
             with open(os.path.join(members, entry.name + ".gz"), "wb") as out:
                 out.write(f.read(entry.member_size))
     ours, base, rss = [], [], []
-    for _ in range(rounds):
+    for dummy in range(rounds):
         time_split(exe, work, workers, ours, rss)
         out = fresh(os.path.join(work, "gzip"))
         total = 0.0

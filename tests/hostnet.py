@@ -31,7 +31,7 @@ class RouteRefused(Exception):
 
 
 def _run(argv):
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if p.returncode != 0:
         raise RouteRefused("`%s` failed (%d): %s" % (" ".join(argv), p.returncode, p.stderr.strip()))
     return p.stdout
@@ -53,7 +53,7 @@ def network_info(network=NETWORK):
 def bridge_addresses(bridge):
     """IPv4 addresses on the bridge, or None when the bridge does not exist (no container attached yet)."""
     p = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", bridge],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if p.returncode != 0:
         return None
     links = json.loads(p.stdout or "[]")

@@ -57,7 +57,7 @@ def ansible_galaxy(args, cwd=None):
     env = dict((k, v) for k, v in os.environ.items() if not k.startswith("ANSIBLE_"))
     env.update(ANSIBLE_NOCOLOR="1")
     proc = subprocess.run([str(VENV_BIN / "ansible-galaxy")] + args, cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout
     return proc.stdout
 
@@ -70,7 +70,7 @@ def local_inventory():
 def run_playbook(args, cwd=REPO, timeout=600, env=None):
     """ansible-playbook ARGS for real; returns (CompletedProcess, stdout+stderr)."""
     proc = subprocess.run([str(VENV_BIN / "ansible-playbook")] + [str(a) for a in args], cwd=str(cwd),
-                          env=env or ansible_env(), capture_output=True, text=True, timeout=timeout)
+                          env=env or ansible_env(), capture_output=True, text=True, timeout=timeout, check=False)
     return proc, proc.stdout + proc.stderr
 
 

@@ -16,7 +16,7 @@ MODULES = sorted(p.stem for p in (REPO / "plugins" / "modules").glob("*.py"))
 def test_module_documentation_renders(module):
     name = "fleetsplit.k0s." + module
     p = subprocess.run([str(VENV_BIN / "ansible-doc"), "--json", name], capture_output=True, text=True,
-                       env=ansible_env(), timeout=120)
+                       env=ansible_env(), timeout=120, check=False)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)[name]
     assert doc["doc"]["short_description"] and doc["doc"]["options"]

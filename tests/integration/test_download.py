@@ -23,10 +23,6 @@ GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.m
 HOSTS = ["node1", "node2", "node3"]
 
 
-
-
-
-
 class Release:
     """A release tree served over HTTP on 127.0.0.1, recording every request path."""
 
@@ -83,7 +79,9 @@ PLAYBOOK = """
         _files: "{{ k0s_split.files | map('dict2items') | map('rejectattr', 'key', 'equalto', 'changed') | map('items2dict') | list }}"
         _exe: "{{ k0s_split.stripped_executable | dict2items | rejectattr('key', 'equalto', 'changed') | items2dict }}"
       ansible.builtin.copy:
-        content: "{{ {'k0s_split': k0s_split | combine({'files': _files, 'stripped_executable': _exe}), 'source': k0s_split_source, 'dir': k0s_split_dir} | to_json(sort_keys=true) }}"
+        content: >-
+          {{ {'k0s_split': k0s_split | combine({'files': _files, 'stripped_executable': _exe}),
+              'source': k0s_split_source, 'dir': k0s_split_dir} | to_json(sort_keys=true) }}
         dest: "{{ out_dir }}/{{ inventory_hostname }}.json"
         mode: "0644"
 """
@@ -103,8 +101,6 @@ def run_split(tmp_path, release, **extra):
         env.pop(var, None)
     return run_playbook(["-i", tmp_path / "hosts.ini", tmp_path / "play.yml", "-e", json.dumps(evars)],
                         cwd=tmp_path, env=env, timeout=300)
-
-
 
 
 def test_good_checksum_downloads_splits_and_reaches_every_host(tmp_path, release, fixture_index):

@@ -88,7 +88,7 @@ class Host(object):
         argfile = self.root / (".args-%d.json" % self.n)
         argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
         env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
-        p = subprocess.run([sys.executable, str(MODULE), str(argfile)], capture_output=True, text=True, env=env)
+        p = subprocess.run([sys.executable, str(MODULE), str(argfile)], capture_output=True, text=True, env=env, check=False)
         argfile.unlink()
         try:
             res = json.loads(p.stdout)
@@ -184,7 +184,7 @@ def test_fresh_install_then_rerun_is_unchanged(host, v1):
 def test_query_up_to_date_means_present_would_change_nothing(host, v1, v2):
     """The install role skips present when query says up to date: every kind of drift present repairs
     must make query say otherwise, and query must report host facts (plays gather none)."""
-    _, r1 = install(host, v1)
+    dummy, r1 = install(host, v1)
     rid = r1["release_id"]
     q = host.run("query", v1)
     assert q["up_to_date"] is True and q["changes"] == []
@@ -220,7 +220,7 @@ def test_query_up_to_date_means_present_would_change_nothing(host, v1, v2):
     assert json.loads((host.rdir(rid) / "manifest.json").read_text())["files"]["libexec/runc"]["mtime_ns"] == 1
     assert host.run("query", v1)["up_to_date"] is True
     # After a rollback, re-installing the rolled-back-to release must run present (it ends the rollback).
-    _, r2 = install(host, v2)
+    dummy, r2 = install(host, v2)
     host.run("rollback")
     assert host.current() == rid
     q = host.run("query", v1)
@@ -231,7 +231,7 @@ def test_query_up_to_date_means_present_would_change_nothing(host, v1, v2):
 
 
 def test_one_changed_file_is_the_only_one_missing(host, v1, v2):
-    _, r1 = install(host, v1)
+    dummy, r1 = install(host, v1)
     q = host.run("query", v2)
     # The executable changed too, so it is missing; xtables is already on the host.
     assert q["missing"] == ["k0s", "runc"]
@@ -248,7 +248,7 @@ def test_one_changed_file_is_the_only_one_missing(host, v1, v2):
 
 
 def test_corrupted_file_is_reported_and_repaired(host, v1):
-    _, r = install(host, v1)
+    dummy, r = install(host, v1)
     rid = r["release_id"]
     victim = host.rdir(rid) / "libexec/runc"
     with open(victim, "r+b") as f:   # same size, different bytes: only the hash can tell
@@ -268,7 +268,7 @@ def test_corrupted_file_is_reported_and_repaired(host, v1):
 
 
 def test_verify_catches_corruption_that_kept_size_and_mtime(host, v1):
-    _, r = install(host, v1)
+    dummy, r = install(host, v1)
     victim = host.rdir(r["release_id"]) / "libexec/xtables-nft-multi"
     st = os.stat(victim)
     data = bytearray(_real(victim))
@@ -288,7 +288,7 @@ def test_verify_catches_corruption_that_kept_size_and_mtime(host, v1):
 
 
 def test_missing_stream_fails_and_current_is_untouched(host, v1, v2):
-    _, r1 = install(host, v1)
+    dummy, r1 = install(host, v1)
     before = host.snapshot()
     host.upload(v2, ["k0s"])   # runc's stream is not there
     bad = host.run("present", v2, expect_fail=True)
@@ -312,11 +312,11 @@ def test_corrupt_stream_is_rejected(host, v1):
     bad = host.run("present", v1, expect_fail=True)
     assert "runc" in bad["msg"]
     assert not (host.store / "current").exists()
-    assert [e for e in os.listdir(host.store / "releases")] == [], "the temp release dir is removed"
+    assert list(os.listdir(host.store / "releases")) == [], "the temp release dir is removed"
 
 
 def test_killed_mid_build_is_cleaned_up_and_converges(host, v1, v2):
-    _, r1 = install(host, v1)
+    dummy, r1 = install(host, v1)
     q = host.run("query", v2)
     host.upload(v2, q["missing"])
     rid2 = q["release_id"]
@@ -338,8 +338,8 @@ def test_killed_mid_build_is_cleaned_up_and_converges(host, v1, v2):
 def test_rollback(host, v1, v2):
     bad = host.run("rollback", expect_fail=True)
     assert "nothing to roll back to" in bad["msg"]
-    _, r1 = install(host, v1)
-    _, r2 = install(host, v2)
+    dummy, r1 = install(host, v1)
+    dummy, r2 = install(host, v2)
     chk = host.run("rollback", check=True, diff=True)
     assert chk["changed"] and host.current() == r2["release_id"]
     rb = host.run("rollback")
@@ -366,16 +366,16 @@ def test_keep_releases_prunes_oldest_but_never_current_or_previous(host):
     rels = []
     for i in range(4):
         rel = host.release("v1.0.%d" % i, {"runc": _real(RUNC) + bytes([i])}, _real(EXE_V1))
-        _, r = install(host, rel, keep_releases=1)
+        dummy, r = install(host, rel, keep_releases=1)
         rels.append(r["release_id"])
     assert sorted(os.listdir(host.store / "releases")) == sorted(rels[2:])
     assert os.readlink(host.store / "previous") == "releases/" + rels[2]
     rel = host.release("v1.0.9", {"runc": _real(RUNC) + b"9"}, _real(EXE_V1))
-    _, r = install(host, rel, keep_releases=2)
+    dummy, r = install(host, rel, keep_releases=2)
     assert r["pruned"] == []
     assert sorted(os.listdir(host.store / "releases")) == sorted(rels[2:] + [r["release_id"]])
     rel = host.release("v1.0.10", {"runc": _real(RUNC) + b"10"}, _real(EXE_V1))
-    _, r4 = install(host, rel, keep_releases=2)
+    dummy, r4 = install(host, rel, keep_releases=2)
     assert r4["pruned"] == [rels[2]]
 
 
@@ -387,7 +387,7 @@ def test_check_mode_changes_nothing(host, v1, v2):
     assert "runc: %s" % v1["files"][0]["sha256"] in r["diff"]["after"]
     assert host.snapshot() == before
     assert not host.store.exists()
-    _, r1 = install(host, v1)
+    dummy, r1 = install(host, v1)
     host.upload(v2)
     before = host.snapshot()
     r = host.run("present", v2, check=True, diff=True)
@@ -473,7 +473,7 @@ def test_existing_files_are_moved_aside_not_deleted(host, v1):
 
 def test_legacy_pinned_mtime(host, v1, v2):
     pinned = 1700000000
-    _, r1 = install(host, v1, pinned_mtime=pinned)
+    dummy, r1 = install(host, v1, pinned_mtime=pinned)
     rd = host.rdir(r1["release_id"])
     for rel in ["bin/k0s", "libexec/runc", "libexec/xtables-nft-multi"]:
         assert os.stat(rd / rel).st_mtime_ns == pinned * 10**9, rel
@@ -483,13 +483,13 @@ def test_legacy_pinned_mtime(host, v1, v2):
     assert os.stat(host.bin / "k0s").st_mtime_ns == pinned * 10**9
     assert host.run("present", v1, pinned_mtime=pinned)["changed"] is False
     # A new release with another mtime: the shared file is copied, so the old release keeps its mtime.
-    _, r2 = install(host, v2, pinned_mtime=pinned + 5)
+    dummy, r2 = install(host, v2, pinned_mtime=pinned + 5)
     assert r2["sources"]["xtables-nft-multi"] == "copy"
     assert os.stat(rd / "libexec/xtables-nft-multi").st_mtime_ns == pinned * 10**9
     for rel in ["bin/k0s", "libexec/runc", "libexec/xtables-nft-multi"]:
         assert os.stat(host.rdir(r2["release_id"]) / rel).st_mtime_ns == (pinned + 5) * 10**9
     # Same content, same mtime as an old release: hard link.
-    _, r3 = install(host, v1, pinned_mtime=pinned)
+    dummy, r3 = install(host, v1, pinned_mtime=pinned)
     assert r3["release_id"] == r1["release_id"] and r3["built"] is False
 
 
@@ -541,7 +541,7 @@ def test_bundle_check_mode_without_upload_reports_and_writes_nothing(host, v1, t
 
 
 def test_truncated_bundle_fails_clearly_and_switches_nothing(host, v1, v2, tmp_path):
-    _, r1 = install(host, v1)
+    dummy, r1 = install(host, v1)
     before = host.snapshot()
     q = host.run("query", v2)
     path, b = _bundle(host, v2, q["missing"], tmp_path / "b")
@@ -602,7 +602,7 @@ def test_stream_bundle_module_caches_and_shares(tmp_path):
         argfile = tmp_path / "args.json"
         argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(split=res, names=names, _ansible_check_mode=check)}))
         p = subprocess.run([sys.executable, str(module), str(argfile)], capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
+                           env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)), check=False)
         out = json.loads(p.stdout)
         assert bool(out.get("failed")) == expect_fail, out
         return out
@@ -656,7 +656,7 @@ def _upload_split(host, res, missing):
 
 def _stage(host):
     p = subprocess.run([str(host.bin / "k0s"), "stage", "--data-dir", str(host.data)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, "k0s stage failed: %s %s" % (p.stdout, p.stderr)
     return json.loads(p.stdout)
 
@@ -708,7 +708,7 @@ def _playbook(host, tmp_path, k0s_split, check=False, **extra):
               k0s_libexec_dir=str(host.libexec), k0s_data_dir=str(host.data), result_file=str(result_file))
     ev.update(extra)
     (tmp_path / "ev.json").write_text(json.dumps(ev))
-    p, _ = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
+    p, dummy = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
                          "-e", "ansible_python_interpreter=%s" % sys.executable, pb] + (["--check"] if check else []))
     m = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", p.stdout)
     assert m, p.stdout + p.stderr
@@ -719,7 +719,7 @@ def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
     load_fixtures()
     res = _split("k0s-small-zip", tmp_path / "split")
     # Check mode on a fresh host: reports changes, writes nothing.
-    p, changed, failed, _ = _playbook(host, tmp_path, res, check=True)
+    p, changed, failed, dummy = _playbook(host, tmp_path, res, check=True)
     assert failed == 0 and changed > 0, p.stdout
     assert not host.store.exists() and not (host.bin / "k0s").exists()
     p, changed, failed, out = _playbook(host, tmp_path, res)
@@ -747,7 +747,7 @@ def test_role_installs_idempotently_and_checks_arch(host, tmp_path):
     assert failed == 0 and out == {"changed": False}, p.stdout
     # Wrong architecture: fails naming the host and both architectures, installs nothing new.
     wrong = dict(res, elf_machine="aarch64")
-    p, changed, failed, _ = _playbook(host, tmp_path, wrong)
+    p, changed, failed, dummy = _playbook(host, tmp_path, wrong)
     assert failed == 1 and "localhost is x86_64" in p.stdout and "aarch64" in p.stdout, p.stdout
 
 
@@ -788,7 +788,7 @@ def test_role_stage_then_switch_uses_the_bundle(host, tmp_path):
               k0s_libexec_dir=str(host.libexec), k0s_data_dir=str(host.data), result_file=str(result_file),
               staged_file=str(staged))
     (tmp_path / "ev.json").write_text(json.dumps(ev))
-    p, _ = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
+    p, dummy = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
                          "-e", "ansible_python_interpreter=%s" % sys.executable, pb])
     assert "failed=0" in p.stdout, p.stdout + p.stderr
     st = json.loads(staged.read_text())
@@ -805,5 +805,5 @@ def _no_uploads_left(host):
     incoming = host.store / "incoming"
     left = list(incoming.iterdir()) if incoming.exists() else []
     tmp = Path(os.path.expanduser("~/.ansible/tmp"))
-    left += [p for p in tmp.rglob("*.bundle")] if tmp.exists() else []
+    left += list(tmp.rglob("*.bundle")) if tmp.exists() else []
     return left == []

@@ -22,7 +22,7 @@ def run(tmp_path, expect_fail=False, check=False, diff=False, **args):
     args.update(_ansible_check_mode=check, _ansible_diff=diff)
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     p = subprocess.run([sys.executable, str(MODULE), str(argfile)], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)))
+                       env=dict(os.environ, PYTHONPATH=str(COLLECTIONS)), check=False)
     res = json.loads(p.stdout)
     assert bool(res.get("failed")) == expect_fail, res
     return res
@@ -54,13 +54,13 @@ def test_systemd_unit_in_root_is_written_once_and_enabled(tmp_path, root):
     r = run(tmp_path, **args)
     assert not r["changed"] and r["changes"] == [] and unit.stat().st_ino == ino
     # A changed unit is replaced (new inode: temp file + rename), a wrong mode repaired.
-    r = run(tmp_path, **dict(args, unit=UNIT + "Restart=always\n"))
+    r = run(tmp_path, **{**args, "unit": UNIT + "Restart=always\n"})
     assert r["unit_changed"] and unit.stat().st_ino != ino and unit.read_text().endswith("Restart=always\n")
     os.chmod(unit, 0o666)
-    assert run(tmp_path, **dict(args, unit=UNIT + "Restart=always\n"))["unit_changed"]
+    assert run(tmp_path, **{**args, "unit": UNIT + "Restart=always\n"})["unit_changed"]
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
     # enabled=false removes the link; unset leaves it alone.
-    assert run(tmp_path, **dict(args, enabled=False))["enabled_changed"] and not os.path.lexists(link)
+    assert run(tmp_path, **{**args, "enabled": False})["enabled_changed"] and not os.path.lexists(link)
     args.pop("enabled")
     assert not run(tmp_path, **args)["enabled_changed"] and not os.path.lexists(link)
     assert not [e for e in os.listdir(unit.parent) if "fleetsplit-tmp" in e]
@@ -95,6 +95,6 @@ def test_refusals_name_the_problem_and_change_nothing(tmp_path, root):
     os.chmod(d, 0o755)
     # conf.d is OpenRC only; names must be plain.
     assert "OpenRC" in run(tmp_path, expect_fail=True, conf="x=1\n", **base)["msg"]
-    assert "plain service name" in run(tmp_path, expect_fail=True, **dict(base, name="../evil"))["msg"]
-    assert "absolute" in run(tmp_path, expect_fail=True, **dict(base, root="relative/dir"))["msg"]
+    assert "plain service name" in run(tmp_path, expect_fail=True, **{**base, "name": "../evil"})["msg"]
+    assert "absolute" in run(tmp_path, expect_fail=True, **{**base, "root": "relative/dir"})["msg"]
     assert os.listdir(d) == []

@@ -69,11 +69,11 @@ def test_split_module_check_diff_idempotence_and_reuse(tmp_path, fixtures):
 def test_split_module_errors_name_the_problem(tmp_path, fixtures):
     notelf = tmp_path / "k0s"
     notelf.write_text("#!/bin/sh\n")
-    proc, out, _ = split(tmp_path, dict(src=str(notelf), dest=str(tmp_path / "d")))
+    proc, out, dummy = split(tmp_path, dict(src=str(notelf), dest=str(tmp_path / "d")))
     assert proc.returncode != 0 and "is not an ELF executable" in out
-    proc, out, _ = split(tmp_path, dict(src=fixtures["k0s-small-zip"]["bare_path"], dest=str(tmp_path / "d")))
+    proc, out, dummy = split(tmp_path, dict(src=fixtures["k0s-small-zip"]["bare_path"], dest=str(tmp_path / "d")))
     assert proc.returncode != 0 and "no embedded payload" in out
-    proc, out, _ = split(tmp_path, dict(src=fixtures["k0s-small-zip"]["path"]))
+    proc, out, dummy = split(tmp_path, dict(src=fixtures["k0s-small-zip"]["path"]))
     assert proc.returncode != 0 and "one of the following is required" in out
     assert not (tmp_path / "d").exists()
 
@@ -89,8 +89,8 @@ def test_info_module_reports_build_info(tmp_path, fixtures):
       register: info
     - ansible.builtin.copy: {content: "{{ info | to_json }}", dest: "{{ out }}"}
 """)
-    proc, out = run_playbook(local_inventory() + [tmp_path / "play.yml", "-e",
-                              json.dumps(dict(src=fixture["path"], out=str(tmp_path / "info.json")))], cwd=tmp_path)
+    evars = json.dumps(dict(src=fixture["path"], out=str(tmp_path / "info.json")))
+    proc, out = run_playbook(local_inventory() + [tmp_path / "play.yml", "-e", evars], cwd=tmp_path)
     assert proc.returncode == 0, out
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["format"] == "zip" and info["k0s_version"] == fixture["version"] and not info["changed"]

@@ -174,7 +174,7 @@ def test_stripped_runs_from_split_binaries(small, tmp_path, fmt):
     for name in fixture["binaries"]:
         os.symlink(str(tmp_path / "libexec" / name), str(bindir / name))
     out = subprocess.run([str(tmp_path / "k0s"), "stage", "--data-dir", str(tmp_path / "data")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     import json
     staged = json.loads(out.stdout)["binaries"]
@@ -185,7 +185,7 @@ def test_stripped_runs_from_split_binaries(small, tmp_path, fmt):
         # Legacy k0s needs the mtime pinning: a different mtime makes it try to re-extract and fail.
         os.utime(str(tmp_path / "libexec" / "runc"), ns=(1, 1))
         out = subprocess.run([str(tmp_path / "k0s"), "stage", "--data-dir", str(tmp_path / "data")],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
         assert out.returncode != 0
 
 
@@ -227,7 +227,7 @@ def test_unreadable_source(small, tmp_path):
         os.chmod(os.path.join(work, "k0s"), 0o000)
         code = "import k0s_payload as kp\ntry:\n kp.inspect('k0s')\nexcept kp.PayloadError as e:\n print(e)\n"
         out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", code],
-                             capture_output=True, text=True, cwd=work)
+                             capture_output=True, text=True, cwd=work, check=False)
         assert "cannot read k0s executable k0s: Permission denied" in out.stdout, out.stdout + out.stderr
     finally:
         shutil.rmtree(work)
@@ -462,10 +462,10 @@ def test_world_writable_directory_of_someone_else(small, tmp_path):
 def tiny_tmpfs(tmp_path):
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)]).returncode:
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=False).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mnt
-    subprocess.run(["umount", str(mnt)])
+    subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_disk_full_keeps_previous_contents(small, tiny_tmpfs, tmp_path):
