@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Fleet benchmark: fleetsplit.k0s against copying the whole k0s, on real podman hosts over ssh.
 
 One command (`make bench-fleet`) creates Debian/systemd hosts fs-bench-N (10.89.77.(100+N)) on the

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Controller-side split speed and memory against the usual tools, measured in the same run.
 
 For the 128 MB-class fixtures (tests/fixtures, built by `make fixtures`):

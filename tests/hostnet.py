@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Keep test traffic on this machine: check the route to a test host before connecting to it.
 
 The ssh-based tests (molecule's byte and upgrade scenarios, fleetlab.py, the fleet benchmark) connect to

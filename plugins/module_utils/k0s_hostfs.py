@@ -4,8 +4,6 @@
 """File-system guards and atomic writes for the modules that run on managed hosts (k0s_release,
 k0s_service). Standard library only, no Ansible import, kept small: it travels with every module run."""
 
-from __future__ import annotations
-
 import os
 import secrets
 import stat

@@ -4,8 +4,9 @@
 """Read, verify and split the binaries a k0s executable carries after its ELF image.
 
 Pure Python, no Ansible import: the modules, the command line tool and the unit tests share it.
-pyelftools is imported lazily, only where ELF structures are read, so host-side modules can use
-the stream helpers (``inflate_gzip_member``, ``sha256_file``) with nothing but the standard library.
+pyelftools is only needed where ELF structures are read (``inspect``, ``go_build_info``); without it
+the import still succeeds (``HAS_PYELFTOOLS`` is false), so host-side modules can use the stream
+helpers (``inflate_gzip_member``, ``sha256_file``) with nothing but the standard library.
 
 Two payload formats exist (see docs/payload-formats.md):
 
@@ -25,8 +26,20 @@ import os
 import re
 import stat
 import struct
+import traceback
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+
+# Callers that read ELF check HAS_PYELFTOOLS and report PYELFTOOLS_IMPORT_ERROR (missing_required_lib).
+try:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+except ImportError:
+    ELFError = ELFFile = None
+    PYELFTOOLS_IMPORT_ERROR = traceback.format_exc()
+else:
+    PYELFTOOLS_IMPORT_ERROR = None
+HAS_PYELFTOOLS = PYELFTOOLS_IMPORT_ERROR is None
 
 FORMAT_ZIP = "zip"
 FORMAT_LEGACY = "legacy"
@@ -341,9 +354,9 @@ def _open_source(path):
 
 
 def _elf(f, path):
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
+    if not HAS_PYELFTOOLS:
+        raise PayloadError("reading the ELF headers of %s needs pyelftools (pip install pyelftools): %s"
+                           % (path, PYELFTOOLS_IMPORT_ERROR.strip().splitlines()[-1]))
     f.seek(0)
     magic = f.read(4)
     if magic != b"\x7fELF":
@@ -439,7 +452,7 @@ def go_build_info(path):
                 "note": "pre-Go-1.18 build info layout (pointer-based) is not decoded"}
     pos = 32
     strings = []
-    for _ in range(2):
+    for _field in range(2):
         length, shift = 0, 0
         while True:
             byte = data[pos]

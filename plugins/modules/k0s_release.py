@@ -3,8 +3,6 @@
 # Copyright: fleetsplit.k0s maintainers
 # Apache License 2.0 (see LICENSE)
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 ---
 module: k0s_release
@@ -49,7 +47,8 @@ options:
     type: str
   files:
     description:
-      - The embedded binaries of the release, as returned by C(fleetsplit.k0s.payload_split) in RV(files).
+      - The embedded binaries of the release, as returned by M(fleetsplit.k0s.payload_split) in
+        RV(fleetsplit.k0s.payload_split#module:files).
       - Each item needs C(name), C(size), C(sha256) and C(crc32); other keys are ignored.
       - Names must be plain base names (no C(/), no C(..), no NUL, not starting with a dot, not C(k0s)).
       - Required with O(state=query) and O(state=present).
@@ -57,8 +56,8 @@ options:
     elements: dict
   executable:
     description:
-      - The stripped k0s executable, as returned by C(fleetsplit.k0s.payload_split) in RV(stripped_executable).
-        Needs C(size), C(sha256) and C(crc32).
+      - The stripped k0s executable, as returned by M(fleetsplit.k0s.payload_split) in
+        RV(fleetsplit.k0s.payload_split#module:stripped_executable). Needs C(size), C(sha256) and C(crc32).
       - Required with O(state=query) and O(state=present).
     type: dict
   streams_dir:
@@ -170,7 +169,7 @@ notes:
   - A store-wide lock (C(<store_dir>/.lock)) serialises concurrent runs on one host.
   - Killed runs leave only temporary names (C(.<id>.tmp-*), C(.*.fleetsplit-tmp-*)); the next V(present) removes them.
 author:
-  - fleetsplit.k0s maintainers
+  - fleetsplit.k0s maintainers (@fleetsplit)
 """
 
 EXAMPLES = r"""
@@ -1018,7 +1017,10 @@ class Runner(object):
             man = self.s.manifest(before_rid) or {"files": {}}
             for rel, rec in man["files"].items():
                 before[rec.get("name", rel)] = rec.get("sha256")
-        lines = lambda d: "".join("%s: %s\n" % (k, d[k]) for k in sorted(d))
+
+        def lines(d):
+            return "".join("%s: %s\n" % (k, d[k]) for k in sorted(d))
+
         return dict(before=lines(before), after=lines(after),
                     before_header="release %s" % (before_rid or "(none)"),
                     after_header="release %s" % self.result.get("release_id"))
@@ -1132,8 +1134,8 @@ class Runner(object):
         extra = sorted(set(table) - names)
         if extra:
             raise ReleaseError("bundle %s has members that are not part of release %s: %s (member table from "
-                               "another split?); nothing was switched" % (path, self.result.get("release_id"),
-                                                                         ", ".join(extra)))
+                               "another split?); nothing was switched"
+                               % (path, self.result.get("release_id"), ", ".join(extra)))
         st = lstat_or_none(path)
         if st is None:
             if self.check:

@@ -3,8 +3,6 @@
 # Copyright: fleetsplit.k0s maintainers
 # Apache License 2.0 (see LICENSE)
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 ---
 module: k0s_service
@@ -77,7 +75,7 @@ notes:
     directory on the way that is owned by another user or world-writable (unless root-owned with the sticky
     bit), or a symlink on the way owned by another user (the same checks as M(fleetsplit.k0s.k0s_release)).
 author:
-  - fleetsplit.k0s maintainers
+  - fleetsplit.k0s maintainers (@fleetsplit)
 """
 
 EXAMPLES = r"""

@@ -30,18 +30,22 @@ options:
     description: Fail when the executable carries no payload instead of reporting C(format=bare).
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description: Read-only; runs the same in check mode.
+    details: Read-only; runs the same in check mode.
   diff_mode:
     support: none
   platform:
     platforms: posix
+requirements:
+  - pyelftools >= 0.26, in the Python that runs the module (normally the controller's)
 seealso:
   - module: fleetsplit.k0s.payload_split
 author:
-  - fleetsplit.k0s contributors
+  - fleetsplit.k0s contributors (@fleetsplit)
 '''
 
 EXAMPLES = r'''
@@ -108,9 +112,10 @@ import os
 import shutil
 import tempfile
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
-    FORMAT_BARE, PayloadError, describe, extract, go_build_info, inspect, stripped_digest, write_stripped)
+    FORMAT_BARE, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, describe, extract, go_build_info, inspect,
+    stripped_digest, write_stripped)
 
 
 def main():
@@ -122,6 +127,8 @@ def main():
         ),
         supports_check_mode=True,
     )
+    if not HAS_PYELFTOOLS:
+        module.fail_json(msg=missing_required_lib('pyelftools'), exception=PYELFTOOLS_IMPORT_ERROR)
     p = module.params
     try:
         payload = inspect(p['src'])

@@ -70,15 +70,19 @@ options:
   group:
     description: Group of the written files.
     type: str
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description: Inflates and verifies everything, reports what would change, writes nothing.
+    details: Inflates and verifies everything, reports what would change, writes nothing.
   diff_mode:
     support: full
-    description: Shows per binary C(name sha256) before and after.
+    details: Shows per binary C(name sha256) before and after.
   platform:
     platforms: posix
+requirements:
+  - pyelftools >= 0.26, in the Python that runs the module (normally the controller's)
 notes:
   - A stripped B(legacy) k0s (v1.35 and earlier) has no fallback to C(PATH); it only works when each
     C(<data-dir>/bin/<name>) (following symlinks) has exactly the embedded size and exactly the executable's mtime.
@@ -90,7 +94,7 @@ seealso:
   - module: fleetsplit.k0s.payload_info
   - module: fleetsplit.k0s.k0s_release
 author:
-  - fleetsplit.k0s contributors
+  - fleetsplit.k0s contributors (@fleetsplit)
 '''
 
 EXAMPLES = r'''
@@ -153,8 +157,8 @@ files:
     sha256: {description: sha256 of the inflated binary., type: str}
     crc32: {description: CRC-32 recorded in the payload and verified., type: int}
     compressed_size: {description: Size of the raw compressed stream in the payload., type: int}
-    path: {description: Written file, or null without O(dest)., type: str}
-    stream: {description: Gzip stream file, with O(streams_dest)., type: str}
+    path: {description: "Written file, or null without O(dest).", type: str}
+    stream: {description: "Gzip stream file, with O(streams_dest).", type: str}
     stream_size: {description: Size of the gzip stream file., type: int}
     changed: {description: Whether this binary (or its stream) was written., type: bool}
 stripped_executable:
@@ -185,9 +189,9 @@ reused_manifest:
 import json
 import os
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
-    FORMAT_LEGACY, PayloadError, inspect, sha256_file, split)
+    FORMAT_LEGACY, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, inspect, sha256_file, split)
 
 LEGACY_NOTE = ("legacy payload: the stripped k0s re-uses <data-dir>/bin/<name> only when its size and mtime equal the "
                "executable's exactly (there is no PATH fallback); give all binaries and the executable pinned_mtime_ns")
@@ -263,6 +267,9 @@ def main():
         if manifest is not None:
             manifest['manifest'] = os.path.join(p['streams_dest'], 'manifest.json')
             module.exit_json(changed=False, reused_manifest=True, **manifest)
+    # Only here: a reusable manifest needs no ELF reading.
+    if not HAS_PYELFTOOLS:
+        module.fail_json(msg=missing_required_lib('pyelftools'), exception=PYELFTOOLS_IMPORT_ERROR)
 
     try:
         names = [e.name for e in inspect(p['src']).entries] if module._diff else []

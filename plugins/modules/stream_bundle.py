@@ -3,8 +3,6 @@
 # Copyright: fleetsplit.k0s maintainers
 # Apache License 2.0 (see LICENSE)
 
-from __future__ import annotations
-
 DOCUMENTATION = r"""
 ---
 module: stream_bundle
@@ -61,7 +59,7 @@ notes:
   - Runs on the controller (C(delegate_to=localhost)); the bundles are a cache like the split directory and may be
     removed at any time.
 author:
-  - fleetsplit.k0s maintainers
+  - fleetsplit.k0s maintainers (@fleetsplit)
 """
 
 EXAMPLES = r"""

@@ -44,8 +44,8 @@ def user_env(home, collections):
     return env
 
 
-def test_fqcn_playbook_writes_an_exact_overlay_and_nothing_in_the_collection(tmp_path, installed_collection,
-                                                                            fixture_index):
+def test_fqcn_playbook_writes_an_exact_overlay_and_nothing_in_the_collection(
+        tmp_path, installed_collection, fixture_index):
     fixture = "k0s-small-zip"
     exe = tmp_path / fixture
     shutil.copy2(str(FIXTURES / fixture), str(exe))

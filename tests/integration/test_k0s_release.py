@@ -709,7 +709,7 @@ def _playbook(host, tmp_path, k0s_split, check=False, **extra):
     ev.update(extra)
     (tmp_path / "ev.json").write_text(json.dumps(ev))
     p, dummy = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
-                         "-e", "ansible_python_interpreter=%s" % sys.executable, pb] + (["--check"] if check else []))
+                             "-e", "ansible_python_interpreter=%s" % sys.executable, pb] + (["--check"] if check else []))
     m = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", p.stdout)
     assert m, p.stdout + p.stderr
     return p, int(m.group(2)), int(m.group(4)), (json.loads(result_file.read_text()) if result_file.exists() else None)
@@ -789,7 +789,7 @@ def test_role_stage_then_switch_uses_the_bundle(host, tmp_path):
               staged_file=str(staged))
     (tmp_path / "ev.json").write_text(json.dumps(ev))
     p, dummy = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev.json"),
-                         "-e", "ansible_python_interpreter=%s" % sys.executable, pb])
+                             "-e", "ansible_python_interpreter=%s" % sys.executable, pb])
     assert "failed=0" in p.stdout, p.stdout + p.stderr
     st = json.loads(staged.read_text())
     # Between the two steps the release is uploaded and built, but nothing is switched yet.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Drive deploy_k0s.yml against a molecule scenario's containers from outside molecule.
 
 Two jobs the molecule steps cannot do themselves:

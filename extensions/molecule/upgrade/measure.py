@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run one ansible-playbook against the upgrade scenario's hosts and measure around it.
 
 Prints JSON: rc, wall seconds, bytes each host received on eth0 (read with `podman exec`,

@@ -1,0 +1,103 @@
+"""Without pyelftools, the controller modules and scripts/k0s-payload say what to install instead of dying
+with a traceback. "Without" is this venv's own interpreter run with -S (no site-packages): the same Python,
+only the library is out of reach, whatever else this machine has installed."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from testlib import REPO, recap, run_playbook
+
+CLI = str(REPO / "scripts" / "k0s-payload")
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """Directory holding `python3`, this interpreter without site-packages; checks it lacks pyelftools."""
+    bindir = tmp_path_factory.mktemp("bare-python")
+    wrapper = bindir / "python3"
+    wrapper.write_text('#!/bin/sh\nexec "%s" -S "$@"\n' % sys.executable)
+    wrapper.chmod(0o755)
+    probe = subprocess.run([str(wrapper), "-c", "import elftools"], capture_output=True, text=True, check=False)
+    assert probe.returncode != 0 and "elftools" in probe.stderr, "the test needs a python without pyelftools"
+    return bindir
+
+
+def _cli(argv, env=None):
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("command", [["info"], ["split", "--dest", "/nonexistent/out"]])
+def test_cli_names_what_to_install(bare_python, fixtures, command):
+    exe = fixtures["k0s-small-zip"]["path"]
+    # As `python3 scripts/k0s-payload` and as `scripts/k0s-payload` (its bash line runs python3 from PATH).
+    env = dict(os.environ, PATH="%s:%s" % (bare_python, os.environ.get("PATH", "")))
+    for argv in ([str(bare_python / "python3"), CLI], [CLI]):
+        rc, out, err = _cli(argv + [command[0], exe] + command[1:], env=env)
+        assert rc == 2 and out == "", (rc, out, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "pip install pyelftools" in err and ".venv/bin/python" in err, err
+
+
+def test_cli_works_with_pyelftools(fixtures):
+    rc, out, err = _cli([sys.executable, CLI, "info", fixtures["k0s-small-zip"]["path"], "--json"])
+    assert rc == 0, err
+    assert json.loads(out)["format"] == "zip"
+
+
+PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - fleetsplit.k0s.payload_info:
+        src: "{{ src }}"
+      register: info
+      ignore_errors: true
+    - fleetsplit.k0s.payload_split:
+        src: "{{ src }}"
+        dest: "{{ dest }}"
+      register: split
+      ignore_errors: true
+    - ansible.builtin.copy:
+        content: "{{ {'info': info, 'split': split} | to_json }}"
+        dest: "{{ out }}"
+"""
+
+
+def test_modules_report_missing_required_lib(tmp_path, bare_python, fixtures):
+    (tmp_path / "play.yml").write_text(PLAY)
+    out = tmp_path / "result.json"
+    evars = dict(src=fixtures["k0s-small-zip"]["path"], dest=str(tmp_path / "libexec"), out=str(out))
+    proc, output = run_playbook(["-i", "localhost,", "-c", "local",
+                                 "-e", "ansible_python_interpreter=%s" % (bare_python / "python3"),
+                                 tmp_path / "play.yml", "-e", json.dumps(evars)], cwd=tmp_path)
+    assert proc.returncode == 0, output
+    assert recap(output)["localhost"]["ignored"] == 2, output
+    result = json.loads(out.read_text())
+    for name in ("info", "split"):
+        res = result[name]
+        assert res["failed"], res
+        assert res["msg"].startswith("Failed to import the required Python library (pyelftools)"), res["msg"]
+    assert not (tmp_path / "libexec").exists()
+
+
+def test_split_reuses_its_manifest_without_pyelftools(tmp_path, bare_python, fixtures):
+    # Reusing a manifest reads no ELF, so it still works where pyelftools is missing.
+    (tmp_path / "play.yml").write_text("""
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - fleetsplit.k0s.payload_split: {src: "{{ src }}", streams_dest: "{{ streams }}", reuse_manifest: true}
+      register: split
+    - ansible.builtin.copy: {content: "{{ split | to_json }}", dest: "{{ out }}"}
+""")
+    out = tmp_path / "result.json"
+    evars = json.dumps(dict(src=fixtures["k0s-small-zip"]["path"], streams=str(tmp_path / "streams"), out=str(out)))
+    for python, reused in ((sys.executable, False), (bare_python / "python3", True)):
+        proc, output = run_playbook(["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % python,
+                                     tmp_path / "play.yml", "-e", evars], cwd=tmp_path)
+        assert proc.returncode == 0, output
+        assert json.loads(out.read_text())["reused_manifest"] is reused

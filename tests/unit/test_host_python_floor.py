@@ -1,0 +1,230 @@
+"""Host-side code must parse and run on Python 3.6, the oldest Python on managed hosts (ansible-core 2.16 still
+manages 3.6). Host-side is k0s_release and k0s_service plus every module_utils file they import, followed
+recursively through their imports; the controller-side modules may use newer Python.
+
+ast.parse(feature_version=(3, 6)) catches new syntax (walrus, positional-only parameters); a small AST scan
+catches what parses but fails on 3.6 at import or run time. Where a real Python 3.6 exists (pyenv, PATH or
+FLEETSPLIT_PYTHON36), the files are also compiled by it and the module_utils imported and exercised."""
+import __future__
+import ast
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLUGINS = os.path.join(REPO, "plugins")
+COLLECTION_PKG = "ansible_collections.fleetsplit.k0s"
+MODULE_UTILS_PKG = COLLECTION_PKG + ".plugins.module_utils"
+FLOOR = (3, 6)
+
+HOST_MODULES = ("k0s_release", "k0s_service")
+CONTROLLER_MODULES = ("payload_info", "payload_split", "stream_bundle")   # run where the k0s executable is
+
+# Known stdlib additions after 3.6 (attribute or function names), with the version that added them.
+NEWER_ATTRIBUTES = {
+    "fromisoformat": "3.7", "time_ns": "3.7", "monotonic_ns": "3.7", "perf_counter_ns": "3.7",
+    "nullcontext": "3.7", "cached_property": "3.8", "shlex.join": "3.8", "math.isqrt": "3.8", "math.prod": "3.8",
+    "removeprefix": "3.9", "removesuffix": "3.9", "is_relative_to": "3.9", "itertools.pairwise": "3.10",
+}
+NEWER_MODULES = {"dataclasses": "3.7", "contextvars": "3.7", "importlib.resources": "3.7",
+                 "zoneinfo": "3.9", "graphlib": "3.9", "tomllib": "3.11"}
+SUBPROCESS_KEYWORDS = {"capture_output": "3.7", "text": "3.7"}   # subprocess.run/Popen/check_output...
+FUTURE_ON_36 = {name for name in __future__.all_feature_names
+                if getattr(__future__, name).getOptionalRelease()[:2] <= FLOOR}
+SUBSCRIPTABLE_SINCE_39 = {"list", "dict", "tuple", "set", "frozenset", "type"}
+
+
+def _module_utils_imports(path, tree):
+    """Paths of this collection's module_utils files that ``tree`` imports (absolute or relative form)."""
+    package = COLLECTION_PKG.split(".") + os.path.relpath(os.path.dirname(path), REPO).split(os.sep)
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:   # from ..module_utils.x import y, from ..module_utils import x
+            mod = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+        else:
+            mod = node.module or ""
+        for name in [mod] + ["%s.%s" % (mod, a.name) for a in node.names]:
+            if name.startswith(MODULE_UTILS_PKG + "."):
+                rel = name[len(MODULE_UTILS_PKG) + 1:].replace(".", os.sep)
+                for cand in (rel + ".py", os.path.join(rel, "__init__.py")):
+                    if os.path.isfile(os.path.join(PLUGINS, "module_utils", cand)):
+                        out.append(os.path.join(PLUGINS, "module_utils", cand))
+    return out
+
+
+def host_side_files():
+    todo = [os.path.join(PLUGINS, "modules", name + ".py") for name in HOST_MODULES]
+    seen = []
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.append(path)
+        with open(path) as f:
+            todo += _module_utils_imports(path, ast.parse(f.read(), path))
+    return sorted(seen)
+
+
+HOST_FILES = host_side_files()
+
+
+def _rel(path):
+    return os.path.relpath(path, REPO)
+
+
+def test_every_module_is_classified():
+    modules = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(PLUGINS, "modules", "*.py")))
+    assert modules == sorted(HOST_MODULES + CONTROLLER_MODULES), "add new modules to HOST_MODULES or CONTROLLER_MODULES"
+
+
+def test_host_side_files_are_derived_from_imports():
+    # The walk must find the module_utils the host modules use (a broken walk would check nothing).
+    assert {_rel(p) for p in HOST_FILES} >= {"plugins/modules/k0s_release.py", "plugins/modules/k0s_service.py",
+                                             "plugins/module_utils/k0s_hostfs.py", "plugins/module_utils/k0s_payload.py"}
+
+
+def _newer_uses(tree):
+    """(line, what) for uses that parse on 3.6 but fail there."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            found += [(node.lineno, "from __future__ import %s (3.7+)" % a.name)
+                      for a in node.names if a.name not in FUTURE_ON_36]
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if isinstance(node, ast.ImportFrom):
+                names += ["%s.%s" % (node.module, a.name) for a in node.names]
+            found += [(node.lineno, "import %s (%s+)" % (n, NEWER_MODULES[n])) for n in names if n in NEWER_MODULES]
+        if isinstance(node, ast.Attribute):
+            dotted = "%s.%s" % (node.value.id, node.attr) if isinstance(node.value, ast.Name) else node.attr
+            for key in (dotted, node.attr):
+                if key in NEWER_ATTRIBUTES:
+                    found.append((node.lineno, "%s (%s+)" % (key, NEWER_ATTRIBUTES[key])))
+                    break
+        if isinstance(node, ast.Call):
+            func = node.func
+            owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
+            if owner == "subprocess":
+                found += [(node.lineno, "subprocess.%s(%s=...) (%s+)" % (func.attr, k.arg, SUBPROCESS_KEYWORDS[k.arg]))
+                          for k in node.keywords if k.arg in SUBPROCESS_KEYWORDS]
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                and node.value.id in SUBSCRIPTABLE_SINCE_39:
+            found.append((node.lineno, "%s[...] at run time (3.9+)" % node.value.id))
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("path", HOST_FILES, ids=_rel)
+def test_parses_as_python_36(path):
+    with open(path) as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, path, feature_version=FLOOR)
+    except SyntaxError as e:
+        pytest.fail("%s:%s: not Python %d.%d syntax: %s" % (_rel(path), e.lineno, FLOOR[0], FLOOR[1], e.msg))
+    problems = ["%s:%d: %s" % (_rel(path), line, what) for line, what in _newer_uses(tree)]
+    assert not problems, "newer than Python 3.6:\n" + "\n".join(problems)
+
+
+def test_scan_catches_known_cases():
+    src = ("from __future__ import annotations\nimport dataclasses\nimport subprocess\n"
+           "subprocess.run(['true'], capture_output=True, text=True)\nx = date.fromisoformat('2020-01-01')\n"
+           "y = list[str]\n")
+    lines = [line for line, _what in _newer_uses(ast.parse(src))]
+    assert lines == [1, 2, 4, 4, 5, 6]
+    with pytest.raises(SyntaxError):
+        ast.parse("if (n := 1):\n    pass\n", feature_version=FLOOR)
+
+
+def _python36():
+    cands = [os.environ.get("FLEETSPLIT_PYTHON36"), shutil.which("python3.6")]
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    cands += sorted(glob.glob(os.path.join(root, "versions", "3.6*", "bin", "python3.6")))
+    for cand in cands:
+        if cand and os.path.isfile(cand):
+            probe = subprocess.run([cand, "-c", "import sys; assert sys.version_info[:2] == (3, 6)"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            if probe.returncode == 0:
+                return cand
+    return None
+
+
+PYTHON36 = _python36()
+needs_36 = pytest.mark.skipif(PYTHON36 is None, reason="no Python 3.6 here (set FLEETSPLIT_PYTHON36)")
+
+
+@needs_36
+def test_real_python_36_compiles_host_side_files():
+    script = ("import sys\nfor p in sys.argv[1:]:\n"
+              "    with open(p) as f:\n        compile(f.read(), p, 'exec')\n")
+    proc = subprocess.run([PYTHON36, "-c", script] + HOST_FILES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, check=False)
+    assert proc.returncode == 0, proc.stdout
+
+
+# Run by Python 3.6: the stdlib-only module_utils import and do real work (the modules themselves need
+# ansible's module_utils, which this venv's ansible-core no longer ships for 3.6).
+SMOKE = """
+import gzip, hashlib, os, sys, tempfile, zlib
+sys.path.insert(0, sys.argv[1])
+import k0s_hostfs, k0s_payload
+data = os.urandom(100000) + bytes(100000)
+d = tempfile.mkdtemp()
+k0s_hostfs.check_dir_chain(d)
+stream = os.path.join(d, "x.gz")
+k0s_hostfs.atomic_write(stream, gzip.compress(data), 0o600)
+dst = os.path.join(d, "x")
+k0s_payload.inflate_gzip_member(stream, dst, len(data), zlib.crc32(data), hashlib.sha256(data).hexdigest())
+assert k0s_payload.sha256_file(dst) == hashlib.sha256(data).hexdigest()
+print("ok", k0s_payload.HAS_PYELFTOOLS)
+"""
+
+
+@needs_36
+def test_real_python_36_runs_module_utils(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run([PYTHON36, "-I", "-c", SMOKE, os.path.join(PLUGINS, "module_utils")], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stdout
+
+
+def _ansible_core():
+    from ansible.release import __version__
+    return tuple(int(x) for x in __version__.split(".")[:2])
+
+
+HOST_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - fleetsplit.k0s.k0s_release:
+        state: query
+        store_dir: "{{ root }}/store"
+        bin_dir: "{{ root }}/bin"
+        libexec_dir: "{{ root }}/libexec/k0s"
+        data_dir: "{{ root }}/data"
+        files: [{name: runc, size: 3, sha256: "{{ '0' * 64 }}", crc32: 0}]
+        executable: {size: 3, sha256: "{{ '1' * 64 }}", crc32: 0}
+      register: query
+    - fleetsplit.k0s.k0s_service: {name: k0sworker, manager: systemd, unit: "[Unit]\\n", root: "{{ root }}/overlay"}
+    - ansible.builtin.copy: {content: "{{ query | to_json }}", dest: "{{ root }}/query.json"}
+      vars: {ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+"""
+
+
+@needs_36
+@pytest.mark.skipif(_ansible_core() >= (2, 17), reason="ansible-core 2.17+ manages no Python 3.6 host; "
+                    "runs under the oldest supported ansible-core (.venv-compat)")
+def test_host_modules_run_on_a_python_36_host(tmp_path):
+    import json
+    from testlib import run_playbook
+    (tmp_path / "play.yml").write_text(HOST_PLAY)
+    proc, out = run_playbook(["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % PYTHON36,
+                              "-e", "root=%s" % tmp_path, tmp_path / "play.yml"], cwd=tmp_path)
+    assert proc.returncode == 0, out
+    assert json.loads((tmp_path / "query.json").read_text())["missing"] == ["k0s", "runc"]
+    assert (tmp_path / "overlay" / "etc" / "systemd" / "system" / "k0sworker.service").read_text() == "[Unit]\n"
