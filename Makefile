@@ -56,17 +56,21 @@ test: test-hosts lint sanity test-unit test-compat test-molecule
 lint: venv test-collections
 	$(BIN)/ansible-lint --profile production
 
-# ansible-test sanity on a clean copy of the tracked files (scripts/sanity).
-sanity: venv
+# ansible-test sanity on a clean copy of the tracked files (scripts/sanity), with the newest and the
+# oldest supported ansible-core (2.16 also compiles and imports the modules on Python 3.6 and 3.7).
+sanity: venv venv-compat
 	scripts/sanity
+	FLEETSPLIT_SANITY_VENV=.venv-compat scripts/sanity
 
 test-unit: venv collection test-collections fixtures
 	$(BIN)/pytest -q tests/unit tests/integration
 
 # The integration tests again under the oldest supported ansible-core (they run the
 # ansible-playbook next to the interpreter running pytest).
+# The integration tests plus the host Python floor: under 2.16 it runs the host modules on a real
+# Python 3.6 where one exists.
 test-compat: venv-compat collection fixtures
-	.venv-compat/bin/pytest -q tests/integration
+	.venv-compat/bin/pytest -q tests/integration tests/unit/test_host_python_floor.py
 
 test-hosts:
 	scripts/prepare-test-hosts
