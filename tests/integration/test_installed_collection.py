@@ -9,31 +9,31 @@ import stat
 from testlib import FIXTURES, REPO, VENV_BIN, recap, run_playbook, sha256
 
 
-def snapshot(top):
-    """Every entry under top with what a write would change: type, size, mode, mtime, link target."""
-    out = {}
+def entries(top):
+    """(relative path, full path, lstat) of everything under top."""
     for dirpath, dirnames, filenames in os.walk(str(top)):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
-            out[os.path.relpath(path, str(top))] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mode, st.st_mtime_ns, link)
-    return out
+            yield os.path.relpath(path, str(top)), path, os.lstat(path)
+
+
+def snapshot(top):
+    """What a write would change: type, size, mode, mtime, link target."""
+    return {rel: (stat.S_IFMT(st.st_mode), st.st_size, st.st_mode, st.st_mtime_ns,
+                  os.readlink(path) if stat.S_ISLNK(st.st_mode) else None)
+            for rel, path, st in entries(top)}
 
 
 def tree(top):
-    """Content view of a written tree: relative path -> (kind, mode, sha256 or link target)."""
+    """Content view of a written tree: kind, mode, sha256 or link target."""
     out = {}
-    for dirpath, dirnames, filenames in os.walk(str(top)):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                out[os.path.relpath(path, str(top))] = ("link", None, os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[os.path.relpath(path, str(top))] = ("dir", stat.S_IMODE(st.st_mode), None)
-            else:
-                out[os.path.relpath(path, str(top))] = ("file", stat.S_IMODE(st.st_mode), sha256(path))
+    for rel, path, st in entries(top):
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", None, os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), sha256(path))
     return out
 
 
