@@ -39,6 +39,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 sys.path.insert(0, os.path.join(REPO, "tests"))
+import hostlab  # noqa: E402  (tests/hostlab.py: exec, rx counter and ssh key of a test host)
 import hostnet  # noqa: E402  (tests/hostnet.py: the route check before any ssh connection)
 IMAGE = "localhost/fleetsplit-debian-systemd:bookworm"
 NETWORK = "fleetsplit-test"
@@ -101,7 +102,10 @@ class Fleet:
         return "10.89.77.%d" % (FIRST_OCTET + int(name.rsplit("-", 1)[1]))
 
     def exec(self, name, script, check=True, timeout=120):
-        return run(["podman", "exec", name, "sh", "-c", script], check=check, timeout=timeout)
+        p = hostlab.podman_exec(name, script, timeout=timeout)
+        if check and p.returncode != 0:
+            raise BenchError("%s: `%s` exited %d: %s" % (name, script, p.returncode, p.stderr[-2000:]))
+        return p
 
     def destroy(self, names=None):
         # Only our own names; never other scenarios' containers.
@@ -112,8 +116,7 @@ class Fleet:
             run(["podman", "rm", "-f", "-t", "2"] + mine, timeout=300)
 
     def create(self):
-        if not os.path.exists(self.key):
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleetsplit-bench", "-f", self.key])
+        pub = hostlab.ensure_key(self.key, "fleetsplit-bench")
         self.destroy()
         nofile = nofile_limit()
         hosts_args = []
@@ -124,7 +127,6 @@ class Fleet:
                  "--network=%s" % NETWORK, "--ip=%s" % self.addr(n),
                  "--ulimit", "nofile=%d:%d" % (nofile, nofile), "--ulimit", "nproc=32768:32768",
                  "--label", "fleetsplit.bench=1"] + hosts_args + [IMAGE, "/sbin/init"], timeout=120)
-        pub = open(self.key + ".pub").read()
         hostnet.ensure_routes([self.addr(n) for n in self.names], network=NETWORK, log=log)
         pmap(lambda n: self._authorize(n, pub), self.names)
 
@@ -138,9 +140,7 @@ class Fleet:
             if time.time() > deadline:
                 raise BenchError("%s: ssh.service not active after 90 s (%s)" % (name, p.stdout.strip()))
             time.sleep(0.5)
-        run(["podman", "exec", "-i", name, "sh", "-c",
-             "install -d -m 0700 /root/.ssh && cat > /root/.ssh/authorized_keys && chmod 0600 /root/.ssh/authorized_keys"],
-            input=pub)
+        hostlab.authorize(name, pub)
         p = run(["ssh", "-i", self.key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                  "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
                  "root@" + self.addr(name), "hostname"], check=False)
@@ -148,8 +148,7 @@ class Fleet:
             raise BenchError("%s: ssh root@%s failed (%d): %s" % (name, self.addr(name), p.returncode, p.stderr))
 
     def rx_bytes(self, names):
-        vals = pmap(lambda n: self.exec(n, "cat /sys/class/net/eth0/statistics/rx_bytes").stdout.strip(), names)
-        return dict(zip(names, map(int, vals)))
+        return dict(zip(names, pmap(hostlab.rx_bytes, names)))
 
     RESET = ("systemctl disable --now k0scontroller.service k0sworker.service >/dev/null 2>&1; "
              "rm -f /etc/systemd/system/k0scontroller.service /etc/systemd/system/k0sworker.service /usr/bin/k0s; "

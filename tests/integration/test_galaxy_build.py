@@ -19,7 +19,8 @@ from testlib import REPO, VENV_BIN
 # Paths (relative, in the tarball) that are development files: none may be published.
 DENY = re.compile(
     r"^(Makefile|ansible\.cfg|deploy-k0s\.yml|requirements[^/]*\.txt)$"
-    r"|^(benchmarks|tests|extensions|out|\.venv[^/]*|\.cache|\.build|\.ci|\.git[^/]*|\.ansible[^/]*)(/|$)"
+    r"|^tests/(?!config\.yml$|sanity$|sanity/ignore-[0-9.]+\.txt$)"
+    r"|^(benchmarks|extensions|out|\.venv[^/]*|\.cache|\.build|\.ci|\.git[^/]*|\.ansible[^/]*)(/|$)"
     r"|(^|/)(\.pytest_cache|__pycache__)(/|$)|\.py[co]$"
     r"|^scripts/(?!k0s-payload$)"
     r"|^changelogs/\.plugin-cache\.yaml$")
@@ -58,7 +59,7 @@ def required():
     return (["MANIFEST.json", "FILES.json", "README.md", "LICENSE", "CHANGELOG.rst", "changelogs/changelog.yaml",
              "changelogs/config.yaml", "meta/runtime.yml", "meta/execution-environment.yml",
              "meta/ee-requirements.txt", "scripts/k0s-payload", "plugins/modules/payload_split.py",
-             "playbooks/deploy_k0s.yml"]
+             "playbooks/deploy_k0s.yml", "tests/config.yml", "tests/sanity/ignore-2.19.txt"]
             + ["roles/%s/README.md" % r for r in roles()]
             + ["roles/%s/meta/argument_specs.yml" % r for r in roles()])
 

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / ".cache" / "fixtures"
 VENV_BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "tests"))
+import hostlab  # noqa: E402  (tests/hostlab.py: exec, rx counter and ssh key of a test host)
 import hostnet  # noqa: E402  (tests/hostnet.py: the route check before any ssh connection)
 STORE = "/var/lib/fleetsplit-k0s"
 BUDGET = 1.05
@@ -52,13 +53,13 @@ class Host(object):
         self.address, self.role = rest.split(":", 1)
 
     def sh(self, script, check=True):
-        p = subprocess.run(["podman", "exec", self.name, "sh", "-c", script], capture_output=True, text=True, check=False)
+        p = hostlab.podman_exec(self.name, script)
         if check and p.returncode != 0:
             raise Failure("%s: `%s` failed (%d): %s" % (self.name, script, p.returncode, p.stderr.strip()))
         return p.stdout
 
     def rx_bytes(self):
-        return int(self.sh("cat /sys/class/net/eth0/statistics/rx_bytes"))
+        return hostlab.rx_bytes(self.name)
 
     def mount(self):
         """Host-side path of the container's root filesystem (rootful podman), for fast polling."""
@@ -72,12 +73,9 @@ class Host(object):
 
 def setup_ssh(hosts, workdir):
     key = workdir / "id_ed25519"
-    if not key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleetlab", "-f", str(key)], check=True)
-    pub = key.with_suffix(".pub").read_text()
+    pub = hostlab.ensure_key(str(key), "fleetlab")
     for h in hosts:
-        h.sh("mkdir -p /root/.ssh && chmod 700 /root/.ssh && cat > /root/.ssh/authorized_keys <<'EOF'\n%sEOF\n"
-             "chmod 600 /root/.ssh/authorized_keys" % pub)
+        hostlab.authorize(h.name, pub)
     return key
 
 
