@@ -20,8 +20,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(REPO, "scripts", "k0s-payload")
-sys.path.insert(0, os.path.join(REPO, "plugins", "module_utils"))
-import k0s_payload  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "plugins"))
+from module_utils import k0s_payload  # noqa: E402
 
 
 def run(argv, stdout=None, ok_codes=(0,)):

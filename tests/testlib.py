@@ -3,10 +3,10 @@
 Ansible runs from the interpreter running pytest (its venv's bin), so the same tests exercise the
 oldest supported ansible-core when pytest runs from .venv-compat (see `make test-compat`).
 """
-import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = REPO / ".build" / "collections"
 FIXTURES = Path(os.environ.get("FLEETSPLIT_FIXTURES", REPO / ".cache" / "fixtures"))
 VENV_BIN = Path(sys.executable).parent
+
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+from build_fixtures import sha256_file  # noqa: E402  (one sha256 helper for the fixtures and the tests)
 
 
 def ensure_collection_link():
@@ -38,11 +41,19 @@ def load_fixtures():
 
 
 def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
+
+
+def tree_snapshot(root):
+    """{path: (mode, mtime_ns, inode, link target or sha256)} of everything below ``root``: proves a run left it untouched."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(str(root)):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            extra = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (sha256(p) if stat.S_ISREG(st.st_mode) else None)
+            out[p] = (st.st_mode, st.st_mtime_ns, st.st_ino, extra)
+    return out
 
 
 def ansible_env(**extra):

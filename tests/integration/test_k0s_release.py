@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from testlib import COLLECTIONS, FIXTURES, REPO, load_fixtures, run_playbook
+from testlib import COLLECTIONS, FIXTURES, REPO, load_fixtures, run_playbook, tree_snapshot
 
 MODULE = REPO / "plugins" / "modules" / "k0s_release.py"
 
@@ -126,15 +126,7 @@ class Host(object):
         assert sorted(os.listdir(self.libexec)) == sorted(n for n in content if n != "k0s")
 
     def snapshot(self):
-        out = {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            for n in dirnames + filenames:
-                p = os.path.join(dirpath, n)
-                st = os.lstat(p)
-                extra = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (
-                    hashlib.sha256(_real(p)).hexdigest() if stat.S_ISREG(st.st_mode) else None)
-                out[p] = (st.st_mode, st.st_mtime_ns, st.st_ino, extra)
-        return out
+        return tree_snapshot(self.root)
 
 
 @pytest.fixture

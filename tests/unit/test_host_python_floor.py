@@ -85,7 +85,14 @@ def test_every_module_is_classified():
 def test_host_side_files_are_derived_from_imports():
     # The walk must find the module_utils the host modules use (a broken walk would check nothing).
     assert {_rel(p) for p in HOST_FILES} >= {"plugins/modules/k0s_release.py", "plugins/modules/k0s_service.py",
-                                             "plugins/module_utils/k0s_hostfs.py", "plugins/module_utils/k0s_payload.py"}
+                                             "plugins/module_utils/k0s_hostfs.py", "plugins/module_utils/payload/streams.py",
+                                             "plugins/module_utils/payload/bundles.py", "plugins/module_utils/payload/fsio.py",
+                                             "plugins/module_utils/release_store.py", "plugins/module_utils/release_plan.py",
+                                             "plugins/module_utils/release_build.py"}
+    # Host modules carry only the stream/bundle side of the payload library: no ELF, zip or legacy readers.
+    controller_only = {"plugins/module_utils/k0s_payload.py", "plugins/module_utils/payload/elf.py",
+                       "plugins/module_utils/payload/zipfmt.py", "plugins/module_utils/payload/legacy.py"}
+    assert not {_rel(p) for p in HOST_FILES} & controller_only
 
 
 def _newer_uses(tree):
@@ -171,15 +178,19 @@ def test_real_python_36_compiles_host_side_files():
 SMOKE = """
 import gzip, hashlib, os, sys, tempfile, zlib
 sys.path.insert(0, sys.argv[1])
-import k0s_hostfs, k0s_payload
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import k0s_hostfs
+from module_utils.payload import bundles, fsio, streams
 data = os.urandom(100000) + bytes(100000)
 d = tempfile.mkdtemp()
 k0s_hostfs.check_dir_chain(d)
 stream = os.path.join(d, "x.gz")
 k0s_hostfs.atomic_write(stream, gzip.compress(data), 0o600)
 dst = os.path.join(d, "x")
-k0s_payload.inflate_gzip_member(stream, dst, len(data), zlib.crc32(data), hashlib.sha256(data).hexdigest())
-assert k0s_payload.sha256_file(dst) == hashlib.sha256(data).hexdigest()
+streams.inflate_gzip_member(stream, dst, len(data), zlib.crc32(data), hashlib.sha256(data).hexdigest())
+assert fsio.sha256_file(dst) == hashlib.sha256(data).hexdigest()
+assert bundles.check_bundle_members([{"name": "x", "offset": 0, "size": 5}], 5) == {"x": (0, 5)}
+from module_utils import k0s_payload   # the facade (k0s_release imported it before the payload package)
 print("ok", k0s_payload.HAS_PYELFTOOLS)
 """
 
@@ -190,6 +201,42 @@ def test_real_python_36_runs_module_utils(tmp_path):
     proc = subprocess.run([PYTHON36, "-I", "-c", SMOKE, os.path.join(PLUGINS, "module_utils")], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stdout
+
+
+# Run by Python 3.6: the release store builds, switches and queries a release from a real gzip stream.
+RELEASE_SMOKE = """
+import gzip, hashlib, os, sys, tempfile, zlib
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import release_build
+with open("/bin/ls", "rb") as f:
+    data = f.read()
+root = tempfile.mkdtemp()
+p = dict(state="present", release_id=None, k0s_version="v1", files=[], switch=True, bundle=None,
+         executable=dict(size=len(data), sha256=hashlib.sha256(data).hexdigest(), crc32=zlib.crc32(data)),
+         streams_dir=os.path.join(root, "in"), bundle_members=None, store_dir=os.path.join(root, "store"),
+         bin_dir=os.path.join(root, "bin"), libexec_dir=os.path.join(root, "libexec", "k0s"),
+         data_dir=os.path.join(root, "data"), link_data_dir=True, pinned_mtime=None, keep_releases=2,
+         verify=False, selinux_relabel=True)
+os.makedirs(p["streams_dir"])
+with open(os.path.join(p["streams_dir"], "k0s.gz"), "wb") as f:
+    f.write(gzip.compress(data))
+res = release_build.Runner(p).run()
+with open(os.path.join(p["bin_dir"], "k0s"), "rb") as f:
+    assert f.read() == data
+assert res["sources"] == {"k0s": "stream"}, res
+assert release_build.Runner(dict(p, state="query")).run()["up_to_date"] is True
+print("ok", res["release_id"])
+"""
+
+
+@needs_36
+def test_real_python_36_runs_the_release_store(tmp_path):
+    from testlib import COLLECTIONS, ensure_collection_link
+    ensure_collection_link()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run([PYTHON36, "-I", "-c", RELEASE_SMOKE, str(COLLECTIONS)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok v1-"), proc.stdout
 
 
 def _ansible_core():

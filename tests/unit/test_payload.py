@@ -221,11 +221,14 @@ def test_unreadable_source(small, tmp_path):
     work = tempfile.mkdtemp(prefix="fleetsplit-unreadable-")
     try:
         os.chmod(work, 0o755)
-        shutil.copy(kp.__file__, os.path.join(work, "k0s_payload.py"))
+        os.mkdir(os.path.join(work, "module_utils"))
+        shutil.copy(kp.__file__, os.path.join(work, "module_utils", "k0s_payload.py"))
+        shutil.copytree(os.path.join(os.path.dirname(kp.__file__), "payload"), os.path.join(work, "module_utils", "payload"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
         path = copy_of(small["zip"], tmp_path)
         shutil.move(path, os.path.join(work, "k0s"))
         os.chmod(os.path.join(work, "k0s"), 0o000)
-        code = "import k0s_payload as kp\ntry:\n kp.inspect('k0s')\nexcept kp.PayloadError as e:\n print(e)\n"
+        code = "from module_utils import k0s_payload as kp\ntry:\n kp.inspect('k0s')\nexcept kp.PayloadError as e:\n print(e)\n"
         out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", code],
                              capture_output=True, text=True, cwd=work, check=False)
         assert "cannot read k0s executable k0s: Permission denied" in out.stdout, out.stdout + out.stderr

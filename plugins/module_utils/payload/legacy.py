@@ -1,0 +1,135 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetsplit.k0s contributors
+# Apache License 2.0 (see galaxy.yml)
+"""The legacy payload (k0s <= v1.35): gzip members appended back to back after the ELF image.
+
+There is no directory: names come from ``bin/<name>.gz`` strings in ``.rodata`` (in that sorted order),
+the blob length from ``BinDataSize`` in ``.noptrdata``, and each member is inflated (not written) to find
+where it ends. Controller side only.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import re
+import struct
+import zlib
+
+from .elf import section_bytes
+from .errors import CorruptPayloadError, PayloadError
+from .fsio import CHUNK, Sink, check_names
+from .model import METHOD_DEFLATE, Entry
+from .streams import feed
+
+_LEGACY_NAME = re.compile(rb"bin/([A-Za-z0-9._+-]+?)\.gz")
+
+
+def legacy_names(elf):
+    """The embedded names ``bin/<name>.gz`` in .rodata, sorted (the order k0s appends the members in)."""
+    data = section_bytes(elf, ".rodata") or b""
+    return sorted(set(m.decode("ascii") for m in _LEGACY_NAME.findall(data)))
+
+
+def bin_data_size(elf, blob_size):
+    """BinDataSize as compiled in: from the symbol table when present, else an aligned int64 in .noptrdata."""
+    fmt = "<q" if elf.little_endian else ">q"
+    symtab = elf.get_section_by_name(".symtab")
+    if symtab is not None:
+        for symbol in symtab.iter_symbols():
+            if symbol.name.endswith(".BinDataSize") and symbol["st_size"] == 8:
+                section = elf.get_section(symbol["st_shndx"]) if isinstance(symbol["st_shndx"], int) else None
+                if section is not None and section["sh_type"] != "SHT_NOBITS":
+                    offset = symbol["st_value"] - section["sh_addr"]
+                    return struct.unpack_from(fmt, section.data(), offset)[0]
+    data = section_bytes(elf, ".noptrdata") or b""
+    wanted = struct.pack(fmt, blob_size)
+    pos = data.find(wanted)
+    while pos != -1:
+        if pos % 8 == 0:
+            return blob_size
+        pos = data.find(wanted, pos + 1)
+    return None
+
+
+def gzip_header_length(mm, pos, size, what):
+    """Length of the gzip member header at ``pos`` (optional fields included)."""
+    if pos + 10 > size or mm[pos:pos + 3] != b"\x1f\x8b\x08":
+        raise CorruptPayloadError("%s: no gzip member header at offset %d" % (what, pos))
+    flags = mm[pos + 3]
+    cur = pos + 10
+    if flags & 0x04:   # FEXTRA
+        if cur + 2 > size:
+            raise CorruptPayloadError("%s: gzip header truncated at offset %d" % (what, cur))
+        cur += 2 + struct.unpack_from("<H", mm, cur)[0]
+    for bit in (0x08, 0x10):   # FNAME, FCOMMENT: zero-terminated
+        if flags & bit:
+            end = mm.find(b"\x00", cur, size)
+            if end == -1:
+                raise CorruptPayloadError("%s: gzip header truncated at offset %d" % (what, cur))
+            cur = end + 1
+    if flags & 0x02:   # FHCRC
+        cur += 2
+    if cur > size:
+        raise CorruptPayloadError("%s: gzip header truncated at offset %d" % (what, pos))
+    return cur - pos
+
+
+def _scan_member(mm, pos, size, name, what):
+    """Inflate (without writing) the member at ``pos``, check its trailer; returns its Entry."""
+    data_offset = pos + gzip_header_length(mm, pos, size, what)
+    sink = Sink()
+    inflater = zlib.decompressobj(-15)
+    cur = data_offset
+    try:
+        while not inflater.eof:
+            if cur >= size:
+                raise CorruptPayloadError("%s: truncated (file ends at offset %d inside the member)" % (what, size))
+            block = mm[cur:min(size, cur + CHUNK)]
+            feed(inflater, block, sink)
+            cur += len(block) - len(inflater.unused_data)
+    except zlib.error as e:
+        raise CorruptPayloadError("%s: compressed data is corrupt (%s)" % (what, e))
+    if cur + 8 > size:
+        raise CorruptPayloadError("%s: truncated (gzip trailer missing at offset %d)" % (what, cur))
+    crc, isize = struct.unpack_from("<II", mm, cur)
+    if crc != sink.crc32:
+        raise CorruptPayloadError("%s: CRC-32 mismatch (trailer records %08x, data gives %08x)" % (what, crc, sink.crc32))
+    if isize != sink.size & 0xFFFFFFFF:
+        raise CorruptPayloadError("%s: size mismatch (trailer records %d, data gives %d)" % (what, isize, sink.size))
+    end = cur + 8
+    return Entry(name, sink.size, crc, METHOD_DEFLATE, data_offset, cur - data_offset,
+                 member_offset=pos, member_size=end - pos, sha256=sink.hash.hexdigest())
+
+
+def scan_legacy(mm, path, start, size, names):
+    """Walk the gzip members back to back from ``start``; inflate each (no writes) to find its end and hash it."""
+    entries = []
+    pos = start
+    while pos < size:
+        index = len(entries)
+        if index >= len(names):
+            raise PayloadError("%s: more gzip members than the %d bin/<name>.gz names in .rodata (next member at offset %d)"
+                               % (path, len(names), pos))
+        what = "%s: gzip member %d (%s)" % (path, index + 1, names[index])
+        entries.append(_scan_member(mm, pos, size, names[index], what))
+        pos = entries[-1].member_offset + entries[-1].member_size
+    if len(entries) != len(names):
+        raise PayloadError("%s: .rodata names %d embedded binaries (bin/<name>.gz) but the payload holds %d gzip members"
+                           % (path, len(names), len(entries)))
+    return entries
+
+
+def read_legacy(elf, mm, path, start, size):
+    """Names, BinDataSize and entries of a legacy payload at ``start``: (entries, recorded BinDataSize)."""
+    names = legacy_names(elf)
+    if not names:
+        raise PayloadError("%s: gzip data follows the ELF end but .rodata names no bin/<name>.gz entries" % path)
+    check_names(names)
+    blob_size = size - start
+    recorded = bin_data_size(elf, blob_size)
+    if recorded is None:
+        raise CorruptPayloadError("%s: %d payload bytes follow the ELF end, but BinDataSize in .noptrdata does not "
+                                  "record that length (payload truncated or extended)" % (path, blob_size))
+    if recorded != blob_size:
+        raise CorruptPayloadError("%s: BinDataSize records %d bytes but %d follow the ELF end"
+                                  % (path, recorded, blob_size))
+    return scan_legacy(mm, path, start, size, names), recorded

@@ -1,0 +1,530 @@
+"""Each part of the payload package on its own, against the genuine-format fixtures and damaged copies of them.
+
+The parts are imported directly (no Ansible, no facade): errors, model, fsio, streams, bundles (host side),
+elf, zipfmt, legacy (controller side)."""
+import ast
+import contextlib
+import glob
+import gzip
+import hashlib
+import io
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+
+import pytest
+
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload import bundles, elf, errors, fsio, legacy, model, streams, zipfmt
+
+PACKAGE = os.path.dirname(os.path.abspath(fsio.__file__))
+PLUGINS = os.path.dirname(os.path.dirname(PACKAGE))
+
+
+def read(path):
+    with open(str(path), "rb") as f:
+        return f.read()
+
+
+def write(path, data):
+    with open(str(path), "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def mapped(path):
+    """(open file, its mmap, ELF end, size) of an executable."""
+    with open(str(path), "rb") as f:
+        end = elf.elf_end(elf.open_elf(f, str(path)))
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            yield f, mm, end, len(mm)
+
+
+def zip_entries(path):
+    with mapped(path) as (f, mm, end, size):
+        return zipfmt.read_zip(f, mm, str(path), end, size)
+
+
+def exe_with_zip(tmp_path, bare_path, entries, compression=zipfile.ZIP_DEFLATED, patch=None, name="k0s"):
+    """A real bare Go program with a zip built by Python's zipfile appended (optionally patched)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for entry_name, data in entries:
+            zf.writestr(zipfile.ZipInfo(entry_name, (1980, 1, 1, 0, 0, 0)), data, compress_type=compression)
+    blob = bytearray(buf.getvalue())
+    if patch:
+        blob = patch(blob)
+    return write(tmp_path / name, read(bare_path) + bytes(blob))
+
+
+@pytest.fixture
+def small(fixtures):
+    return {"zip": fixtures["k0s-small-zip"], "legacy": fixtures["k0s-small-legacy"]}
+
+
+# --------------------------------------------------------------------------- the package itself
+
+def test_host_parts_import_neither_elf_code_nor_ansible():
+    """payload/__init__.py is empty: the host-side parts come without pyelftools, the ELF code, zipfile or Ansible."""
+    code = ("import sys\nsys.path.insert(0, sys.argv[1])\n"
+            "from module_utils.payload import bundles, errors, fsio, model, streams\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('elftools', 'ansible', 'zipfile')\n"
+            "             or m in ('module_utils.payload.elf', 'module_utils.payload.zipfmt', 'module_utils.payload.legacy',\n"
+            "                      'module_utils.k0s_payload'))\n"
+            "print(bad)\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code, PLUGINS], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_package_files_are_small_and_ansible_free():
+    files = sorted(glob.glob(os.path.join(PACKAGE, "*.py")))
+    parts = {"__init__.py", "errors.py", "model.py", "fsio.py", "elf.py", "zipfmt.py", "legacy.py", "streams.py", "bundles.py"}
+    assert {os.path.basename(p) for p in files} >= parts
+    for path in files + [os.path.join(PLUGINS, "module_utils", "k0s_payload.py")]:
+        text = read(path).decode()
+        assert len(text.splitlines()) <= 700, path
+        assert "import ansible" not in text and "from ansible" not in text, path
+    init = ast.parse(read(os.path.join(PACKAGE, "__init__.py")))
+    # Empty (ansible-test's empty-init rule for module_utils packages); above all, it imports none of the parts.
+    assert all(isinstance(node, ast.Expr) for node in init.body), "payload/__init__.py must not import anything"
+
+
+def test_corrupt_is_a_payload_error():
+    assert issubclass(errors.CorruptPayloadError, errors.PayloadError)
+    entry = model.Entry("runc", 3, 7, model.METHOD_DEFLATE, 100, 2)
+    assert entry.as_dict()["data_offset"] == 100 and entry.as_dict()["sha256"] is None
+    payload = model.Payload("k0s", 150, model.FORMAT_ZIP, 100, [entry], "x86_64", None, 0)
+    assert payload.stripped_size == 100 and payload.payload_size == 50 and payload.names() == ["runc"]
+
+
+# --------------------------------------------------------------------------- fsio
+
+@pytest.mark.parametrize("name,message", [
+    ("", "empty"), ("a\x00b", "NUL"), ("..", "not a file name"), ("bin/runc", "path separator"),
+    ("..\\runc", "path separator"), ("ru\x1bnc", "control character"),
+])
+def test_check_name_refuses(name, message):
+    with pytest.raises(errors.PayloadError, match=message):
+        fsio.check_name(name)
+
+
+def test_check_names_refuses_duplicates():
+    fsio.check_names(["runc", "kubelet"])
+    with pytest.raises(errors.PayloadError, match="occurs twice"):
+        fsio.check_names(["runc", "kubelet", "runc"])
+
+
+def test_sha256_file_whole_and_range(small):
+    path = small["zip"]["path"]
+    data = read(path)
+    assert fsio.sha256_file(path) == sha256(data)
+    assert fsio.sha256_file(path, 1000, 300000) == sha256(data[1000:301000])
+    with pytest.raises(errors.PayloadError, match="expected 10 more bytes"):
+        fsio.sha256_file(path, len(data) - 5, 15)
+
+
+def test_sink_commit_and_discard(tmp_path):
+    final = str(tmp_path / "out")
+    temp = fsio.temp_path(final)
+    assert os.path.dirname(temp) == str(tmp_path) and os.path.basename(temp).startswith(".out.")
+    sink = fsio.Sink(temp, 0o640)
+    sink.write(b"hello ")
+    sink.write(b"world")
+    sink.close()
+    assert (sink.size, sink.crc32, sink.hash.hexdigest()) == (11, zlib.crc32(b"hello world"), sha256(b"hello world"))
+    assert fsio.commit(temp, final, sha256(b"hello world")) is True and read(final) == b"hello world"
+    ino = os.stat(final).st_ino
+    again = fsio.temp_path(final)
+    write(again, b"hello world")
+    assert fsio.commit(again, final, sha256(b"hello world")) is False   # same bytes: kept, temp removed
+    assert os.stat(final).st_ino == ino and not os.path.exists(again)
+    dropped = fsio.Sink(fsio.temp_path(final))
+    dropped.write(b"x")
+    dropped.discard()
+    assert os.listdir(str(tmp_path)) == ["out"]
+    with pytest.raises(errors.PayloadError, match="cannot create"):
+        fsio.open_exclusive(final, 0o644)
+
+
+def test_output_checks(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(str(tmp_path / "real"), str(tmp_path / "link"))
+    with pytest.raises(errors.PayloadError, match="symlink"):
+        fsio.check_output_dir(str(tmp_path / "link"))
+    with pytest.raises(errors.PayloadError, match="symlink"):
+        fsio.ensure_output_dir(str(tmp_path / "link" / "sub"))
+    fsio.ensure_output_dir(str(tmp_path / "a" / "b" / "c"))
+    assert os.path.isdir(str(tmp_path / "a" / "b" / "c"))
+    os.symlink("/etc/hostname", str(tmp_path / "a" / "k0s"))
+    with pytest.raises(errors.PayloadError, match="k0s is a symlink"):
+        fsio.check_output_file(str(tmp_path / "a" / "k0s"))
+    with pytest.raises(errors.PayloadError, match="not a regular file"):
+        fsio.check_output_file(str(tmp_path / "a" / "b"))
+    assert fsio.check_output_file(str(tmp_path / "nothing")) is None
+    assert fsio.file_sha256_if_regular(str(tmp_path / "nothing")) is None
+
+
+# --------------------------------------------------------------------------- elf
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_elf_facts_of_genuine_executables(small, fmt):
+    fixture = small[fmt]
+    f, st = elf.open_executable(fixture["path"])
+    with f:
+        image = elf.open_elf(f, fixture["path"])
+        assert elf.elf_end(image) == fixture["payload_offset"] == os.path.getsize(fixture["bare_path"])
+        assert elf.elf_machine(image) == "x86_64"
+        assert elf.k0s_version(image) == fixture["version"]
+        assert elf.section_bytes(image, ".no-such-section") is None
+        assert elf.section_bytes(image, ".bss") is None   # SHT_NOBITS: no file contents
+    assert st.st_size == fixture["size"]
+    assert elf.HAS_PYELFTOOLS and elf.PYELFTOOLS_IMPORT_ERROR is None
+
+
+def test_elf_refusals(tmp_path, small):
+    with pytest.raises(errors.PayloadError, match="cannot read k0s executable .*No such file"):
+        elf.open_executable(str(tmp_path / "nope"))
+    with pytest.raises(errors.PayloadError, match="not a regular file"):
+        elf.open_executable(str(tmp_path))
+    path = write(tmp_path / "script", b"#!/bin/sh\n")
+    with open(path, "rb") as f, pytest.raises(errors.PayloadError, match="not an ELF executable"):
+        elf.open_elf(f, path)
+    path = write(tmp_path / "cut", read(small["zip"]["bare_path"])[:30])
+    with open(path, "rb") as f, pytest.raises(errors.PayloadError, match="cannot parse ELF headers"):
+        elf.open_elf(f, path)
+    assert elf.go_build_info(str(tmp_path / "script")) is None
+
+
+def test_go_build_info_of_bare_build(small):
+    info = elf.go_build_info(small["zip"]["bare_path"])
+    assert info["go_version"].startswith("go1.") and info["path"] == "fleetsplit.test/fakek0s"
+    assert elf.go_build_info(small["zip"]["binaries"]["xtables-nft-multi"]["source"]) is None   # a C program
+
+
+# --------------------------------------------------------------------------- zipfmt
+
+def test_zip_entries_point_at_the_raw_streams(small):
+    fixture = small["zip"]
+    entries, zip64 = zip_entries(fixture["path"])
+    assert not zip64 and [e.name for e in entries] == sorted(fixture["binaries"])
+    data = read(fixture["path"])
+    for entry in entries:
+        # Raw stream offset = local header + 30 + name length + extra length, read from the local header itself.
+        local = data.rindex(b"PK\x03\x04" + data[entry.data_offset - 30 - len(entry.name) + 4:entry.data_offset - len(entry.name)],
+                            0, entry.data_offset)
+        nlen, xlen = struct.unpack_from("<HH", data, local + 26)
+        assert entry.data_offset == local + 30 + nlen + xlen and data[local + 30:local + 30 + nlen] == entry.name.encode()
+        inflated = zlib.decompress(data[entry.data_offset:entry.data_offset + entry.compressed_size], -15)
+        assert sha256(inflated) == fixture["binaries"][entry.name]["sha256"] and zlib.crc32(inflated) == entry.crc32
+        assert entry.method == model.METHOD_DEFLATE and entry.size == len(inflated)
+
+
+def test_zip_with_a_local_extra_field(small, tmp_path):
+    """The data offset comes from the local header's own extra length, not from the directory's."""
+    def patch(blob):
+        # Grow the local extra field by 8 bytes (the directory's stays empty) and shift every offset after it.
+        nlen = struct.unpack_from("<H", blob, 26)[0]
+        blob[28:30] = struct.pack("<H", 8)
+        blob[30 + nlen:30 + nlen] = b"\xfe\xca\x04\x00abcd"
+        cd = bytes(blob).index(b"PK\x01\x02")
+        eocd = bytes(blob).index(b"PK\x05\x06")
+        struct.pack_into("<I", blob, eocd + 16, cd)
+        return blob
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("runc", b"r" * 5000)], patch=patch)
+    (entry,), dummy = zip_entries(path)
+    base = os.path.getsize(small["zip"]["bare_path"])
+    assert entry.data_offset == base + 30 + 4 + 8
+    assert zlib.decompress(read(path)[entry.data_offset:entry.data_offset + entry.compressed_size], -15) == b"r" * 5000
+
+
+@pytest.mark.parametrize("compression,method", [(zipfile.ZIP_BZIP2, r"method 12 \(bzip2\)"),
+                                                (zipfile.ZIP_LZMA, r"method 14 \(lzma\)")])
+def test_zip_with_a_foreign_method_is_refused(small, tmp_path, compression, method):
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("runc", b"x" * 100)], compression=compression)
+    with pytest.raises(errors.PayloadError, match=method + ".*only store \\(0\\) and deflate \\(8\\)"):
+        zip_entries(path)
+
+
+def test_zip_stored_entries(small, tmp_path):
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("a", b"alpha" * 10), ("b", b"")], compression=zipfile.ZIP_STORED)
+    entries, dummy = zip_entries(path)
+    assert [(e.name, e.method, e.size, e.compressed_size) for e in entries] == [("a", "store", 50, 50), ("b", "store", 0, 0)]
+
+
+def test_zip_must_start_at_the_elf_end(small, tmp_path):
+    # A zip whose recorded offsets put its start 16 bytes after the ELF end (16 foreign bytes in between).
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("runc", b"x" * 100)
+    path = write(tmp_path / "k0s", read(small["zip"]["bare_path"]) + b"PK\x03\x04" + b"\x00" * 12 + buf.getvalue())
+    with pytest.raises(errors.CorruptPayloadError, match="puts the archive start at offset %d but the ELF image ends at %d"
+                       % (os.path.getsize(small["zip"]["bare_path"]) + 16, os.path.getsize(small["zip"]["bare_path"]))):
+        zip_entries(path)
+
+
+@pytest.mark.parametrize("junk", [1, 100, 70 * 1024])
+def test_zip_end_record_found_from_the_end_only(small, junk):
+    data = read(small["zip"]["path"])
+    start = small["zip"]["payload_offset"]
+    eocd, trailing = zipfmt.find_end_record(data, start, len(data))
+    assert eocd == data.rindex(b"PK\x05\x06") and trailing == 0
+    assert zipfmt.find_end_record(data + b"\x00" * junk, start, len(data) + junk) == (eocd, junk)
+    assert zipfmt.find_end_record(data[:eocd + 10], start, eocd + 10) == (None, 0)
+    # Never before the ELF end: the bare image alone has no end record (whatever its .text holds).
+    assert zipfmt.find_end_record(data[:start], start, start) == (None, 0)
+
+
+def test_zip_overlapping_entries_are_refused(small, tmp_path):
+    def patch(blob):
+        cd = bytes(blob).index(b"PK\x01\x02")
+        csize = struct.unpack_from("<I", blob, cd + 20)[0]
+        struct.pack_into("<I", blob, cd + 20, csize + 10)   # first entry's data now runs into the second's header
+        return blob
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("a", os.urandom(1000)), ("b", b"bb")], patch=patch)
+    with pytest.raises(errors.CorruptPayloadError, match="entries 'a' .* and 'b' .* overlap"):
+        zip_entries(path)
+
+
+def test_zip_damaged_directory_and_local_header(small, tmp_path):
+    def bad_directory(blob):
+        blob[bytes(blob).index(b"PK\x01\x02") + 3] = 0x09
+        return blob
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("a", b"1"), ("b", b"2")], patch=bad_directory, name="k0s-1")
+    with pytest.raises(errors.CorruptPayloadError, match="central directory is damaged"):
+        zip_entries(path)
+
+    def renamed_local(blob):
+        blob[30] = ord("z")   # the first local header names "z", the directory "a"
+        return blob
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("a", b"1")], patch=renamed_local, name="k0s-2")
+    with pytest.raises(errors.CorruptPayloadError, match="local header at offset .* names b'z', the directory says b'a'"):
+        zip_entries(path)
+
+
+def test_zip_names_checked(small, tmp_path):
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("runc", b"1"), ("../x", b"2")])
+    with pytest.raises(errors.PayloadError, match="path separator"):
+        zip_entries(path)
+
+    def non_utf8(blob):
+        return bytes(blob).replace(b"ruXnc", b"ru\xffnc")
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("ruXnc", b"1")], patch=non_utf8, name="k0s-2")
+    with pytest.raises(errors.PayloadError, match="not valid UTF-8"):
+        zip_entries(path)
+
+
+# --------------------------------------------------------------------------- legacy
+
+def test_legacy_member_scan(small):
+    fixture = small["legacy"]
+    with mapped(fixture["path"]) as (f, mm, end, size):
+        image = elf.open_elf(f, fixture["path"])
+        assert legacy.legacy_names(image) == sorted(fixture["binaries"])
+        assert legacy.bin_data_size(image, size - end) == size - end == fixture["payload_size"]
+        entries, recorded = legacy.read_legacy(image, mm, fixture["path"], end, size)
+    assert recorded == fixture["payload_size"]
+    data = read(fixture["path"])
+    pos = fixture["payload_offset"]
+    for entry in entries:
+        # Back to back, each a whole gzip member, its sha256 known from the scan.
+        assert entry.member_offset == pos and entry.sha256 == fixture["binaries"][entry.name]["sha256"]
+        member = data[entry.member_offset:entry.member_offset + entry.member_size]
+        assert sha256(gzip.decompress(member)) == entry.sha256
+        assert entry.data_offset - entry.member_offset == 10 and entry.member_size == entry.compressed_size + 18
+        pos += entry.member_size
+    assert pos == len(data)
+
+
+def test_legacy_scan_damage(small):
+    fixture = small["legacy"]
+    data = read(fixture["path"])
+    start = fixture["payload_offset"]
+    names = sorted(fixture["binaries"])
+    entries = legacy.scan_legacy(data, "k0s", start, len(data), names)
+    with pytest.raises(errors.PayloadError, match="more gzip members than the 2"):
+        legacy.scan_legacy(data, "k0s", start, len(data), names[:2])
+    with pytest.raises(errors.PayloadError, match="names 4 embedded binaries .* holds 3 gzip members"):
+        legacy.scan_legacy(data, "k0s", start, len(data), names + ["zzz"])
+    cut = entries[1].member_offset + 5000
+    with pytest.raises(errors.CorruptPayloadError, match=r"gzip member 2 \(%s\): truncated" % names[1]):
+        legacy.scan_legacy(data[:cut], "k0s", start, cut, names)
+    flipped = bytearray(data)
+    flipped[entries[0].data_offset + entries[0].compressed_size // 2] ^= 0x40
+    with pytest.raises(errors.CorruptPayloadError, match="gzip member 1 .*(corrupt|CRC-32 mismatch|size mismatch)"):
+        legacy.scan_legacy(bytes(flipped), "k0s", start, len(data), names)
+    with pytest.raises(errors.CorruptPayloadError, match="no gzip member header at offset %d" % (start + 1)):
+        legacy.scan_legacy(data, "k0s", start + 1, len(data), names)
+
+
+def test_gzip_header_length_with_optional_fields():
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="runc", mode="wb", fileobj=buf, mtime=0) as g:
+        g.write(b"data")
+    member = buf.getvalue()
+    assert legacy.gzip_header_length(member, 0, len(member), "m") == 10 + len("runc") + 1
+    assert legacy.gzip_header_length(gzip.compress(b"data"), 0, len(member), "m") == 10
+    with pytest.raises(errors.CorruptPayloadError, match="gzip header truncated"):
+        legacy.gzip_header_length(member[:12], 0, 12, "m")
+
+
+# --------------------------------------------------------------------------- streams
+
+def test_inflate_range_and_verify(small):
+    fixture = small["zip"]
+    entries, dummy = zip_entries(fixture["path"])
+    entry = [e for e in entries if e.name == "runc"][0]
+    fd = os.open(fixture["path"], os.O_RDONLY)
+    try:
+        sink = fsio.Sink()
+        streams.inflate_range(fd, entry.data_offset, entry.compressed_size, entry.method, sink, "runc")
+        assert streams.verify_sink(sink, entry.size, entry.crc32, None, "runc") == fixture["binaries"]["runc"]["sha256"]
+        with pytest.raises(errors.CorruptPayloadError, match="runc: CRC-32 mismatch"):
+            streams.verify_sink(sink, entry.size, entry.crc32 ^ 1, None, "runc")
+        with pytest.raises(errors.CorruptPayloadError, match="runc: inflated to %d bytes, the payload records 1" % entry.size):
+            streams.verify_sink(sink, 1, entry.crc32, None, "runc")
+        with pytest.raises(errors.CorruptPayloadError, match="ends before the deflate stream does"):
+            streams.inflate_range(fd, entry.data_offset, entry.compressed_size - 100, entry.method, fsio.Sink(), "runc")
+        with pytest.raises(errors.CorruptPayloadError, match="file ends inside the compressed data"):
+            streams.inflate_range(fd, fixture["size"] - 10, 100, model.METHOD_STORE, fsio.Sink(), "tail")
+        with pytest.raises(errors.CorruptPayloadError, match="unexpected end of file"):
+            streams.copy_range(fd, fixture["size"] - 10, 100, fsio.Sink())
+    finally:
+        os.close(fd)
+
+
+def test_flipped_byte_is_detected_by_inflate_entry(small, tmp_path):
+    fixture = small["zip"]
+    entries, dummy = zip_entries(fixture["path"])
+    entry = [e for e in entries if e.name == "runc"][0]
+    data = bytearray(read(fixture["path"]))
+    data[entry.data_offset + entry.compressed_size // 2] ^= 0x40
+    path = write(tmp_path / "k0s", bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(errors.CorruptPayloadError, match="runc: (compressed data is corrupt|CRC-32 mismatch)"):
+            streams.inflate_entry(fd, entry, str(tmp_path / "runc.tmp"), 0o755, "runc", False)
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "runc.tmp").exists()
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_entry_and_executable_streams(small, fmt, tmp_path):
+    fixture = small[fmt]
+    with mapped(fixture["path"]) as (f, mm, end, size):
+        if fmt == "zip":
+            entries = zipfmt.read_zip(f, mm, fixture["path"], end, size)[0]
+        else:
+            entries = legacy.read_legacy(elf.open_elf(f, fixture["path"]), mm, fixture["path"], end, size)[0]
+    data = read(fixture["path"])
+    fd = os.open(fixture["path"], os.O_RDONLY)
+    try:
+        for entry in entries:
+            sink = fsio.Sink(str(tmp_path / (entry.name + ".gz")), 0o644)
+            streams.entry_stream(fmt, entry)(fd, sink)
+            sink.close()
+            stream = read(tmp_path / (entry.name + ".gz"))
+            assert stream[10:-8] == data[entry.data_offset:entry.data_offset + entry.compressed_size]   # not recompressed
+            assert sha256(gzip.decompress(stream)) == fixture["binaries"][entry.name]["sha256"]
+        sink = fsio.Sink(str(tmp_path / "k0s.gz"), 0o644)
+        streams.executable_stream(fixture["payload_offset"])(fd, sink)
+        sink.close()
+    finally:
+        os.close(fd)
+    assert gzip.decompress(read(tmp_path / "k0s.gz")) == read(fixture["bare_path"])
+
+
+def test_stored_entry_stream_is_compressed_once(small, tmp_path):
+    path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("a", b"alpha" * 1000)], compression=zipfile.ZIP_STORED)
+    (entry,), dummy = zip_entries(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sink = fsio.Sink()
+        streams.entry_stream(model.FORMAT_ZIP, entry)(fd, sink)
+    finally:
+        os.close(fd)
+    assert sink.size < 200
+
+
+def test_inflate_gzip_member_detects_a_corrupt_stream(small, tmp_path):
+    runc = small["zip"]["binaries"]["runc"]
+    data = read(runc["source"])
+    good = write(tmp_path / "runc.gz", gzip.compress(data, 6))
+    streams.inflate_gzip_member(good, str(tmp_path / "runc"), len(data), zlib.crc32(data), runc["sha256"], mode=0o700)
+    assert sha256(read(tmp_path / "runc")) == runc["sha256"] and os.stat(str(tmp_path / "runc")).st_mode & 0o777 == 0o700
+    half = write(tmp_path / "half.gz", read(good)[:len(read(good)) // 2])   # what test_corrupt_stream_is_rejected uploads
+    with pytest.raises(errors.CorruptPayloadError, match="half.gz: truncated gzip member"):
+        streams.inflate_gzip_member(half, str(tmp_path / "x"), len(data), zlib.crc32(data), runc["sha256"])
+    flipped = bytearray(read(good))
+    flipped[len(flipped) // 3] ^= 0xFF
+    bad = write(tmp_path / "bad.gz", bytes(flipped))
+    with pytest.raises(errors.CorruptPayloadError, match="bad.gz"):
+        streams.inflate_gzip_member(bad, str(tmp_path / "x"), len(data), zlib.crc32(data), runc["sha256"])
+    with pytest.raises(errors.CorruptPayloadError, match="is not a gzip member"):
+        streams.inflate_gzip_member(runc["source"], str(tmp_path / "x"), len(data), zlib.crc32(data), runc["sha256"])
+    with pytest.raises(errors.CorruptPayloadError, match="data follows the gzip member"):
+        streams.inflate_gzip_member(write(tmp_path / "more.gz", read(good) + b"\x00"), str(tmp_path / "x"),
+                                    len(data), zlib.crc32(data), runc["sha256"])
+    with pytest.raises(errors.PayloadError, match="cannot read stream"):
+        streams.inflate_gzip_member(str(tmp_path / "none.gz"), str(tmp_path / "x"), 1, 0, None)
+    assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- bundles
+
+def _streams(tmp_path, fixture):
+    out = []
+    for name in sorted(fixture["binaries"], reverse=True):
+        out.append((name, write(tmp_path / (name + ".gz"), gzip.compress(read(fixture["binaries"][name]["source"]), 1))))
+    return out
+
+
+def test_bundle_of_real_streams(small, tmp_path):
+    fixture = small["zip"]
+    listed = _streams(tmp_path, fixture)
+    b = bundles.write_bundle(listed, str(tmp_path / "bundles"))
+    assert b["changed"] and [m["name"] for m in b["members"]] == sorted(fixture["binaries"])
+    assert bundles.check_bundle_members(b["members"], os.path.getsize(b["path"]))
+    members = [{"name": n, "stream_sha256": fsio.sha256_file(p), "stream_size": os.path.getsize(p)} for n, p in sorted(listed)]
+    assert b["id"] == bundles.bundle_id(members) and b["sha256"] == fsio.sha256_file(b["path"])
+    for m in b["members"]:
+        info = fixture["binaries"][m["name"]]
+        size = info["size"]
+        crc = zlib.crc32(read(info["source"]))
+        streams.inflate_gzip_member(b["path"], str(tmp_path / m["name"]), size, crc, info["sha256"],
+                                    offset=m["offset"], length=m["size"])
+    again = bundles.write_bundle(listed, str(tmp_path / "bundles"))
+    assert not again["changed"] and again["sha256"] == b["sha256"]
+    with pytest.raises(errors.PayloadError, match="listed twice"):
+        bundles.write_bundle(listed + listed[:1], str(tmp_path / "bundles"))
+    with pytest.raises(errors.PayloadError, match="does not exist"):
+        bundles.write_bundle([("runc", str(tmp_path / "gone.gz"))], str(tmp_path / "bundles"))
+    with pytest.raises(errors.PayloadError, match="at least one stream"):
+        bundles.write_bundle([], str(tmp_path / "bundles"))
+
+
+@pytest.mark.parametrize("members,size,message", [
+    ([], None, "non-empty list"),
+    ("a", None, "non-empty list"),
+    (["a"], None, "member 0 is not a dict"),
+    ([{"name": "a", "offset": "x", "size": 1}], None, "must be integers"),
+    ([{"offset": 0, "size": 1}], None, "has no name"),
+    ([{"name": "a/b", "offset": 0, "size": 1}], None, "path separator"),
+    ([{"name": "a", "offset": 0, "size": 1}, {"name": "a", "offset": 1, "size": 1}], None, "listed twice"),
+    ([{"name": "a", "offset": 0, "size": 2}, {"name": "b", "offset": 1, "size": 1}], None, "does not tile"),   # overlap
+    ([{"name": "a", "offset": 0, "size": 1}, {"name": "b", "offset": 2, "size": 1}], None, "does not tile"),   # gap
+    ([{"name": "a", "offset": 0, "size": 0}], None, "does not tile"),
+    ([{"name": "a", "offset": 0, "size": 10}], 9, "truncated or incomplete upload"),
+    ([{"name": "a", "offset": 0, "size": 10}], 11, "bundle is 11 bytes but its member table covers 10 bytes$"),
+])
+def test_bundle_member_checks(members, size, message):
+    with pytest.raises(errors.PayloadError, match=message):
+        bundles.check_bundle_members(members, size)
