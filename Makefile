@@ -65,10 +65,9 @@ sanity: venv venv-compat
 test-unit: venv collection test-collections fixtures
 	$(BIN)/pytest -q tests/unit tests/integration
 
-# The integration tests again under the oldest supported ansible-core (they run the
-# ansible-playbook next to the interpreter running pytest).
-# The integration tests plus the host Python floor: under 2.16 it runs the host modules on a real
-# Python 3.6 where one exists.
+# The integration tests again under the oldest supported ansible-core (they run the ansible-playbook
+# next to the interpreter running pytest), plus the host Python floor: under 2.16 it runs the host
+# modules on a real Python 3.6 where one exists.
 test-compat: venv-compat collection fixtures
 	.venv-compat/bin/pytest -q tests/integration tests/unit/test_host_python_floor.py
 
@@ -92,8 +91,9 @@ check-build: venv
 	scripts/check-build
 
 # Fresh-machine rehearsal: remove what the project installs, fresh clone, CI=true .ci/run (as root).
+# Destructive for this machine's podman state and the project's caches: the target's name is the consent.
 rehearsal:
-	scripts/fresh-machine-rehearsal
+	scripts/fresh-machine-rehearsal --yes
 
 clean:
 	rm -rf .build out

@@ -63,11 +63,21 @@ def ansible_env(**extra):
     return env
 
 
-def ansible_galaxy(args, cwd=None):
-    """Run this venv's ansible-galaxy with no project configuration; fails loudly."""
-    env = dict((k, v) for k, v in os.environ.items() if not k.startswith("ANSIBLE_"))
-    env.update(ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(VENV_BIN / "ansible-galaxy")] + args, cwd=cwd, env=env,
+def user_env(home=None, collections=None):
+    """The environment of a user who installed the collection: no project configuration (no ANSIBLE_* or
+    MOLECULE_* variables), optionally their own HOME and collections path, this venv's tools first on PATH."""
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_")))
+    env.update(ANSIBLE_NOCOLOR="1", PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
+    if home is not None:
+        env["HOME"] = str(home)
+    if collections is not None:
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(collections)
+    return env
+
+
+def ansible_galaxy(args, cwd=None, env=None):
+    """Run this venv's ansible-galaxy (default: user_env(), no project configuration); fails loudly."""
+    proc = subprocess.run([str(VENV_BIN / "ansible-galaxy")] + args, cwd=cwd, env=env or user_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout
     return proc.stdout

@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from testlib import REPO, VENV_BIN
+from testlib import REPO, VENV_BIN, ansible_galaxy, user_env
 
 # Paths (relative, in the tarball) that are development files: none may be published.
 DENY = re.compile(
@@ -167,12 +167,7 @@ def test_check_build_fails_on_a_leak(used_checkout, tmp_path):
 
 def user_galaxy(args, home, collections):
     """ansible-galaxy as a user with an empty HOME runs it: no project config, nothing installed before."""
-    env = dict((k, v) for k, v in os.environ.items() if not k.startswith("ANSIBLE_"))
-    env.update(HOME=str(home), ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(VENV_BIN / "ansible-galaxy")] + args, cwd=str(home), env=env, timeout=600,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
-    assert proc.returncode == 0, proc.stdout
-    return proc.stdout
+    return ansible_galaxy(args, cwd=str(home), env=user_env(home, collections))
 
 
 def test_installs_offline(checked_build, tmp_path):

@@ -6,42 +6,24 @@ import os
 import shutil
 import stat
 
-from testlib import FIXTURES, REPO, VENV_BIN, recap, run_playbook, sha256
-
-
-def entries(top):
-    """(relative path, full path, lstat) of everything under top."""
-    for dirpath, dirnames, filenames in os.walk(str(top)):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            yield os.path.relpath(path, str(top)), path, os.lstat(path)
-
-
-def snapshot(top):
-    """What a write would change: type, size, mode, mtime, link target."""
-    return {rel: (stat.S_IFMT(st.st_mode), st.st_size, st.st_mode, st.st_mtime_ns,
-                  os.readlink(path) if stat.S_ISLNK(st.st_mode) else None)
-            for rel, path, st in entries(top)}
+from testlib import FIXTURES, REPO, recap, run_playbook, sha256, tree_snapshot, user_env
 
 
 def tree(top):
-    """Content view of a written tree: kind, mode, sha256 or link target."""
+    """Content view of a written tree, comparable between two roots: relative path -> kind, mode, sha256 or link."""
     out = {}
-    for rel, path, st in entries(top):
-        if stat.S_ISLNK(st.st_mode):
-            out[rel] = ("link", None, os.readlink(path))
-        elif stat.S_ISDIR(st.st_mode):
-            out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
-        else:
-            out[rel] = ("file", stat.S_IMODE(st.st_mode), sha256(path))
+    for dirpath, dirnames, filenames in os.walk(str(top)):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                view = ("link", None, os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                view = ("dir", stat.S_IMODE(st.st_mode), None)
+            else:
+                view = ("file", stat.S_IMODE(st.st_mode), sha256(path))
+            out[os.path.relpath(path, str(top))] = view
     return out
-
-
-def user_env(home, collections):
-    env = dict((k, v) for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_")))
-    env.update(HOME=str(home), ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR="1",
-               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
-    return env
 
 
 def test_fqcn_playbook_writes_an_exact_overlay_and_nothing_in_the_collection(
@@ -52,14 +34,14 @@ def test_fqcn_playbook_writes_an_exact_overlay_and_nothing_in_the_collection(
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
-    before = snapshot(installed_collection)
+    before = tree_snapshot(installed_collection)
 
     overlay = tmp_path / "overlay"
     proc, out = run_playbook(["fleetsplit.k0s.deploy_k0s", "-e", "k0s_executable=%s" % exe,
                               "-e", "k0s_overlay_root=%s" % overlay], cwd=work, env=user_env(home, installed_collection))
     assert proc.returncode == 0, out
     assert recap(out)["localhost"]["failed"] == 0
-    assert snapshot(installed_collection) == before, "the run wrote inside the installed collection"
+    assert tree_snapshot(installed_collection) == before, "the run wrote inside the installed collection"
     assert sorted(os.listdir(str(work))) == [], "nothing is written to the working directory when a root is given"
 
     # Exact: the same tree, byte for byte, as the overlay the checkout's own playbook writes...
@@ -83,7 +65,7 @@ def test_without_an_executable_it_fails_naming_both_and_writes_nothing(tmp_path,
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
-    before = snapshot(installed_collection)
+    before = tree_snapshot(installed_collection)
     overlay = tmp_path / "overlay"
     proc, out = run_playbook(["fleetsplit.k0s.deploy_k0s", "-e", "k0s_overlay_root=%s" % overlay],
                              cwd=work, env=user_env(home, installed_collection))
@@ -93,7 +75,7 @@ def test_without_an_executable_it_fails_naming_both_and_writes_nothing(tmp_path,
     assert not overlay.exists()
     assert sorted(os.listdir(str(work))) == []
     assert not (home / ".cache").exists()
-    assert snapshot(installed_collection) == before
+    assert tree_snapshot(installed_collection) == before
 
 
 def test_default_overlay_goes_to_the_working_directory(tmp_path, installed_collection):
@@ -102,10 +84,10 @@ def test_default_overlay_goes_to_the_working_directory(tmp_path, installed_colle
     home.mkdir()
     exe = tmp_path / "k0s"
     shutil.copy2(str(FIXTURES / "k0s-small-legacy"), str(exe))
-    before = snapshot(installed_collection)
+    before = tree_snapshot(installed_collection)
     proc, out = run_playbook(["fleetsplit.k0s.deploy_k0s", "-e", "k0s_executable=%s" % exe],
                              cwd=work, env=user_env(home, installed_collection))
     assert proc.returncode == 0, out
     assert (work / "out/overlay/usr/bin/k0s").is_file()
     assert (work / "out/overlay/usr/share/fleetsplit-k0s/manifest.json").is_file()
-    assert snapshot(installed_collection) == before
+    assert tree_snapshot(installed_collection) == before

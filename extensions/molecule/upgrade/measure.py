@@ -12,8 +12,12 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-SNAP = ("cat /sys/class/net/eth0/statistics/rx_bytes; "
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+import hostlab  # noqa: E402  (tests/hostlab.py: exec in a test host, its eth0 counter)
+
+SNAP = (hostlab.RX_BYTES + "; "
         "readlink /var/lib/fleetsplit-k0s/current || echo none; "
         "echo \"pid=$(/usr/bin/k0s status 2>/dev/null | sed -n 's/^Process ID: //p')\"; "
         "/usr/bin/k0s version 2>/dev/null || echo none")
@@ -22,8 +26,10 @@ SNAP = ("cat /sys/class/net/eth0/statistics/rx_bytes; "
 def snapshot(hosts):
     out = {}
     for h in hosts:
-        lines = subprocess.run(["podman", "exec", h, "sh", "-c", SNAP], check=True,
-                               capture_output=True, text=True).stdout.splitlines()
+        p = hostlab.podman_exec(h, SNAP)
+        if p.returncode != 0:
+            raise SystemExit("%s: snapshot failed (%d): %s" % (h, p.returncode, p.stderr.strip()))
+        lines = p.stdout.splitlines()
         out[h] = {"rx": int(lines[0]), "release": os.path.basename(lines[1]),
                   "pid": lines[2].split("=", 1)[1], "version": lines[3]}
     return out
