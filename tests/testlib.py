@@ -44,16 +44,18 @@ def sha256(path):
     return sha256_file(path)
 
 
-def tree_snapshot(root):
-    """{path: (mode, mtime_ns, inode, link target or sha256)} of everything below ``root``: proves a run left it untouched."""
-    out = {}
+def tree_entries(root):
+    """(path, lstat, link target or sha256 or None) of everything below ``root``."""
     for dirpath, dirnames, filenames in os.walk(str(root)):
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)
             st = os.lstat(p)
-            extra = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (sha256(p) if stat.S_ISREG(st.st_mode) else None)
-            out[p] = (st.st_mode, st.st_mtime_ns, st.st_ino, extra)
-    return out
+            yield p, st, os.readlink(p) if stat.S_ISLNK(st.st_mode) else (sha256(p) if stat.S_ISREG(st.st_mode) else None)
+
+
+def tree_snapshot(root):
+    """{path: (mode, mtime_ns, inode, link target or sha256)} of everything below ``root``: proves a run left it untouched."""
+    return {p: (st.st_mode, st.st_mtime_ns, st.st_ino, content) for p, st, content in tree_entries(root)}
 
 
 def ansible_env(**extra):

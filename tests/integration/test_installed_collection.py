@@ -4,26 +4,13 @@ unrelated directory with no project configuration (no ansible.cfg, no collection
 import json
 import os
 import shutil
-import stat
 
-from testlib import FIXTURES, REPO, recap, run_playbook, sha256, tree_snapshot, user_env
+from testlib import FIXTURES, REPO, recap, run_playbook, sha256, tree_entries, tree_snapshot, user_env
 
 
 def tree(top):
-    """Content view of a written tree, comparable between two roots: relative path -> kind, mode, sha256 or link."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(str(top)):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                view = ("link", None, os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                view = ("dir", stat.S_IMODE(st.st_mode), None)
-            else:
-                view = ("file", stat.S_IMODE(st.st_mode), sha256(path))
-            out[os.path.relpath(path, str(top))] = view
-    return out
+    """Content view of a written tree, comparable between two roots: relative path -> (mode, sha256 or link target)."""
+    return {os.path.relpath(p, str(top)): (st.st_mode, content) for p, st, content in tree_entries(top)}
 
 
 def test_fqcn_playbook_writes_an_exact_overlay_and_nothing_in_the_collection(
