@@ -388,7 +388,7 @@ class Runner(object):
             # present ends a rollback by removing its record, and refreshes a stale manifest.json,
             # even when nothing else changes.
             self.result["up_to_date"] = False
-        self.result["host"] = host_facts()
+        self.result["host"] = host_facts(self.p["data_dir"])
         self.result.pop("diff", None)
 
     def run_present(self):

@@ -6,9 +6,11 @@ already on the host, the streams, the links to fix, and the host facts the roles
 no Ansible import, Python 3.6 syntax."""
 
 import os
+import socket
 import stat
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import TMP_MARK, lstat_or_none
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_membership import membership
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import EXE_REL, ReleaseError
 
@@ -207,7 +209,9 @@ def service_manager():
         return "unknown"
 
 
-def host_facts():
+def host_facts(data_dir):
     """What the roles need to know about the host, so plays need no fact gathering (a `setup` call
-    costs more bytes than this whole module)."""
-    return dict(architecture=os.uname().machine, service_mgr=service_manager())
+    costs more bytes than this whole module): also the k0s node name (k0s defaults to the lowercased
+    host name) and whether k0s's data dir says the host already belongs to a cluster."""
+    return dict(architecture=os.uname().machine, service_mgr=service_manager(),
+                node_name=socket.gethostname().lower(), k0s_cluster=membership(data_dir))

@@ -231,11 +231,6 @@ def test_planner_finds_content_already_on_the_host(host, v1, v2):
     assert pl.stream_path(items2["libexec/runc"]) == (os.path.join(host.streams, "runc.gz"), 0, None)
 
 
-def test_host_facts():
-    facts = rp.host_facts()
-    assert facts["architecture"] == os.uname().machine and facts["service_mgr"]
-
-
 # --------------------------------------------------------------------------- build, switch, query
 
 def test_build_and_switch_then_rerun_is_up_to_date(host, v1):
