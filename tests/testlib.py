@@ -103,3 +103,33 @@ def recap(output):
     for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
         out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
     return out
+
+
+# A k0s join token as `k0s token create` prints it: base64 of a gzip of a kubeconfig (k0s
+# pkg/token/kubeconfig.go, joinencode.go). Used to make tokens of clusters that do not exist.
+JOIN_KUBECONFIG = """apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: {server}
+  name: k0s
+contexts:
+- context:
+    cluster: k0s
+    user: {user}
+  name: k0s
+current-context: k0s
+kind: Config
+preferences: {{}}
+users:
+- name: {user}
+  user:
+    token: {token}
+"""
+
+
+def make_join_token(ca, user="kubelet-bootstrap", token="abcdef.0123456789abcdef", server="https://10.0.0.1:6443"):
+    import base64
+    import gzip
+    text = JOIN_KUBECONFIG.format(ca=base64.b64encode(ca).decode(), server=server, user=user, token=token)
+    return base64.b64encode(gzip.compress(text.encode())).decode()

@@ -1,5 +1,5 @@
 """Host-side code must parse and run on Python 3.6, the oldest Python on managed hosts (ansible-core 2.16 still
-manages 3.6). Host-side is k0s_release and k0s_service plus every module_utils file they import, followed
+manages 3.6). Host-side is k0s_release, k0s_service and k0s_join_token plus every module_utils file they import, followed
 recursively through their imports; the controller-side modules may use newer Python.
 
 ast.parse(feature_version=(3, 6)) catches new syntax (walrus, positional-only parameters); a small AST scan
@@ -20,7 +20,7 @@ COLLECTION_PKG = "ansible_collections.fleetsplit.k0s"
 MODULE_UTILS_PKG = COLLECTION_PKG + ".plugins.module_utils"
 FLOOR = (3, 6)
 
-HOST_MODULES = ("k0s_release", "k0s_service")
+HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token")
 CONTROLLER_MODULES = ("payload_info", "payload_split", "stream_bundle")   # run where the k0s executable is
 
 # Known stdlib additions after 3.6 (attribute or function names), with the version that added them.
@@ -88,7 +88,7 @@ def test_host_side_files_are_derived_from_imports():
                                              "plugins/module_utils/k0s_hostfs.py", "plugins/module_utils/payload/streams.py",
                                              "plugins/module_utils/payload/bundles.py", "plugins/module_utils/payload/fsio.py",
                                              "plugins/module_utils/release_store.py", "plugins/module_utils/release_plan.py",
-                                             "plugins/module_utils/release_build.py"}
+                                             "plugins/module_utils/release_build.py", "plugins/module_utils/k0s_membership.py"}
     # Host modules carry only the stream/bundle side of the payload library: no ELF, zip or legacy readers.
     controller_only = {"plugins/module_utils/k0s_payload.py", "plugins/module_utils/payload/elf.py",
                        "plugins/module_utils/payload/zipfmt.py", "plugins/module_utils/payload/legacy.py"}

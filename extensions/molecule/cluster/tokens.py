@@ -1,0 +1,62 @@
+# Test helper for the cluster scenario (run with the controller's Python; no shebang on purpose).
+#   tokens.py secrets AUDIT          -> JSON list of {"token", "secret"} for every token in AUDIT
+#   tokens.py foreign                -> a well-formed worker token of a cluster that does not exist
+#   tokens.py scan NEEDLES PATH...   -> JSON list of files below PATH that contain a needle
+# NEEDLES is a JSON file: a list of strings. The scan skips files over 64 MiB and unreadable ones.
+import base64
+import gzip
+import json
+import os
+import re
+import secrets
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests"))
+from testlib import make_join_token  # noqa: E402  (one token builder for tests and scenarios)
+
+
+def token_secret(token):
+    text = gzip.decompress(base64.b64decode(token)).decode()
+    return re.search(r"token: ([a-z0-9]{6}\.[a-z0-9]{16})", text).group(1)
+
+
+def scan(needles, roots):
+    wanted = [n.encode() for n in needles]
+    hits = []
+    for root in roots:
+        for dirpath, dummy, files in os.walk(root):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.islink(path) or os.path.getsize(path) > 64 << 20:
+                        continue
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                if any(n in data for n in wanted):
+                    hits.append(path)
+    return hits
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "secrets":
+        with open(sys.argv[2]) as f:
+            tokens = [line.strip() for line in f if line.strip()]
+        print(json.dumps([{"token": t, "secret": token_secret(t)} for t in tokens]))
+    elif cmd == "foreign":
+        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+        token = "%s.%s" % tuple("".join(secrets.choice(alphabet) for dummy in range(n)) for n in (6, 16))
+        ca = b"-----BEGIN CERTIFICATE-----\n" + secrets.token_bytes(300) + b"\n"
+        print(make_join_token(ca, token=token, server="https://10.89.77.99:6443"))
+    elif cmd == "scan":
+        with open(sys.argv[2]) as f:
+            needles = json.load(f)
+        print(json.dumps(scan(needles, sys.argv[3:])))
+    else:
+        sys.exit("unknown command %s" % cmd)
+
+
+if __name__ == "__main__":
+    main()
