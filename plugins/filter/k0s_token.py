@@ -12,12 +12,15 @@ description:
     CA it carries. The secret half of the bootstrap token is never returned.
   - Fails with a message naming the problem (not base64, not gzip, no server, wrong user, ...) that never contains
     the token text.
-positional: _input
+positional: _input, source
 options:
   _input:
     description: The join token text.
     type: str
     required: true
+  source:
+    description: Where the token came from (a file name), put in front of error messages.
+    type: str
 author:
   - fleetsplit.k0s maintainers (@fleetsplit)
 """
@@ -25,7 +28,7 @@ author:
 EXAMPLES = r"""
 - name: Check a token brought by the user before anything changes
   ansible.builtin.assert:
-    that: (lookup('ansible.builtin.file', k0s_join_token_file) | fleetsplit.k0s.k0s_join_token_info).role == 'worker'
+    that: (lookup('ansible.builtin.file', k0s_join_token_file) | fleetsplit.k0s.k0s_join_token_info(k0s_join_token_file)).role == 'worker'
   no_log: true
 """
 
@@ -57,11 +60,11 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.fleetsplit.k0s.plugins.plugin_utils.k0s_token import TokenError, describe
 
 
-def k0s_join_token_info(token):
+def k0s_join_token_info(token, source=None):
     try:
         return describe(token)
     except TokenError as e:
-        raise AnsibleFilterError(str(e))
+        raise AnsibleFilterError("%s: %s" % (source, e) if source else str(e))
 
 
 class FilterModule(object):

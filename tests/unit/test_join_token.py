@@ -56,8 +56,8 @@ def test_refusals_name_the_problem_never_the_token(token, reason):
 
 
 def test_filter_turns_refusals_into_filter_errors():
-    with pytest.raises(AnsibleFilterError, match="not base64"):
-        k0s_join_token_info("garbage!")
+    with pytest.raises(AnsibleFilterError, match="^k0s_join_token_file /x: the join token is not base64"):
+        k0s_join_token_info("garbage!", "k0s_join_token_file /x")
     assert k0s_join_token_info(make_join_token(CA))["id"] == "abcdef"
 
 

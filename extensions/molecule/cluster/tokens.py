@@ -1,7 +1,8 @@
 # Test helper for the cluster scenario (run with the controller's Python; no shebang on purpose).
 #   tokens.py secrets AUDIT          -> JSON list of {"token", "secret"} for every token in AUDIT
 #   tokens.py foreign                -> a well-formed worker token of a cluster that does not exist
-#   tokens.py scan NEEDLES PATH...   -> JSON list of files below PATH that contain a needle
+#   tokens.py scan NEEDLES [--exclude DIR] PATH...
+#                                    -> JSON list of files below PATH (not below DIR) that contain a needle
 # NEEDLES is a JSON file: a list of strings. The scan skips files over 64 MiB and unreadable ones.
 import base64
 import gzip
@@ -11,8 +12,7 @@ import re
 import secrets
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests"))
-from testlib import make_join_token  # noqa: E402  (one token builder for tests and scenarios)
+TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests")
 
 
 def token_secret(token):
@@ -20,11 +20,13 @@ def token_secret(token):
     return re.search(r"token: ([a-z0-9]{6}\.[a-z0-9]{16})", text).group(1)
 
 
-def scan(needles, roots):
+def scan(needles, roots, exclude=None):
     wanted = [n.encode() for n in needles]
     hits = []
     for root in roots:
         for dirpath, dummy, files in os.walk(root):
+            if exclude and (dirpath + "/").startswith(exclude.rstrip("/") + "/"):
+                continue
             for name in files:
                 path = os.path.join(dirpath, name)
                 try:
@@ -46,6 +48,9 @@ def main():
             tokens = [line.strip() for line in f if line.strip()]
         print(json.dumps([{"token": t, "secret": token_secret(t)} for t in tokens]))
     elif cmd == "foreign":
+        # Only on the controller (scan also runs on hosts, where tests/ does not exist).
+        sys.path.insert(0, TESTS)
+        from testlib import make_join_token  # one token builder for tests and scenarios
         alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
         token = "%s.%s" % tuple("".join(secrets.choice(alphabet) for dummy in range(n)) for n in (6, 16))
         ca = b"-----BEGIN CERTIFICATE-----\n" + secrets.token_bytes(300) + b"\n"
@@ -53,7 +58,10 @@ def main():
     elif cmd == "scan":
         with open(sys.argv[2]) as f:
             needles = json.load(f)
-        print(json.dumps(scan(needles, sys.argv[3:])))
+        roots, exclude = sys.argv[3:], None
+        if roots[:1] == ["--exclude"]:
+            exclude, roots = roots[1], roots[2:]
+        print(json.dumps(scan(needles, roots, exclude)))
     else:
         sys.exit("unknown command %s" % cmd)
 
