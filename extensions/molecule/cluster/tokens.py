@@ -3,13 +3,14 @@
 #   tokens.py foreign                -> a well-formed worker token of a cluster that does not exist
 #   tokens.py scan NEEDLES [--exclude DIR] PATH...
 #                                    -> JSON list of files below PATH (not below DIR) that contain a needle
-# NEEDLES is a JSON file: a list of strings. The scan skips files over 64 MiB and unreadable ones.
+# NEEDLES is a JSON file: a list of strings. The scan reads regular files up to 64 MiB (not /proc, /sys).
 import base64
 import gzip
 import json
 import os
 import re
 import secrets
+import stat
 import sys
 
 TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests")
@@ -30,7 +31,9 @@ def scan(needles, roots, exclude=None):
             for name in files:
                 path = os.path.join(dirpath, name)
                 try:
-                    if os.path.islink(path) or os.path.getsize(path) > 64 << 20:
+                    st = os.lstat(path)
+                    # Regular files only: a FIFO or socket under /run would block the read.
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > 64 << 20:
                         continue
                     with open(path, "rb") as f:
                         data = f.read()
