@@ -56,10 +56,14 @@ def membership(data_dir):
     ca_crt, ca_key = os.path.join(pki, "ca.crt"), os.path.join(pki, "ca.key")
     has_ca = _regular(ca_crt) and _regular(ca_key)
     kubelet = os.path.join(data_dir, "kubelet.conf")
-    return dict(
+    state = dict(
         controller_ca_sha256=_sha256_of(ca_crt) if has_ca else None,
         etcd_member=_regular(os.path.join(data_dir, "etcd", "member", "snap", "db")),
         kubelet_conf=_regular(kubelet),
         kubelet_bootstrap_conf=_regular(os.path.join(data_dir, "kubelet-bootstrap.conf")),
         kubelet_ca_sha256=kubeconfig_ca_sha256(kubelet),
     )
+    # The one place that says "this host needs no token", per role, by k0s's rules above.
+    state["controller_joined"] = has_ca or state["etcd_member"]
+    state["worker_joined"] = state["kubelet_conf"] or state["kubelet_bootstrap_conf"]
+    return state

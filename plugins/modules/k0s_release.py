@@ -245,8 +245,9 @@ host:
     - C(node_name) is the lowercased host name (k0s's default node name).
     - C(k0s_cluster) says what O(data_dir) tells about cluster membership, by k0s's own rules -
       C(controller_ca_sha256) (sha256 of C(pki/ca.crt) when it and C(pki/ca.key) exist, else null),
-      C(etcd_member), C(kubelet_conf), C(kubelet_bootstrap_conf) (booleans) and C(kubelet_ca_sha256) (sha256 of
-      the CA C(kubelet.conf) embeds). No key or token is read into the result.
+      C(etcd_member), C(kubelet_conf), C(kubelet_bootstrap_conf) (booleans), C(kubelet_ca_sha256) (sha256 of
+      the CA C(kubelet.conf) embeds), and C(controller_joined) / C(worker_joined) (k0s would start without a
+      token in that role). No key or token is read into the result.
   returned: state is query
   type: dict
   sample:
@@ -259,6 +260,8 @@ host:
       kubelet_conf: true
       kubelet_bootstrap_conf: false
       kubelet_ca_sha256: 5d41402abc4b2a76b9719d911017c592ae2d2b9e1c3b4f0d1f2a0f6e1a2b3c4d
+      controller_joined: false
+      worker_joined: true
 binaries_changed:
   description: The executable or a binary the host runs changed (switched release or repaired file).
   returned: always

@@ -17,15 +17,19 @@ def kubeconfig(ca):
 def test_empty_data_dir_is_no_member(tmp_path):
     m = km.membership(str(tmp_path / "missing"))
     assert m == dict(controller_ca_sha256=None, etcd_member=False, kubelet_conf=False,
-                     kubelet_bootstrap_conf=False, kubelet_ca_sha256=None)
+                     kubelet_bootstrap_conf=False, kubelet_ca_sha256=None,
+                     controller_joined=False, worker_joined=False)
 
 
 def test_controller_needs_both_ca_files(tmp_path):
     (tmp_path / "pki").mkdir()
     (tmp_path / "pki/ca.crt").write_bytes(CA)
-    assert km.membership(str(tmp_path))["controller_ca_sha256"] is None, "ca.key missing: k0s would join"
+    m = km.membership(str(tmp_path))
+    assert m["controller_ca_sha256"] is None and not m["controller_joined"], "ca.key missing: k0s would join"
     (tmp_path / "pki/ca.key").write_bytes(b"key")
-    assert km.membership(str(tmp_path))["controller_ca_sha256"] == hashlib.sha256(CA).hexdigest()
+    m = km.membership(str(tmp_path))
+    assert m["controller_ca_sha256"] == hashlib.sha256(CA).hexdigest() and m["controller_joined"]
+    assert not m["worker_joined"]
 
 
 def test_symlinked_ca_is_not_trusted(tmp_path):
@@ -40,6 +44,7 @@ def test_worker_kubelet_conf_carries_the_cluster_ca(tmp_path):
     (tmp_path / "kubelet.conf").write_text(kubeconfig(CA))
     m = km.membership(str(tmp_path))
     assert m["kubelet_conf"] and m["kubelet_ca_sha256"] == hashlib.sha256(CA).hexdigest()
+    assert m["worker_joined"] and not m["controller_joined"]
 
 
 def test_kubelet_conf_without_ca_data(tmp_path):
@@ -47,12 +52,15 @@ def test_kubelet_conf_without_ca_data(tmp_path):
     (tmp_path / "kubelet-bootstrap.conf").write_text("x")
     m = km.membership(str(tmp_path))
     assert m["kubelet_conf"] and m["kubelet_bootstrap_conf"] and m["kubelet_ca_sha256"] is None
+    (tmp_path / "kubelet.conf").unlink()
+    assert km.membership(str(tmp_path))["worker_joined"], "a bootstrap kubeconfig alone needs no token either"
 
 
 def test_etcd_member(tmp_path):
     (tmp_path / "etcd/member/snap").mkdir(parents=True)
     (tmp_path / "etcd/member/snap/db").write_bytes(b"")
-    assert km.membership(str(tmp_path))["etcd_member"] is True
+    m = km.membership(str(tmp_path))
+    assert m["etcd_member"] is True and m["controller_joined"] is True
 
 
 def test_host_facts_carry_node_name_and_membership(tmp_path):
