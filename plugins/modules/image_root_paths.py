@@ -14,7 +14,7 @@ description:
   - Each path is resolved twice, one component at a time. Once as C(openat2(2)) with C(RESOLVE_IN_ROOT) resolves
     it (absolute symlink targets and C(..) stay inside O(root), as after C(chroot)), once as a plain C(open()) on
     this machine resolves it. The path is refused when the plain resolution leaves O(root) at any step or ends
-    somewhere else: an absolute symlink on the way (C(etc -> /etc)), or a relative one climbing above the root
+    somewhere else, as through an absolute symlink on the way (C(etc -> /etc)), or a relative one climbing above the root
     (C(etc/systemd -> ../../..)). The message names the path and the symlink that leads out.
   - Relative symlinks that stay inside the root are followed (merged C(/usr) images, C(bin -> usr/bin),
     C(var/run -> ../run)); the returned RV(host_paths) are the resolved paths the writers should be given.

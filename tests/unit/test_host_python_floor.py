@@ -21,7 +21,7 @@ MODULE_UTILS_PKG = COLLECTION_PKG + ".plugins.module_utils"
 FLOOR = (3, 6)
 
 HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token")
-CONTROLLER_MODULES = ("payload_info", "payload_split", "stream_bundle")   # run where the k0s executable is
+CONTROLLER_MODULES = ("image_root_paths", "payload_info", "payload_split", "stream_bundle")   # run where the k0s executable is
 
 # Known stdlib additions after 3.6 (attribute or function names), with the version that added them.
 NEWER_ATTRIBUTES = {
