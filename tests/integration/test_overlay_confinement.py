@@ -87,7 +87,14 @@ def _data_dir_newline(w):
     return w / "root", {"k0s_data_dir": "/var/lib/k0s\n[Service]"}, ["k0s_data_dir=", "contains control characters"]
 
 
+def _root_is_slash(w):
+    symlink("/", w / "slash")
+    symlink(w / "slash", w / "root")
+    return w / "root", {}, ["k0s_overlay_root=", "resolves to / (the build machine itself)"]
+
+
 HOSTILE = {
+    "root-links-to-slash": _root_is_slash,
     "etc-absolute": _etc_absolute,
     "var-lib-absolute": _var_lib_absolute,
     "etc-systemd-climbs": _etc_systemd_climbs,
