@@ -116,8 +116,8 @@ paths:
   elements: dict
   contains:
     path: {description: The path inside the image., type: str}
-    kind: {description: V(dir), V(file) or V(link)., type: str}
-    host_path: {description: Where it lands on this machine (inside RV(root), relative links inside resolved)., type: str}
+    kind: {description: "V(dir), V(file) or V(link).", type: str}
+    host_path: {description: "Where it lands on this machine (inside RV(root), relative links inside resolved).", type: str}
     exists: {description: Whether it exists already., type: bool}
     origin: {description: As given., type: str}
 host_paths:
