@@ -164,3 +164,23 @@ def test_merged_usr_tree_is_written_through_its_relative_links(tmp_path, exe, ca
     proc, out = deploy(work, exe, cache, root, **evars)
     assert proc.returncode == 0, out
     assert recap(out)["localhost"]["changed"] == 0, out
+
+
+def test_the_check_covers_every_file_the_overlay_writes(tmp_path, exe, cache):
+    """A tripwire for new files: everything the play leaves in the root (with every optional file on: k0s
+    config, OpenRC conf.d, enablement links) was among the paths the check proved first."""
+    root = tmp_path / "overlay"
+    proc, out = deploy(tmp_path, exe, cache, root, "-v", k0s_config={"spec": {"api": {"port": 6443}}},
+                       k0s_openrc_conf={"rc_ulimit": "-n 65536"})
+    assert proc.returncode == 0, out
+    line = out[out.index("TASK [%s]" % CHECK_TASK):].splitlines()[1]
+    checked = json.loads(line.split(" => ", 1)[1])["host_paths"]
+    assert set(checked.values()) >= {str(root / "etc/k0s/k0s.yaml"), str(root / "etc/conf.d/k0scontroller")}
+    written = set()
+    for dirpath, dirnames, filenames in os.walk(str(root)):
+        written.update(os.path.join(dirpath, n) for n in filenames)
+        written.update(os.path.join(dirpath, n) for n in dirnames if os.path.islink(os.path.join(dirpath, n)))
+    assert written and written <= set(checked.values()), sorted(written - set(checked.values()))
+    # ...and every directory is one the check proved or lies on the way to one.
+    dirs = {os.path.join(d, n) for d, dirnames, _f in os.walk(str(root)) for n in dirnames}
+    assert all(any(c == d or c.startswith(d + "/") for c in checked.values()) for d in dirs)
