@@ -229,13 +229,13 @@ def test_one_changed_file_is_the_only_one_missing(host, v1, v2):
     assert q["missing"] == ["k0s", "runc"]
     host.upload(v2, q["missing"])
     r2 = host.run("present", v2)
-    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "link"}
+    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "copy"}
     host.assert_installed(v2, r2["release_id"])
     assert r2["previous_release"] == r1["release_id"]
-    # Unchanged content is shared by a hard link, not stored twice.
+    # Unchanged content is copied on the host (not uploaded), into its own inode: releases stay independent.
     a = os.stat(host.rdir(r1["release_id"]) / "libexec/xtables-nft-multi")
     b = os.stat(host.rdir(r2["release_id"]) / "libexec/xtables-nft-multi")
-    assert a.st_ino == b.st_ino
+    assert a.st_ino != b.st_ino and a.st_nlink == b.st_nlink == 1
     assert host.run("present", v2)["changed"] is False
 
 
@@ -513,12 +513,12 @@ def test_bundle_installs_every_missing_stream_and_is_removed(host, v1, v2, tmp_p
     assert os.listdir(host.streams) == [], "the used bundle is removed"
     assert any("removed used bundle" in c for c in r["changes"])
     assert host.run("present", v1)["changed"] is False
-    # Upgrade: only the two changed streams travel, unchanged xtables is linked from v1.
+    # Upgrade: only the two changed streams travel, unchanged xtables is copied from v1.
     q2 = host.run("query", v2)
     path2, b2 = _bundle(host, v2, q2["missing"], tmp_path / "b2")
     assert [m["name"] for m in b2["members"]] == ["k0s", "runc"]
     r2 = host.run("present", v2, bundle=str(path2), bundle_members=b2["members"])
-    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "link"}
+    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "copy"}
     host.assert_installed(v2, r2["release_id"])
 
 
