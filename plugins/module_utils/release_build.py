@@ -54,6 +54,7 @@ CHUNK = 1 << 20
 SBIN_DIRS = ("/sbin", "/usr/sbin", "/usr/local/sbin")
 
 
+KEEP_BACKUPS = 3   # the module's default for keep_backups
 PATH_KEYS = ("store_dir", "bin_dir", "libexec_dir", "data_dir", "streams_dir", "bundle")
 
 
@@ -114,6 +115,7 @@ class Runner(object):
 
     def __init__(self, params, check_mode=False, diff=False):
         self.p = p = dict(params)
+        p.setdefault("keep_backups", KEEP_BACKUPS)   # callers written before the option existed
         self.check = check_mode
         self.want_diff = diff
         self.s = Store(p)
