@@ -666,6 +666,8 @@ class Runner(object):
                                    "%s: %s" % (items[r].name, w) for r, w in sorted(problems.items()))))
         links = pl.link_plan()
         self.result.update(release_id=prev, rolled_back_from=cur)
+        # As in present: links first, the switch last, stale links after it (only a warning if that fails).
+        self.apply_links([x for x in links if x[3] != "remove stale link"])
         # current := previous first (what matters for running hosts), then previous := the release we left.
         if not self.check:
             # The record goes first, so a run killed between the renames below is finished by the next one.
@@ -673,9 +675,9 @@ class Runner(object):
             atomic_symlink("releases/" + prev, self.s.current_link)
             if cur:
                 atomic_symlink("releases/" + cur, self.s.previous_link)
-            os.utime(self.s.release_dir(prev))
         self.changes.append("rolled back: current %s -> %s" % (cur, prev))
-        self.apply_links(links)
+        self.after_switch("recording the activation time of %s" % prev, self.touch, prev)
+        self.after_switch("removing stale links", self.apply_links, [x for x in links if x[3] == "remove stale link"])
         self.prune_backups(self.p["keep_backups"])
         self.result["binaries_changed"] = True
         if self.want_diff:

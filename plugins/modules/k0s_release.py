@@ -39,6 +39,7 @@ options:
         symlink in C(<data_dir>/bin)) before anything is uploaded, and RV(changes) lists what V(present) would do.
       - V(present) builds (or repairs) the release, switches C(current) to it and ensures the links.
       - V(rollback) switches C(current) back to C(previous) and records the release it left as the new C(previous).
+        Like V(present) it puts the links in place before the switch and only warns about what fails after it.
     type: str
     choices: [query, present, rollback]
     default: present

@@ -73,6 +73,19 @@ def test_a_failing_link_fails_before_the_switch(host):
     host.assert_installed(v2, r2["release_id"])
 
 
+def test_a_failing_link_fails_a_rollback_before_its_switch(host):
+    r1 = host.install(rel("v1", LS, crun=MV))
+    r2 = host.install(rel("v2", CAT))   # its data-dir link to crun is removed after the switch
+    assert not os.path.lexists(os.path.join(host.data, "bin", "crun"))
+    with immutable(os.path.join(host.data, "bin")):
+        with pytest.raises(OSError):
+            host.run("rollback")
+    assert host.pointer("current") == "releases/" + r2["release_id"]
+    assert host.pointer("previous") == "releases/" + r1["release_id"]
+    rb = host.run("rollback")
+    assert rb["release_id"] == r1["release_id"] and os.path.islink(os.path.join(host.data, "bin", "crun"))
+
+
 def test_current_executable_is_what_bin_k0s_resolves_to(host):
     v1, v2 = rel("v1", LS), rel("v2", CAT)
     assert host.run("query", v1)["current_executable"] is None
