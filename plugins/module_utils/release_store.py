@@ -62,7 +62,7 @@ def remove_tree_or_file(path):
 
 # The module's path parameters and the install role variables that feed them (messages name the latter).
 ROLE_VARS = dict(store_dir="k0s_store_dir", bin_dir="k0s_bin_dir", libexec_dir="k0s_libexec_dir",
-                 data_dir="k0s_data_dir", streams_dir="streams_dir (k0s_store_dir/incoming)", bundle="bundle")
+                 data_dir="k0s_data_dir", streams_dir="streams_dir", bundle="bundle")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
