@@ -78,6 +78,26 @@ def unlink_quietly(path):
         pass
 
 
+def make_dirs(path, mode=0o755):
+    """Create ``path`` and its missing parents, each with exactly ``mode`` (root-owned when run as root),
+    whatever the process umask: os.makedirs leaves parents at 0777 under umask 0, which every later run
+    then refuses as world-writable."""
+    missing = []
+    while lstat_or_none(path) is None:
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue   # created meanwhile (another run waiting for the lock): checked by the caller
+        set_owner_mode(d, mode)
+    return missing
+
+
 def set_owner_mode(path, mode=0o755):
     """root:root (when running as root) and ``mode``, never following a symlink for the owner."""
     if os.geteuid() == 0:

@@ -7,7 +7,6 @@ returns data; it never talks to Ansible. Standard library only, Python 3.6 synta
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -18,11 +17,14 @@ import time
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     TMP_MARK,
+    HostFsError,
     atomic_symlink,
     atomic_write,
     check_dir_chain,
     fsync_dir,
+    os_error_message,
     lstat_or_none,
+    make_dirs,
     set_owner_mode,
     tmp_name,
     unlink_quietly,
@@ -30,6 +32,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
 # Only the host-side parts of the payload library (standard library, Python 3.6): never the ELF/zip readers.
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import check_bundle_members
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.streams import inflate_gzip_member
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_plan import Planner, host_facts
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import (
@@ -38,6 +41,8 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store impor
     ReleaseError,
     Store,
     build_items,
+    check_layout,
+    check_path_param,
     check_release_id,
     compute_release_id,
     ensure_real_dir,
@@ -49,24 +54,42 @@ CHUNK = 1 << 20
 SBIN_DIRS = ("/sbin", "/usr/sbin", "/usr/local/sbin")
 
 
+KEEP_BACKUPS = 3   # the module's default for keep_backups
+PATH_KEYS = ("store_dir", "bin_dir", "libexec_dir", "data_dir", "streams_dir", "bundle")
+
+
+def _kernel_copy(src_fd, dst_fd, size):
+    """copy_file_range (Python 3.8+): shares the extents (a reflink) where the file system can (XFS, Btrfs),
+    copies inside the kernel elsewhere. False when unavailable before the first byte (then copy in Python)."""
+    fn = getattr(os, "copy_file_range", None)
+    if fn is None:
+        return False
+    done = 0
+    try:
+        while done < size:
+            n = fn(src_fd, dst_fd, size - done)
+            if n == 0:
+                break
+            done += n
+    except OSError:
+        if done:
+            raise
+        return False
+    return True
+
+
 def copy_verified(src, dst, size, sha256, mtime_ns):
-    """Copy ``src`` to the new file ``dst`` and prove the copy has the expected size and sha256."""
+    """Copy ``src`` to the new file ``dst`` (its own inode: releases never share one, so a write into the
+    live release cannot change another) and prove the copy has the expected size and sha256."""
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     ok = False
     try:
-        h = hashlib.sha256()
-        n = 0
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            while True:
-                block = inp.read(CHUNK)
-                if not block:
-                    break
-                h.update(block)
-                n += len(block)
-                out.write(block)
+            if not _kernel_copy(inp.fileno(), out.fileno(), size):
+                shutil.copyfileobj(inp, out, CHUNK)
             out.flush()
             os.fsync(out.fileno())
-        if n != size or h.hexdigest() != sha256:
+        if os.lstat(dst).st_size != size or sha256_file(dst) != sha256:
             return False
         set_owner_mode(dst)
         if mtime_ns is not None:
@@ -92,12 +115,14 @@ class Runner(object):
 
     def __init__(self, params, check_mode=False, diff=False):
         self.p = p = dict(params)
+        p.setdefault("keep_backups", KEEP_BACKUPS)   # callers written before the option existed
         self.check = check_mode
         self.want_diff = diff
         self.s = Store(p)
         self.changes = []
         self.result = dict(changed=False, changes=self.changes, binaries_changed=False, backups={},
-                           replaced_staged=[], links_changed=[], pruned=[], cleaned=[])
+                           replaced_staged=[], links_changed=[], pruned=[], pruned_backups=[], cleaned=[],
+                           warnings=[])
         self._lock_fd = None
         self._backup_root = None
         self.stale_manifest = False
@@ -134,14 +159,23 @@ class Runner(object):
         if self.check:
             return
         if lstat_or_none(self.s.root) is None:
-            os.makedirs(self.s.root, 0o755)
+            make_dirs(self.s.root, 0o755)
         fd = os.open(os.path.join(self.s.root, ".lock"),
                      os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
 
+    def check_params(self):
+        """Path parameters: absolute, normal, no control characters, not containing each other. Also for
+        query, which the install role runs before any change, so this is part of its preflight."""
+        for key in PATH_KEYS:
+            if self.p.get(key) is not None:
+                check_path_param(key, self.p[key])
+        check_layout(self.p)
+
     def run(self):
         """Run the state the parameters name; the store lock is held until it returns or raises."""
+        self.check_params()
         try:
             getattr(self, "run_" + self.p["state"])()
         finally:
@@ -179,13 +213,8 @@ class Runner(object):
 
     # ----- building files
     def materialize(self, it, dst, sources, stream, mtime_ns):
-        for path, can_link in sources:
-            if can_link:
-                try:
-                    os.link(path, dst, follow_symlinks=False)
-                    return "link"
-                except OSError:
-                    pass   # other filesystem, hard link protection: copy instead
+        # Never a hard link: an admin's in-place write to the live release would change the rollback target too.
+        for path, dummy in sources:
             try:
                 if copy_verified(path, dst, it.size, it.sha256, mtime_ns):
                     return "copy"
@@ -283,7 +312,7 @@ class Runner(object):
         dest = self.backup_path(path)
         if not self.check:
             ensure_real_dir(self.s.backup, False, [], 0o700)
-            os.makedirs(os.path.dirname(dest), 0o700, exist_ok=True)
+            make_dirs(os.path.dirname(dest), 0o700)
             try:
                 os.rename(path, dest)
             except OSError as e:
@@ -314,7 +343,7 @@ class Runner(object):
                 self.result["links_changed"].append(path)
                 continue
             if not self.check:
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                make_dirs(os.path.dirname(path), 0o755)
             if action == "move aside and replace":
                 # A file, directory or foreign symlink: keep it in the backup, never delete it.
                 self.move_aside(path)
@@ -334,27 +363,76 @@ class Runner(object):
                 atomic_symlink("releases/" + old_current, self.s.previous_link)
         if not self.check:
             atomic_symlink("releases/" + rid, self.s.current_link)
-            os.utime(self.s.release_dir(rid))   # activation time orders releases for pruning
         self.changes.append("current: %s -> %s" % (old_current, rid))
         return True
 
-    def prune(self, keep, cur, prev):
-        """Remove old releases beyond ``keep`` (current and previous are never removed)."""
-        protected = set(x for x in (cur, prev) if x)
+    def after_switch(self, what, fn, *args):
+        """Housekeeping after `current` is switched (or nothing is to be switched): a failure there must not
+        fail a run whose switch happened, so it becomes a warning that says what is left to do."""
+        try:
+            fn(*args)
+        except (OSError, HostFsError) as e:
+            msg = os_error_message(e) if isinstance(e, OSError) else str(e)
+            self.result["warnings"].append("%s failed: %s; the release is installed, fix this and re-run (or "
+                                           "remove it by hand)" % (what, msg))
+
+    def touch(self, rid):
+        if not self.check:
+            os.utime(self.s.release_dir(rid))   # activation time orders releases for pruning
+
+    def prune(self, keep, cur, prev, staged=None):
+        """Remove old releases beyond ``keep``. Current, previous and a release just staged (switch=false) are
+        never removed; releases staged and then abandoned count like any other, so they cannot pile up."""
+        protected = set(x for x in (cur, prev, staged) if x)
         others = [r for r in self.s.list_releases() if r not in protected]
         others.sort(key=lambda r: os.lstat(self.s.release_dir(r)).st_mtime_ns, reverse=True)
         room = max(0, keep - (1 if prev and prev != cur else 0))
         for r in others[room:]:
-            if not self.check:
-                shutil.rmtree(self.s.release_dir(r))
-            self.result["pruned"].append(r)
             self.changes.append("pruned old release %s" % r)
+            if not self.check:
+                self.after_switch("pruning old release %s" % self.s.release_dir(r), shutil.rmtree,
+                                  self.s.release_dir(r))
+                if lstat_or_none(self.s.release_dir(r)) is not None:
+                    continue
+            self.result["pruned"].append(r)
+
+    def prune_backups(self, keep):
+        """Keep the ``keep`` newest backup sets (one per run that moved something aside, this run's included)."""
+        st = lstat_or_none(self.s.backup)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return
+        sets = []
+        for e in os.listdir(self.s.backup):
+            path = os.path.join(self.s.backup, e)
+            est = lstat_or_none(path)
+            if est is not None and stat.S_ISDIR(est.st_mode) and path != self._backup_root:
+                sets.append((est.st_mtime_ns, e, path))
+        sets.sort(reverse=True)
+        for dummy, e, path in sets[max(0, keep - (1 if self._backup_root else 0)):]:
+            self.changes.append("removed old backup set %s" % path)
+            if not self.check:
+                self.after_switch("removing old backup set %s" % path, shutil.rmtree, path)
+            self.result["pruned_backups"].append(path)
+
+    def unshare(self, rdir, rel, it):
+        """Give a file of the target release its own inode (hard links an earlier version made between
+        releases), keeping its mtime so its manifest record stays valid."""
+        path = os.path.join(rdir, rel)
+        tmp = tmp_name(os.path.dirname(path), it.name)
+        if not copy_verified(path, tmp, it.size, it.sha256, os.lstat(path).st_mtime_ns):
+            raise ReleaseError("%s does not hold its recorded content; run with verify=true to repair it" % path)
+        self.result["selinux_relabeled"] += self.selinux([(it.name, tmp)])
+        os.rename(tmp, path)
+        fsync_dir(os.path.dirname(path))
 
     # ----- states
     def common_result(self):
         cur = self.s.pointer(self.s.current_link)
+        exe = self.s.exe_link
         self.result.update(current_release=cur, previous_release=self.s.pointer(self.s.previous_link),
-                           releases=self.s.list_releases())
+                           releases=self.s.list_releases(),
+                           # what a k0s started now runs: compare with /proc/<pid>/exe of the running one
+                           current_executable=os.path.realpath(exe) if os.path.exists(exe) else None)
 
     def diff(self, before_rid, after):
         before = {}
@@ -434,6 +512,12 @@ class Runner(object):
                 for rel, why in sorted(problems.items()):
                     self.result["repaired"][items[rel].name] = why
                     self.changes.append("repaired %s in release %s (%s)" % (items[rel].name, rid, why))
+            for rel in pl.target_shared():
+                if rel not in problems:
+                    if not self.check:
+                        self.unshare(self.s.release_dir(rid), rel, items[rel])
+                    self.changes.append("gave %s in release %s its own copy (it shared its inode with another "
+                                        "release, so a write to one changed both)" % (items[rel].name, rid))
             for rel in pl.target_perm_problems():
                 if not self.check:
                     set_owner_mode(os.path.join(self.s.release_dir(rid), rel))
@@ -451,13 +535,24 @@ class Runner(object):
         old_prev = self.s.pointer(self.s.previous_link)
         switched = False
         if self.p["switch"]:
+            # Everything is built and verified; links name current/..., not a release, so they go in before
+            # the switch. The rename of `current` is the last change that can fail the run: what follows is
+            # housekeeping that only warns (a caller seeing a failure may rely on `current` being unchanged).
+            self.apply_links([x for x in links if x[3] != "remove stale link"])
             switched = self.switch(rid, old_cur)
-            self.apply_links(links)
+            if switched:
+                self.after_switch("recording the activation time of %s" % rid, self.touch, rid)
+            # Links to names the new release lacks: only now, so the old release never misses one while current.
+            self.after_switch("removing stale links", self.apply_links,
+                              [x for x in links if x[3] == "remove stale link"])
             if not self.check:
                 unlink_quietly(self.s.rollback_record)   # an explicit install ends a rollback
             self.prune(self.p["keep_releases"], rid, old_cur if switched and old_cur else old_prev)
+        else:
+            self.prune(self.p["keep_releases"], old_cur, old_prev, staged=rid)
+        self.prune_backups(self.p["keep_backups"])
         self.result["binaries_changed"] = bool(switched or self.result["repaired"])
-        self.remove_streams(items)
+        self.after_switch("removing used uploads", self.remove_streams, items)
         self.result["up_to_date"] = not self.changes
         if self.want_diff and self.p["state"] == "present":
             self.result["diff"] = self.diff(old_cur, dict((it.name, it.sha256) for it in items.values()))
@@ -571,6 +666,8 @@ class Runner(object):
                                    "%s: %s" % (items[r].name, w) for r, w in sorted(problems.items()))))
         links = pl.link_plan()
         self.result.update(release_id=prev, rolled_back_from=cur)
+        # As in present: links first, the switch last, stale links after it (only a warning if that fails).
+        self.apply_links([x for x in links if x[3] != "remove stale link"])
         # current := previous first (what matters for running hosts), then previous := the release we left.
         if not self.check:
             # The record goes first, so a run killed between the renames below is finished by the next one.
@@ -578,9 +675,10 @@ class Runner(object):
             atomic_symlink("releases/" + prev, self.s.current_link)
             if cur:
                 atomic_symlink("releases/" + cur, self.s.previous_link)
-            os.utime(self.s.release_dir(prev))
         self.changes.append("rolled back: current %s -> %s" % (cur, prev))
-        self.apply_links(links)
+        self.after_switch("recording the activation time of %s" % prev, self.touch, prev)
+        self.after_switch("removing stale links", self.apply_links, [x for x in links if x[3] == "remove stale link"])
+        self.prune_backups(self.p["keep_backups"])
         self.result["binaries_changed"] = True
         if self.want_diff:
             self.result["diff"] = self.diff(cur, dict((it.name, it.sha256) for it in items.values()))

@@ -77,6 +77,17 @@ class Planner(object):
                 out.append(rel)
         return out
 
+    def target_shared(self):
+        """Files of the target release sharing their inode with another file (hard links between releases
+        that earlier versions made): a write into the live release would change the rollback target too."""
+        rdir = self.s.release_dir(self.rid)
+        out = []
+        for rel in sorted(self.items):
+            st = lstat_or_none(os.path.join(rdir, rel))
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                out.append(rel)
+        return out
+
     def target_extras(self):
         rdir = self.s.release_dir(self.rid)
         out = []

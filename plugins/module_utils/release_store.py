@@ -12,7 +12,12 @@ import re
 import shutil
 import stat
 
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import HostFsError, check_dir_stat, lstat_or_none
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
+    HostFsError,
+    check_dir_stat,
+    lstat_or_none,
+    make_dirs,
+)
 
 EXE = "k0s"             # display name of the executable in `missing`, `sources`, diffs
 EXE_REL = "bin/k0s"
@@ -32,8 +37,7 @@ def ensure_real_dir(path, check_mode, changes, mode=0o755):
     st = lstat_or_none(path)
     if st is None:
         if not check_mode:
-            os.makedirs(path, mode)
-            os.chmod(path, mode)
+            make_dirs(path, mode)
         changes.append("created directory %s" % path)
         return
     if stat.S_ISLNK(st.st_mode):
@@ -52,6 +56,73 @@ def remove_tree_or_file(path):
         shutil.rmtree(path)
     else:
         os.unlink(path)
+
+
+# --------------------------------------------------------------------------- path parameters
+
+# The module's path parameters and the install role variables that feed them (messages name the latter).
+ROLE_VARS = dict(store_dir="k0s_store_dir", bin_dir="k0s_bin_dir", libexec_dir="k0s_libexec_dir",
+                 data_dir="k0s_data_dir", streams_dir="streams_dir", bundle="bundle")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_path_param(key, value):
+    """A path parameter must be absolute and already normal (no '.', '..', '//' or trailing '/'), without
+    control characters: the module writes as root where it points, so it guesses nothing."""
+    what = ROLE_VARS.get(key, key)
+    if CONTROL_RE.search(value):
+        raise ReleaseError("%s=%r contains a control character (newline, tab, NUL...); use a plain path"
+                           % (what, value))
+    if not value.startswith("/"):
+        raise ReleaseError("%s=%r must be an absolute path" % (what, value))
+    if os.path.normpath(value) != value or value.startswith("//"):
+        raise ReleaseError("%s=%r is not a normalised path (no '.', '..', '//' or trailing '/'); use %r"
+                           % (what, value, os.path.normpath(value)))
+    return value
+
+
+def _inside(a, b):
+    """``a`` is ``b`` or below it."""
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def _resolved(path, leaf_is_ours):
+    """``path`` with symlinks in its existing part resolved; for paths that are our own symlinks
+    (libexec_dir, bin_dir/k0s) only the parent is resolved."""
+    if leaf_is_ours:
+        return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    return os.path.realpath(path)
+
+
+def check_layout(p):
+    """Refuse path parameters that contain each other: e.g. libexec_dir = <data_dir>/bin makes every binary a
+    symlink to itself, bin_dir inside the store or libexec_dir writes links into a release."""
+    store, libexec, bin_dir, data_dir = p["store_dir"], p["libexec_dir"], p["bin_dir"], p["data_dir"]
+    owned = [("store_dir", store, False, "the release store"),
+             ("libexec_dir", libexec, True, "the libexec symlink"),
+             ("bin_dir", os.path.join(bin_dir, EXE), True, "the k0s symlink <bin_dir>/k0s")]
+    if p.get("link_data_dir", True):
+        owned.append(("data_dir", os.path.join(data_dir, "bin"), False, "<data_dir>/bin (links k0s runs)"))
+    streams = p.get("streams_dir")
+    if streams:
+        owned.append(("streams_dir", streams, False, "the upload directory"))
+    for i, (ka, a, la, da) in enumerate(owned):
+        for kb, b, lb, db in owned[i + 1:]:
+            if ka == "streams_dir" or kb == "streams_dir":
+                if "store_dir" in (ka, kb):
+                    continue   # uploads live in the store by default
+            for x, y in ((a, b), (_resolved(a, la), _resolved(b, lb))):
+                if _inside(x, y) or _inside(y, x):
+                    raise ReleaseError(
+                        "%s=%s and %s=%s overlap: %s (%s) %s %s (%s), so the module would write its links "
+                        "into its own files; choose paths that do not contain each other"
+                        % (ROLE_VARS[ka], p[ka], ROLE_VARS[kb], p[kb], da, x,
+                           "is" if x == y else "contains" if _inside(y, x) else "lies inside", db, y))
+    # bin_dir itself must not be reached through the store or the libexec symlink.
+    for k, other in (("store_dir", store), ("libexec_dir", libexec)):
+        if _inside(bin_dir, other):
+            raise ReleaseError("%s=%s lies inside %s=%s; choose a k0s_bin_dir outside it"
+                               % (ROLE_VARS["bin_dir"], bin_dir, ROLE_VARS[k], other))
 
 
 # --------------------------------------------------------------------------- the release description

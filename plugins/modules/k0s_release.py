@@ -17,9 +17,17 @@ description:
   - C(<bin_dir>/k0s) is a symlink to C(<store_dir>/current/bin/k0s) and C(<libexec_dir>) is a symlink to
     C(<store_dir>/current/libexec). With O(link_data_dir=true) every C(<data_dir>/bin/<name>) is a symlink to
     C(<libexec_dir>/<name>), which is how a stripped k0s finds its binaries (both payload formats).
-  - A release is built from content already on the host (hard links between releases when the mtime allows it,
-    otherwise verified copies) and from gzip streams uploaded into O(streams_dir). Every file is checked against
-    its size, CRC-32 (streams) and sha256.
+  - A release is built from content already on the host (verified copies, never hard links, so a write into the
+    live release cannot change another release; C(copy_file_range) shares the blocks on file systems with reflinks)
+    and from gzip streams uploaded into O(streams_dir). Every file is checked against its size, CRC-32 (streams)
+    and sha256. Files of the target release that still share an inode with another release (hard links made by
+    earlier versions) get their own copy.
+  - V(present) builds and verifies the release and puts the links in place, then switches C(current) as the last
+    change that can fail the run. Pruning, removing used uploads and stale links come after the switch and only
+    warn when they fail (the result's C(warnings)).
+  - Every path parameter must be absolute and normal (no C(.), C(..), C(//), trailing C(/)) and free of control
+    characters, and the paths must not contain each other (for example O(libexec_dir) = C(<data_dir>/bin), which
+    would make every binary a symlink to itself). These checks also run for V(query).
   - Existing files or directories at C(<bin_dir>/k0s) or C(<libexec_dir>) that this module did not create are moved
     into C(<store_dir>/backup/) (never deleted) and listed in RV(backups).
   - Runs on the managed host with the Python standard library only.
@@ -31,6 +39,7 @@ options:
         symlink in C(<data_dir>/bin)) before anything is uploaded, and RV(changes) lists what V(present) would do.
       - V(present) builds (or repairs) the release, switches C(current) to it and ensures the links.
       - V(rollback) switches C(current) back to C(previous) and records the release it left as the new C(previous).
+        Like V(present) it puts the links in place before the switch and only warns about what fails after it.
     type: str
     choices: [query, present, rollback]
     default: present
@@ -126,9 +135,18 @@ options:
       - Leave unset for zip-format k0s so unchanged binaries can be shared between releases by hard links.
     type: int
   keep_releases:
-    description: Number of old releases kept besides the current one (the previous release is always kept).
+    description:
+      - Number of old releases kept besides the current one (the previous release is always kept), newest first.
+      - Releases built with O(switch=false) and never switched to count like the others, so abandoned stages
+        cannot pile up; the release being staged is never removed.
     type: int
     default: 2
+  keep_backups:
+    description:
+      - Number of backup sets kept in C(<store_dir>/backup/) (one per run that moved something aside), newest
+        first; the set of the current run is always kept. At least 1.
+    type: int
+    default: 3
   verify:
     description:
       - Re-hash every file of the target release. By default a file whose size and mtime match its
@@ -218,6 +236,13 @@ previous_release:
   description: Release C(previous) points to after the run, or null.
   returned: always
   type: str
+current_executable:
+  description:
+    - Real path C(<bin_dir>/k0s) resolves to after the run (before it in check mode and for V(query)), or null.
+      A k0s process whose C(/proc/<pid>/exe) differs does not run the current release and needs a restart.
+  returned: always
+  type: str
+  sample: /var/lib/fleetsplit-k0s/releases/v1.36.3+k0s.0-3f2a9c1d0b7e/bin/k0s
 releases:
   description: Release directories in the store after the run.
   returned: always
@@ -275,10 +300,11 @@ built:
   returned: state is present
   type: bool
 sources:
-  description: Where each file of a newly built or repaired release came from (C(link), C(copy) or C(stream)).
+  description: Where each file of a newly built or repaired release came from (C(copy) of content on the host or
+    C(stream)).
   returned: state is present
   type: dict
-  sample: {k0s: stream, runc: link}
+  sample: {k0s: stream, runc: copy}
 repaired:
   description: Files of an existing target release that were damaged or missing and got replaced, with the reason.
   returned: state is present
@@ -307,6 +333,11 @@ pruned:
   returned: state is present or rollback
   type: list
   elements: str
+pruned_backups:
+  description: Old backup sets removed because of O(keep_backups).
+  returned: state is present or rollback
+  type: list
+  elements: str
 cleaned:
   description: Leftovers of killed runs that were removed.
   returned: state is present or rollback
@@ -323,8 +354,6 @@ changes:
   type: list
   elements: str
 """
-
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import HostFsError, os_error_message
@@ -352,6 +381,7 @@ def main():
             link_data_dir=dict(type="bool", default=True),
             pinned_mtime=dict(type="int"),
             keep_releases=dict(type="int", default=2),
+            keep_backups=dict(type="int", default=3),
             verify=dict(type="bool", default=False),
             selinux_relabel=dict(type="bool", default=True),
         ),
@@ -360,16 +390,12 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    for key in ("store_dir", "bin_dir", "libexec_dir", "data_dir", "streams_dir", "bundle"):
-        if p[key] is not None:
-            if not os.path.isabs(p[key]):
-                module.fail_json(msg="%s must be an absolute path, got %r" % (key, p[key]))
-            if "\x00" in p[key]:
-                module.fail_json(msg="%s contains a NUL byte" % key)
-            p[key] = os.path.normpath(p[key])
     if p["keep_releases"] < 1:
         module.fail_json(msg="keep_releases must be at least 1 (the previous release is always kept), got %d"
                          % p["keep_releases"])
+    if p["keep_backups"] < 1:
+        module.fail_json(msg="keep_backups must be at least 1 (a run's own backup set is never removed), got %d"
+                         % p["keep_backups"])
     if p["pinned_mtime"] is not None and p["pinned_mtime"] < 0:
         module.fail_json(msg="pinned_mtime must be a non-negative number of seconds")
     r = Runner(p, check_mode=module.check_mode, diff=module._diff)
@@ -380,9 +406,11 @@ def main():
     except OSError as e:
         module.fail_json(msg=os_error_message(e), changes=r.changes)
     res = r.result
+    for w in res.pop("warnings", []):
+        module.warn(w)
     res["changed"] = bool(r.changes) and p["state"] != "query"
     if p["state"] == "query":
-        for k in ("backups", "replaced_staged", "links_changed", "pruned", "cleaned"):
+        for k in ("backups", "replaced_staged", "links_changed", "pruned", "pruned_backups", "cleaned"):
             res.pop(k, None)
     module.exit_json(**res)
 

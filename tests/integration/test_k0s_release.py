@@ -229,13 +229,13 @@ def test_one_changed_file_is_the_only_one_missing(host, v1, v2):
     assert q["missing"] == ["k0s", "runc"]
     host.upload(v2, q["missing"])
     r2 = host.run("present", v2)
-    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "link"}
+    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "copy"}
     host.assert_installed(v2, r2["release_id"])
     assert r2["previous_release"] == r1["release_id"]
-    # Unchanged content is shared by a hard link, not stored twice.
+    # Unchanged content is copied on the host (not uploaded), into its own inode: releases stay independent.
     a = os.stat(host.rdir(r1["release_id"]) / "libexec/xtables-nft-multi")
     b = os.stat(host.rdir(r2["release_id"]) / "libexec/xtables-nft-multi")
-    assert a.st_ino == b.st_ino
+    assert a.st_ino != b.st_ino and a.st_nlink == b.st_nlink == 1
     assert host.run("present", v2)["changed"] is False
 
 
@@ -513,12 +513,12 @@ def test_bundle_installs_every_missing_stream_and_is_removed(host, v1, v2, tmp_p
     assert os.listdir(host.streams) == [], "the used bundle is removed"
     assert any("removed used bundle" in c for c in r["changes"])
     assert host.run("present", v1)["changed"] is False
-    # Upgrade: only the two changed streams travel, unchanged xtables is linked from v1.
+    # Upgrade: only the two changed streams travel, unchanged xtables is copied from v1.
     q2 = host.run("query", v2)
     path2, b2 = _bundle(host, v2, q2["missing"], tmp_path / "b2")
     assert [m["name"] for m in b2["members"]] == ["k0s", "runc"]
     r2 = host.run("present", v2, bundle=str(path2), bundle_members=b2["members"])
-    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "link"}
+    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "copy"}
     host.assert_installed(v2, r2["release_id"])
 
 
@@ -799,3 +799,130 @@ def _no_uploads_left(host):
     tmp = Path(os.path.expanduser("~/.ansible/tmp"))
     left += list(tmp.rglob("*.bundle")) if tmp.exists() else []
     return left == []
+
+
+# --------------------------------------------------------------------------- issue 12: the real module and roles
+
+def test_module_prune_failure_after_the_switch_is_a_warning(host, v1, v2):
+    dummy, r1 = install(host, v1)
+    dummy, r2 = install(host, v2)
+    v3 = host.release("v1.0.2", {"runc": _real(OTHER), "xtables-nft-multi": _real(XT)}, _real(EXE_V1))
+    pinned = host.rdir(r1["release_id"]) / "libexec" / "runc"
+    subprocess.run(["chattr", "+i", str(pinned)], check=True)   # v1 must be pruned but cannot be removed
+    try:
+        dummy, r3 = install(host, v3, keep_releases=1)
+    finally:
+        subprocess.run(["chattr", "-i", str(pinned)], check=True)
+    assert r3["changed"] and r3["binaries_changed"] and r3["pruned"] == []
+    # ansible-core 2.19 returns warnings as structured events; the text is what counts.
+    assert ("pruning old release %s failed" % host.rdir(r1["release_id"])) in json.dumps(r3["warnings"]), r3["warnings"]
+    host.assert_installed(v3, r3["release_id"])
+    assert os.readlink(host.store / "previous") == "releases/" + r2["release_id"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (lambda h: dict(libexec_dir=str(h.data / "bin")), ["k0s_libexec_dir=", "k0s_data_dir=", "overlap"]),
+    (lambda h: dict(libexec_dir=str(h.bin)), ["k0s_libexec_dir=", "k0s_bin_dir=", "overlap"]),
+    (lambda h: dict(libexec_dir=str(h.libexec) + "\n[Service]"), ["k0s_libexec_dir", "control character"]),
+    (lambda h: dict(data_dir=str(h.data) + "/../k0s"), ["k0s_data_dir", "not a normalised path"]),
+    (lambda h: dict(bin_dir=str(h.bin) + "/"), ["k0s_bin_dir", "not a normalised path"]),
+    (lambda h: dict(keep_backups=0), ["keep_backups must be at least 1"]),
+])
+@pytest.mark.parametrize("state", ["query", "present"])
+def test_module_refuses_bad_and_overlapping_paths(host, v1, args, words, state):
+    host.upload(v1)
+    before = host.snapshot()
+    res = host.run(state, v1, expect_fail=True, **args(host))
+    for w in words:
+        assert w in res["msg"], res["msg"]
+    assert host.snapshot() == before
+
+
+def test_role_refuses_overlapping_paths_before_writing(host, tmp_path):
+    load_fixtures()
+    res = _split("k0s-small-zip", tmp_path / "split")
+    p, changed, failed, out = _playbook(host, tmp_path, res, k0s_libexec_dir=str(host.data / "bin"))
+    assert failed == 1 and out is None, p.stdout
+    assert "k0s_libexec_dir=%s and k0s_data_dir=%s overlap" % (host.data / "bin", host.data) in p.stdout, p.stdout
+    assert not host.store.exists() and not (host.data / "bin").exists()
+
+
+def test_role_under_umask_0_creates_private_enough_directories_and_reruns(host, tmp_path):
+    load_fixtures()
+    res = _split("k0s-small-zip", tmp_path / "split")
+    data = host.root / "srv/k0s/data"   # parents the module creates itself
+    old = os.umask(0)   # inherited by ansible-playbook and the module it runs
+    try:
+        p, changed, failed, out = _playbook(host, tmp_path, res, k0s_data_dir=str(data))
+        assert failed == 0 and out == {"changed": True}, p.stdout
+        p, changed, failed, out = _playbook(host, tmp_path, res, k0s_data_dir=str(data))
+        assert failed == 0 and out == {"changed": False}, p.stdout
+    finally:
+        os.umask(old)
+    for d in (host.store, host.store / "releases", host.root / "srv", host.root / "srv/k0s", data, data / "bin",
+              host.libexec.parent):
+        assert stat.S_IMODE(os.lstat(d).st_mode) == 0o755, d
+    for rid in os.listdir(host.store / "releases"):
+        for sub in ("", "bin", "libexec"):
+            assert stat.S_IMODE(os.lstat(host.rdir(rid) / sub).st_mode) == 0o755
+
+
+# The upgrade role's recovery, on a real store: the switch task is reported failed although it switched
+# (what a present that failed while pruning did), and the decision reads the host's `current`.
+RECOVERY_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Stage the target (the upgrade role does this first)
+      ansible.builtin.include_role:
+        name: fleetsplit.k0s.install
+      vars:
+        k0s_install_switch: false
+    - block:
+        - name: Switch, reported failed after the switch happened
+          fleetsplit.k0s.k0s_release: "{{ __k0s_release_args | combine({'state': 'present'}) }}"
+          failed_when: fail_after_switch | bool
+          when: switch | bool
+        - name: A gate fails
+          ansible.builtin.fail:
+            msg: gate failed
+      rescue:
+        - name: The upgrade role's decision
+          ansible.builtin.include_role:
+            name: fleetsplit.k0s.upgrade
+            tasks_from: switched.yml
+        - name: Roll back as the upgrade role does when switched
+          ansible.builtin.include_role:
+            name: fleetsplit.k0s.install
+          vars:
+            k0s_rollback: true
+          when: _k0s_upgrade_switched | bool
+    - name: Record the decision
+      ansible.builtin.copy:
+        content: "{{ {'switched': _k0s_upgrade_switched, 'now': _k0s_upgrade_current_now} | to_json }}"
+        dest: "{{ result_file }}"
+"""
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_upgrade_recovery_decides_from_the_hosts_current(host, tmp_path, switch):
+    load_fixtures()
+    res1 = _split("k0s-small-zip", tmp_path / "split1")
+    res2 = _split("k0s-small-legacy", tmp_path / "split2")
+    p, changed, failed, out = _playbook(host, tmp_path, res1)
+    assert failed == 0, p.stdout
+    before = os.readlink(host.store / "current")
+    pb = tmp_path / "recovery.yml"
+    pb.write_text(RECOVERY_PLAYBOOK)
+    ev = dict(k0s_split=res2, k0s_store_dir=str(host.store), k0s_bin_dir=str(host.bin),
+              k0s_libexec_dir=str(host.libexec), k0s_data_dir=str(host.data), result_file=str(tmp_path / "r.json"),
+              fail_after_switch=True, switch=switch)
+    (tmp_path / "ev2.json").write_text(json.dumps(ev))
+    p, dummy = run_playbook(["-i", "localhost,", "-c", "local", "-e", "@%s" % (tmp_path / "ev2.json"),
+                             "-e", "ansible_python_interpreter=%s" % sys.executable, pb])
+    assert "failed=0" in p.stdout, p.stdout + p.stderr
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert out["switched"] is switch, out
+    # Either way the host ends on the release it ran before.
+    assert os.readlink(host.store / "current") == before
+    assert _stage(host)["format"] == "zip"

@@ -64,7 +64,7 @@ class Host(object):
         p = dict(state="present", release_id=None, k0s_version=None, files=None, executable=None,
                  streams_dir=self.streams, bundle=None, bundle_members=None, switch=True, store_dir=self.store,
                  bin_dir=self.bin, libexec_dir=self.libexec, data_dir=self.data, link_data_dir=True,
-                 pinned_mtime=None, keep_releases=2, verify=False, selinux_relabel=True)
+                 pinned_mtime=None, keep_releases=2, keep_backups=3, verify=False, selinux_relabel=True)
         if rel is not None:
             p.update(k0s_version=rel["k0s_version"], files=rel["files"], executable=rel["executable"])
         p.update(kw)
@@ -263,8 +263,9 @@ def test_switch_to_a_new_release_records_previous(host, v1, v2):
     assert q["missing"] == ["k0s", "runc"], "xtables is already in the store"
     host.upload(v2, q["missing"])
     r2 = host.run("present", v2, diff=True)
-    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "link"}
-    assert os.stat(os.path.join(host.rdir(r2["release_id"]), "libexec/xtables-nft-multi")).st_ino == \
+    # Content already on the host is copied (its own inode), never uploaded again.
+    assert r2["sources"] == {"k0s": "stream", "runc": "stream", "xtables-nft-multi": "copy"}
+    assert os.stat(os.path.join(host.rdir(r2["release_id"]), "libexec/xtables-nft-multi")).st_ino != \
         os.stat(os.path.join(host.rdir(r1["release_id"]), "libexec/xtables-nft-multi")).st_ino
     host.assert_installed(v2, r2["release_id"])
     assert host.pointer("previous") == "releases/" + r1["release_id"]
