@@ -349,3 +349,56 @@ def test_hostile_values_are_refused_naming_the_variable_and_write_nothing(tmp_pa
     assert proc.returncode != 0, out
     assert message in out, out
     assert list(root.rglob("*")) == [], "nothing may be written: %s" % list(root.rglob("*"))
+
+
+SECRET_PASSWORD = "kine-Pa55-w0rd-7f3a"
+SECRET_PROXY = "proxy-S3cret-91c2"
+
+
+@pytest.mark.parametrize("verbosity", ["-v", "-vvv"])
+def test_secrets_stay_out_of_diff_and_verbose_output_and_are_stored_0600(tmp_path, verbosity):
+    root = tmp_path / "root"
+    (tmp_path / "inject.yml").write_text(INJECT.replace("        k0s_config: {spec: {storage: {type: kine}}}\n", ""))
+    outputs = []
+    for run in (1, 2):   # created, then changed: both diffs
+        evars = dict(root=str(root), k0s_role="controller",
+                     k0s_config={"spec": {"storage": {"type": "kine", "kine": {
+                         "dataSource": "postgres://k0s:%s%d@db:5432/k0s" % (SECRET_PASSWORD, run)}}}},
+                     k0s_env={"HTTPS_PROXY": "http://user:%s%d@proxy:3128" % (SECRET_PROXY, run), "NO_PROXY": "x"})
+        proc, out = playbook(["-i", "localhost,", "-e", "ansible_python_interpreter=%s" % sys.executable,
+                              "-e", json.dumps(evars), "--diff", verbosity, str(tmp_path / "inject.yml")], tmp_path)
+        assert proc.returncode == 0, out
+        assert recap(out)["localhost"]["changed"] > 0, out
+        outputs.append(out)
+    text = "\n".join(outputs)
+    assert "--- before" in text or "before:" in text or "(secret content, sha256" in text, "diffs were shown"
+    assert "(secret content, sha256" in text
+    for secret in (SECRET_PASSWORD, SECRET_PROXY):
+        assert secret not in text
+    for path in ("etc/k0s/k0s.yaml", "etc/k0s/k0scontroller.env", "etc/conf.d/k0scontroller"):
+        st = (root / path).stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600, path
+    assert SECRET_PROXY + "2" in (root / "etc/k0s/k0scontroller.env").read_text()
+    assert SECRET_PROXY + "2" in (root / "etc/conf.d/k0scontroller").read_text()
+    assert SECRET_PASSWORD + "2" in (root / "etc/k0s/k0s.yaml").read_text()
+    for path in ("etc/systemd/system/k0scontroller.service", "etc/init.d/k0scontroller"):
+        assert SECRET_PROXY not in (root / path).read_text()
+
+
+def test_bad_k0s_role_stops_deploy_before_anything_is_installed(tmp_path):
+    """deploy_k0s play 2 on this machine with every path in tmp_path: the service check comes first."""
+    base = tmp_path / "host"
+    (tmp_path / "inv.yml").write_text(json.dumps({"k0s_controllers": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    evars = dict(k0s_role="controler", k0s_executable=str(FIXTURES / "k0s-small-zip"),
+                 k0s_controller_cache_dir=str(tmp_path / "cache"), k0s_store_dir=str(base / "store"),
+                 k0s_bin_dir=str(base / "bin"), k0s_libexec_dir=str(base / "libexec"),
+                 k0s_data_dir=str(base / "data"), k0s_config_path=str(base / "etc/k0s.yaml"),
+                 k0s_join_token_path=str(base / "etc/token"), k0s_service_managers=["systemd"],
+                 k0s_cluster_bootstrap=False)
+    proc, out = playbook(["-i", str(tmp_path / "inv.yml"), "-e", json.dumps(evars),
+                          str(REPO / "playbooks/deploy_k0s.yml")], tmp_path)
+    assert proc.returncode != 0, out
+    assert "k0s_role" in out and "controler" in out, out
+    assert not base.exists() or list(base.rglob("*")) == [], list(base.rglob("*"))
+    assert not (tmp_path / "cache").exists(), "not even the split ran"
