@@ -311,7 +311,7 @@ class Service(object):
         if self.p["manager"] == "systemd":
             rc, out = self.run("systemctl", "show", "--property=MainPID", "--value", name + ".service", ok_rc=True)
             pid = out.strip()
-        else:   # supervise-daemon records its child in the service's options
+        else:   # supervise-daemon's child stores its pid before exec (src/supervise-daemon, rc_service_value_set)
             try:
                 with open("/run/openrc/options/%s/child_pid" % name) as f:
                     pid = f.read().strip()
