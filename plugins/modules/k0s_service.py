@@ -140,7 +140,7 @@ restart_reason:
   description: Why the service was (or in check mode would be) restarted, or null.
   returned: always
   type: str
-  sample: k0s (pid 812) runs /var/lib/fleetsplit-k0s/releases/v1.36.2+k0s.0-0f3a/k0s (deleted), not the current /var/lib/fleetsplit-k0s/releases/v1.36.3+k0s.0-9c1e/k0s
+  sample: k0s (pid 812) runs /var/lib/fleetsplit-k0s/releases/a/bin/k0s, not the current /var/lib/fleetsplit-k0s/releases/b/bin/k0s
 enabled_changed:
   description: The service was enabled or disabled.
   returned: always

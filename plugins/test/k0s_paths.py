@@ -8,8 +8,9 @@ short_description: Is this a plain absolute path, safe to put unquoted into a un
 version_added: "0.3.0"
 description:
   - True for an absolute, normalised path made of letters, digits, C(.), C(_), C(+), C(@), C(-) and C(/) only,
-    with no C(.) or C(..) component (module_utils C(k0s_settings), the check M(fleetsplit.k0s.k0s_service) makes), so it can go into a systemd C(ExecStart) or an OpenRC C(command_args) as it is and cannot climb out
-    of its directory.
+    with no C(.) or C(..) component (module_utils C(k0s_settings), the check M(fleetsplit.k0s.k0s_service) makes),
+    so it can go into a systemd C(ExecStart) or an OpenRC C(command_args) as it is and cannot climb out of its
+    directory.
 options:
   _input:
     description: The path.

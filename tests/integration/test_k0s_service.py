@@ -139,7 +139,7 @@ def test_systemd_environment_file_is_0600_and_never_shown(tmp_path, root):
     (dict(unit=UNIT + "Environment=A=\rB\n"), "unit contains the control character \\r"),
 ])
 def test_module_refuses_hostile_values_naming_them_and_writes_nothing(tmp_path, root, args, message):
-    r = run(tmp_path, expect_fail=True, **{**dict(name="k0sworker", manager="systemd", unit=UNIT, root=str(root)),
-                                          **args})
+    base = dict(name="k0sworker", manager="systemd", unit=UNIT, root=str(root))
+    r = run(tmp_path, expect_fail=True, **{**base, **args})
     assert message in r["msg"], r["msg"]
     assert list(root.rglob("*")) == []

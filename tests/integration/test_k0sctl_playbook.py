@@ -24,14 +24,14 @@ def _inventory(tmp_path, names):
 
 def _run(tmp_path, names, fixture, extra=()):
     root = tmp_path / "root"
-    args = list(extra) + ["-i", _inventory(tmp_path, names), testlib.REPO / "playbooks" / "prepare_k0sctl_hosts.yml",
+    args = ["-i", _inventory(tmp_path, names), testlib.REPO / "playbooks" / "prepare_k0sctl_hosts.yml",
             "-e", "k0s_executable=%s" % fixture["path"],
             "-e", "k0s_controller_cache_dir=%s" % (tmp_path / "cache"),
             "-e", "k0sctl_install_path=%s" % (root / "usr/bin/k0s"),
             "-e", "k0s_libexec_dir=%s" % (root / "usr/libexec/k0s"),
             "-e", "k0s_data_dir=%s" % (root / "var/lib/k0s"),
             "-e", "k0s_store_dir=%s" % (root / "var/lib/fleetsplit-k0s"),
-            "-e", "k0sctl_config_path=%s" % (tmp_path / "out/k0sctl.yaml")]
+            "-e", "k0sctl_config_path=%s" % (tmp_path / "out/k0sctl.yaml")] + list(extra)
     (root / "usr/bin").mkdir(parents=True)
     (root / "usr/libexec").mkdir(parents=True)
     (root / "var/lib").mkdir(parents=True)

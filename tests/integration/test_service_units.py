@@ -347,7 +347,8 @@ def test_hostile_values_are_refused_naming_the_variable_and_write_nothing(tmp_pa
     proc, out = playbook(["-i", "localhost,", "-e", "ansible_python_interpreter=%s" % sys.executable,
                           "-e", json.dumps(evars), str(tmp_path / "inject.yml")], tmp_path)
     assert proc.returncode != 0, out
-    assert message in out, out
+    # ansible-core 2.16 prints the message JSON-escaped (a backslash doubled)
+    assert message in out.replace("\\\\", "\\"), out
     assert list(root.rglob("*")) == [], "nothing may be written: %s" % list(root.rglob("*"))
 
 
