@@ -169,9 +169,21 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     check_dir_chain,
     lstat_or_none,
     os_error_message,
+    set_owner_mode,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")
+
+
+def make_dirs(path):
+    """Create the missing directories of ``path`` with mode 0755 whatever the umask (makedirs' mode is masked)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        set_owner_mode(d, 0o755)
 
 
 def secret_view(path, data):
@@ -249,7 +261,7 @@ class Service(object):
             if not os.path.isdir(os.path.dirname(path)):
                 if self.live and rel == self.unit_rel and self.p["manager"] == "systemd":
                     raise ServiceError("%s does not exist: is systemd installed?" % os.path.dirname(path))
-                os.makedirs(os.path.dirname(path), 0o755)
+                make_dirs(os.path.dirname(path))
             atomic_write(path, data, mode)
         self.changes.append("%s %s %s" % ("wrote" if old is not None else "created", label, path))
         return True
@@ -275,7 +287,7 @@ class Service(object):
             if st is not None:
                 os.unlink(path)
             if want:
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                make_dirs(os.path.dirname(path))
                 os.symlink(target, path)
         self.changes.append("%s %s" % ("enabled (link %s)" % path if want else "disabled (removed %s)" % path,
                                        self.p["name"]))

@@ -143,3 +143,15 @@ def test_module_refuses_hostile_values_naming_them_and_writes_nothing(tmp_path, 
     r = run(tmp_path, expect_fail=True, **{**base, **args})
     assert message in r["msg"], r["msg"]
     assert list(root.rglob("*")) == []
+
+
+def test_directories_are_0755_whatever_the_umask(tmp_path, root):
+    args = dict(name="k0sworker", manager="systemd", unit=UNIT, root=str(root), enabled=True,
+                env={"A": "1"})
+    old = os.umask(0o077)
+    try:
+        run(tmp_path, **args)
+    finally:
+        os.umask(old)
+    for d in ("etc", "etc/systemd", "etc/systemd/system", "etc/systemd/system/multi-user.target.wants", "etc/k0s"):
+        assert stat.S_IMODE((root / d).stat().st_mode) == 0o755, d
