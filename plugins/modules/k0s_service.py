@@ -35,8 +35,31 @@ options:
     required: true
   conf:
     description:
-      - OpenRC only. Content of C(/etc/conf.d/<name>). Unset leaves that file alone.
+      - OpenRC only. Content of C(/etc/conf.d/<name>), to which the O(env) variables are appended (exported).
+        Written with mode 0600. Unset (and O(env) empty) leaves that file alone.
     type: str
+  env:
+    description:
+      - Environment of the service, treated as secret (proxy credentials and the like) - never in the unit, in
+        diffs or in logs. systemd - written to C(/etc/k0s/<name>.env) (mode 0600), which the unit must name with
+        C(EnvironmentFile=); empty removes that file. OpenRC - appended to the conf.d file (mode 0600).
+      - Names must match C([A-Za-z_][A-Za-z0-9_]*), values must not contain control characters. Values are quoted
+        so that both systemd's C(EnvironmentFile=) parser and C(/bin/sh) read them back exactly.
+    type: dict
+    default: {}
+  settings:
+    description:
+      - The role variables the unit was rendered from (C(k0s_bin_dir), C(k0s_libexec_dir), C(k0s_data_dir),
+        C(k0s_config_path), C(k0s_join_token_path), C(k0s_system_path), C(k0s_extra_args), C(k0s_openrc_conf),
+        C(k0s_role)), checked again before anything is written; a refusal names the variable.
+    type: dict
+    default: {}
+  binary:
+    description:
+      - The k0s executable the unit starts (for example C(/usr/bin/k0s), a link into the current release). With
+        O(state=started) a running service whose process runs another file (C(/proc/<pid>/exe), also a replaced
+        one) is restarted, so a run interrupted after the switch converges on the next one.
+    type: path
   root:
     description: Directory the files are written below. Anything other than C(/) only writes files.
     type: path
@@ -66,12 +89,14 @@ attributes:
     support: full
   diff_mode:
     support: full
-    details: Shows the unit (and conf.d file) before and after.
+    details:
+      - Shows the unit before and after. The environment file and the conf.d file may hold secrets; their diff
+        shows only a sha256 of the content.
   platform:
     platforms: posix
 notes:
   - Files are written to a temporary name and renamed into place, C(root:root) (when run as root), mode 0644
-    (systemd unit, conf.d) or 0755 (init script). A symlink at the target path is refused, and so is any
+    (systemd unit), 0600 (environment file, conf.d) or 0755 (init script). A symlink at the target path is refused, and so is any
     directory on the way that is owned by another user or world-writable (unless root-owned with the sticky
     bit), or a symlink on the way owned by another user (the same checks as M(fleetsplit.k0s.k0s_release)).
 author:
@@ -108,9 +133,14 @@ unit_changed:
   returned: always
   type: bool
 conf_changed:
-  description: The OpenRC conf.d file was written.
+  description: The OpenRC conf.d file or the systemd environment file was written or removed.
   returned: always
   type: bool
+restart_reason:
+  description: Why the service was (or in check mode would be) restarted, or null.
+  returned: always
+  type: str
+  sample: k0s (pid 812) runs /var/lib/fleetsplit-k0s/releases/a/bin/k0s, not the current /var/lib/fleetsplit-k0s/releases/b/bin/k0s
 enabled_changed:
   description: The service was enabled or disabled.
   returned: always
@@ -126,20 +156,41 @@ changes:
   elements: str
 """
 
+import hashlib
 import os
 import re
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import k0s_settings
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     HostFsError,
     atomic_write,
     check_dir_chain,
     lstat_or_none,
     os_error_message,
+    set_owner_mode,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")
+
+
+def make_dirs(path):
+    """Create the missing directories of ``path`` with mode 0755 whatever the umask (makedirs' mode is masked)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        set_owner_mode(d, 0o755)
+
+
+def secret_view(path, data):
+    """What a diff shows of a file that may hold secrets."""
+    if data is None:
+        return ""
+    return "# %s\n(secret content, sha256 %s)\n" % (path, hashlib.sha256(data).hexdigest())
 
 
 class ServiceError(HostFsError):
@@ -167,13 +218,14 @@ class Service(object):
         self.live = os.path.normpath(self.root) == "/"
         self.changes = []
         self.result = dict(unit_changed=False, conf_changed=False, enabled_changed=False, action=None,
-                           changes=self.changes)
+                           restart_reason=None, changes=self.changes)
         self.diff = dict(before="", after="")
         name, mgr = self.p["name"], self.p["manager"]
         if mgr == "systemd":
             self.unit_rel, self.unit_mode = "/etc/systemd/system/%s.service" % name, 0o644
             self.enable_link = ("/etc/systemd/system/multi-user.target.wants/%s.service" % name, self.unit_rel)
             self.conf_rel = None
+            self.env_rel = "/etc/k0s/%s.env" % name
         else:
             self.unit_rel, self.unit_mode = "/etc/init.d/%s" % name, 0o755
             self.enable_link = ("/etc/runlevels/default/%s" % name, self.unit_rel)
@@ -182,12 +234,24 @@ class Service(object):
     def path(self, rel):
         return os.path.join(self.root, rel.lstrip("/"))
 
-    def ensure_file(self, rel, content, mode, label):
+    def ensure_file(self, rel, content, mode, label, secret=False):
         path = self.path(rel)
-        data = content.encode("utf-8")
+        data = None if content is None else content.encode("utf-8")
         old, st = read_file(path)
-        self.diff["before"] += "" if old is None else "# %s\n%s" % (path, old.decode("utf-8", "replace"))
-        self.diff["after"] += "# %s\n%s" % (path, content)
+        if secret:
+            self.diff["before"] += secret_view(path, old)
+            self.diff["after"] += secret_view(path, data)
+        else:
+            self.diff["before"] += "" if old is None else "# %s\n%s" % (path, old.decode("utf-8", "replace"))
+            self.diff["after"] += "# %s\n%s" % (path, content)
+        if data is None:   # remove a file we wrote before (its variables are gone)
+            if old is None:
+                return False
+            check_dir_chain(os.path.dirname(path))
+            if not self.check:
+                os.unlink(path)
+            self.changes.append("removed %s %s" % (label, path))
+            return True
         same = old == data and st is not None and stat.S_IMODE(st.st_mode) == mode and (
             os.geteuid() != 0 or (st.st_uid, st.st_gid) == (0, 0))
         if same:
@@ -195,9 +259,9 @@ class Service(object):
         check_dir_chain(os.path.dirname(path))
         if not self.check:
             if not os.path.isdir(os.path.dirname(path)):
-                if self.live and self.p["manager"] == "systemd":
+                if self.live and rel == self.unit_rel and self.p["manager"] == "systemd":
                     raise ServiceError("%s does not exist: is systemd installed?" % os.path.dirname(path))
-                os.makedirs(os.path.dirname(path), 0o755)
+                make_dirs(os.path.dirname(path))
             atomic_write(path, data, mode)
         self.changes.append("%s %s %s" % ("wrote" if old is not None else "created", label, path))
         return True
@@ -223,7 +287,7 @@ class Service(object):
             if st is not None:
                 os.unlink(path)
             if want:
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                make_dirs(os.path.dirname(path))
                 os.symlink(target, path)
         self.changes.append("%s %s" % ("enabled (link %s)" % path if want else "disabled (removed %s)" % path,
                                        self.p["name"]))
@@ -254,11 +318,42 @@ class Service(object):
         rc, out = self.run("rc-service", name, "status", ok_rc=True)
         return rc == 0
 
+    def main_pid(self):
+        name = self.p["name"]
+        if self.p["manager"] == "systemd":
+            rc, out = self.run("systemctl", "show", "--property=MainPID", "--value", name + ".service", ok_rc=True)
+            pid = out.strip()
+        else:   # supervise-daemon's child stores its pid before exec (src/supervise-daemon, rc_service_value_set)
+            try:
+                with open("/run/openrc/options/%s/child_pid" % name) as f:
+                    pid = f.read().strip()
+            except OSError:
+                return None
+        return int(pid) if pid.isdigit() and int(pid) > 0 else None
+
+    def stale_process(self):
+        """Why the running k0s is not the current ``binary`` (None when it is, or when that is unknown)."""
+        pid = self.main_pid()
+        if pid is None or not self.p["binary"]:
+            return None
+        try:
+            exe = os.readlink("/proc/%d/exe" % pid)
+        except OSError:
+            return None
+        want = os.path.realpath(self.p["binary"])
+        if exe == want:   # a replaced executable reads "<path> (deleted)": never equal
+            return None
+        return "k0s (pid %d) runs %s, not the current %s" % (pid, exe, want)
+
     def set_state(self, want, must_restart):
         name = self.p["name"]
         running = self.is_running()
-        if want == "started":
-            action = "restarted" if running and must_restart else (None if running else "started")
+        if want == "started" and running:
+            reason = must_restart or self.stale_process()
+            self.result["restart_reason"] = reason or None
+            action = "restarted" if reason else None
+        elif want == "started":
+            action = "started"
         else:
             action = "stopped" if running else None
         if action is None:
@@ -269,7 +364,8 @@ class Service(object):
                 self.run("systemctl", verb, name + ".service")
             else:
                 self.run("rc-service", name, verb)
-        self.changes.append("%s %s" % (action, name))
+        why = self.result["restart_reason"]
+        self.changes.append("%s %s%s" % (action, name, " (%s)" % why if action == "restarted" else ""))
         return action
 
     def apply(self):
@@ -278,8 +374,14 @@ class Service(object):
         r["path"] = self.path(self.unit_rel)
         r["unit_changed"] = self.ensure_file(self.unit_rel, p["unit"], self.unit_mode,
                                              "unit" if p["manager"] == "systemd" else "init script")
-        if p["conf"] is not None:
-            r["conf_changed"] = self.ensure_file(self.conf_rel, p["conf"], 0o644, "conf.d file")
+        env_text = k0s_settings.env_file(p["env"], export=p["manager"] == "openrc")
+        if p["manager"] == "openrc":
+            if p["conf"] is not None or env_text:
+                r["conf_changed"] = self.ensure_file(self.conf_rel, (p["conf"] or "") + env_text, 0o600,
+                                                     "conf.d file", secret=True)
+        else:
+            r["conf_changed"] = self.ensure_file(self.env_rel, env_text or None, 0o600, "environment file",
+                                                 secret=True)
         if not self.live:
             if p["enabled"] is not None:
                 r["enabled_changed"] = self.enable_in_root(p["enabled"])
@@ -291,7 +393,9 @@ class Service(object):
         if p["enabled"] is not None:
             r["enabled_changed"] = self.enable_live(p["enabled"])
         if p["state"] is not None:
-            must_restart = p["restart"] or r["unit_changed"] or r["conf_changed"]
+            must_restart = ("the k0s binaries or configuration changed" if p["restart"] else
+                            "the unit changed" if r["unit_changed"] else
+                            "the service environment changed" if r["conf_changed"] else None)
             r["action"] = self.set_state(p["state"], must_restart)
 
 
@@ -302,6 +406,9 @@ def main():
             manager=dict(type="str", required=True, choices=["systemd", "openrc"]),
             unit=dict(type="str", required=True),
             conf=dict(type="str"),
+            env=dict(type="dict", default={}, no_log=True),
+            settings=dict(type="dict", default={}),
+            binary=dict(type="path"),
             root=dict(type="path", default="/"),
             enabled=dict(type="bool"),
             state=dict(type="str", choices=["started", "stopped"]),
@@ -317,6 +424,13 @@ def main():
                          % p["name"])
     if not os.path.isabs(p["root"]):
         module.fail_json(msg="root must be an absolute path, got %r" % p["root"])
+    # The role checked these already (its check entry point); a direct module user gets the same refusals.
+    problems = k0s_settings.problems(p["settings"]) + k0s_settings.env_problems("k0s_env", p["env"])
+    bad = k0s_settings.control_char(p["unit"].replace("\n", "").replace("\t", ""))
+    if bad:
+        problems.append("unit contains the control character %s" % bad)
+    if problems:
+        module.fail_json(msg="Refusing to write the k0s service: " + "; ".join(problems))
     svc = Service(module)
     try:
         svc.apply()

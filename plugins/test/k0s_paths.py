@@ -7,9 +7,10 @@ name: k0s_plain_path
 short_description: Is this a plain absolute path, safe to put unquoted into a unit or script?
 version_added: "0.3.0"
 description:
-  - True for an absolute path made of letters, digits, C(.), C(_), C(-) and C(/) only, with no C(.) or C(..)
-    component, so it can go into a systemd C(ExecStart) or an OpenRC C(command_args) as it is and cannot climb out
-    of its directory.
+  - True for an absolute, normalised path made of letters, digits, C(.), C(_), C(+), C(@), C(-) and C(/) only,
+    with no C(.) or C(..) component (module_utils C(k0s_settings), the check M(fleetsplit.k0s.k0s_service) makes),
+    so it can go into a systemd C(ExecStart) or an OpenRC C(command_args) as it is and cannot climb out of its
+    directory.
 options:
   _input:
     description: The path.
@@ -31,15 +32,11 @@ _value:
   type: bool
 """
 
-import re
-
-# fullmatch: a "$" anchor would also let a trailing newline through (into a unit's ExecStart).
-_PLAIN = re.compile(r"(/[A-Za-z0-9._-]+)+")
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem
 
 
 def k0s_plain_path(value):
-    return (isinstance(value, str) and _PLAIN.fullmatch(value) is not None
-            and not any(part in (".", "..") for part in value.split("/")))
+    return value != "/" and path_problem("path", value) is None
 
 
 class TestModule(object):

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from systemd_syntax import env_file as parse_env_file
 from testlib import COLLECTIONS, REPO
 
 MODULE = REPO / "plugins" / "modules" / "k0s_service.py"
@@ -71,7 +72,17 @@ def test_openrc_script_and_conf_in_root(tmp_path, root):
             root=str(root), enabled=True)
     assert r["unit_changed"] and r["conf_changed"]
     script, conf = root / "etc/init.d/k0scontroller", root / "etc/conf.d/k0scontroller"
-    assert stat.S_IMODE(script.stat().st_mode) == 0o755 and stat.S_IMODE(conf.stat().st_mode) == 0o644
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755 and stat.S_IMODE(conf.stat().st_mode) == 0o600
+    assert conf.read_text() == "rc_ulimit='-n 20000'\n"
+    # k0s_env is exported from conf.d (0600), quoted for /bin/sh; taking it out again removes it.
+    r = run(tmp_path, diff=True, name="k0scontroller", manager="openrc", unit="#!/sbin/openrc-run\n",
+            conf="rc_ulimit='-n 20000'\n", env={"HTTPS_PROXY": "http://u:pw'$x@p:3128"}, root=str(root))
+    assert r["conf_changed"] and "pw'" not in json.dumps(r)
+    got = subprocess.run(["sh", "-c", '. "$1"; sh -c \'printf "%s" "$HTTPS_PROXY"\'', "sh", str(conf)],
+                         capture_output=True, text=True, check=True).stdout
+    assert got == "http://u:pw'$x@p:3128" and stat.S_IMODE(conf.stat().st_mode) == 0o600
+    assert run(tmp_path, name="k0scontroller", manager="openrc", unit="#!/sbin/openrc-run\n",
+               conf="rc_ulimit='-n 20000'\n", root=str(root))["conf_changed"]
     assert conf.read_text() == "rc_ulimit='-n 20000'\n"
     assert os.readlink(root / "etc/runlevels/default/k0scontroller") == "/etc/init.d/k0scontroller"
 
@@ -98,3 +109,49 @@ def test_refusals_name_the_problem_and_change_nothing(tmp_path, root):
     assert "plain service name" in run(tmp_path, expect_fail=True, **{**base, "name": "../evil"})["msg"]
     assert "absolute" in run(tmp_path, expect_fail=True, **{**base, "root": "relative/dir"})["msg"]
     assert os.listdir(d) == []
+
+
+def test_systemd_environment_file_is_0600_and_never_shown(tmp_path, root):
+    secret = "http://user:Pr0xy-pa55@proxy:3128"
+    args = dict(name="k0sworker", manager="systemd", unit=UNIT + "EnvironmentFile=/etc/k0s/k0sworker.env\n",
+                root=str(root), env={"HTTPS_PROXY": secret, "ODD": " a'b\"c$d%e\\f "})
+    r = run(tmp_path, check=True, diff=True, **args)
+    assert r["conf_changed"] and not (root / "etc/k0s").exists()
+    r = run(tmp_path, diff=True, **args)
+    env = root / "etc/k0s/k0sworker.env"
+    assert r["conf_changed"] and stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert parse_env_file(env.read_text()) == args["env"], "systemd's EnvironmentFile= rules read it back"
+    assert "Pr0xy-pa55" not in json.dumps(r) and "(secret content, sha256" in r["diff"]["after"]
+    assert not run(tmp_path, **args)["changed"]
+    # No variables left: the file goes.
+    r = run(tmp_path, **{**args, "env": {}})
+    assert r["conf_changed"] and not env.exists() and "removed environment file %s" % env in r["changes"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(env={"A": "1\nExecStartPre=/bin/true"}), "k0s_env.A contains the control character \\n"),
+    (dict(env={"A\n[Service]": "1"}), "k0s_env: 'A\\n[Service]' is not a variable name"),
+    (dict(settings={"k0s_libexec_dir": "/usr/libexec/k0s\n[Service]"}), "k0s_libexec_dir contains"),
+    (dict(settings={"k0s_data_dir": "/var/lib/k0s\n"}), "k0s_data_dir contains"),
+    (dict(settings={"k0s_config_path": "/etc/k0s/../shadow"}), "k0s_config_path must not contain"),
+    (dict(settings={"k0s_extra_args": ["--x\ny"]}), "k0s_extra_args[0] contains"),
+    (dict(settings={"k0s_role": "controler"}), "k0s_role is 'controler'"),
+    (dict(unit=UNIT + "Environment=A=\rB\n"), "unit contains the control character \\r"),
+])
+def test_module_refuses_hostile_values_naming_them_and_writes_nothing(tmp_path, root, args, message):
+    base = dict(name="k0sworker", manager="systemd", unit=UNIT, root=str(root))
+    r = run(tmp_path, expect_fail=True, **{**base, **args})
+    assert message in r["msg"], r["msg"]
+    assert list(root.rglob("*")) == []
+
+
+def test_directories_are_0755_whatever_the_umask(tmp_path, root):
+    args = dict(name="k0sworker", manager="systemd", unit=UNIT, root=str(root), enabled=True,
+                env={"A": "1"})
+    old = os.umask(0o077)
+    try:
+        run(tmp_path, **args)
+    finally:
+        os.umask(old)
+    for d in ("etc", "etc/systemd", "etc/systemd/system", "etc/systemd/system/multi-user.target.wants", "etc/k0s"):
+        assert stat.S_IMODE((root / d).stat().st_mode) == 0o755, d

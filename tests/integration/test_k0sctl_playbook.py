@@ -22,7 +22,7 @@ def _inventory(tmp_path, names):
     return path
 
 
-def _run(tmp_path, names, fixture):
+def _run(tmp_path, names, fixture, extra=()):
     root = tmp_path / "root"
     args = ["-i", _inventory(tmp_path, names), testlib.REPO / "playbooks" / "prepare_k0sctl_hosts.yml",
             "-e", "k0s_executable=%s" % fixture["path"],
@@ -31,7 +31,7 @@ def _run(tmp_path, names, fixture):
             "-e", "k0s_libexec_dir=%s" % (root / "usr/libexec/k0s"),
             "-e", "k0s_data_dir=%s" % (root / "var/lib/k0s"),
             "-e", "k0s_store_dir=%s" % (root / "var/lib/fleetsplit-k0s"),
-            "-e", "k0sctl_config_path=%s" % (tmp_path / "out/k0sctl.yaml")]
+            "-e", "k0sctl_config_path=%s" % (tmp_path / "out/k0sctl.yaml")] + list(extra)
     (root / "usr/bin").mkdir(parents=True)
     (root / "usr/libexec").mkdir(parents=True)
     (root / "var/lib").mkdir(parents=True)
@@ -66,3 +66,14 @@ def test_refused_hosts_fail_before_install(tmp_path, fixtures):
     # any_errors_fatal: nothing installed, no configuration written.
     assert not (root / "usr/bin/k0s").exists() and not (root / "var/lib/fleetsplit-k0s").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_hostile_ssh_user_is_refused_before_any_shell_sees_it(tmp_path, fixtures):
+    marker = tmp_path / "pwned"
+    user = "x$(touch %s)'; touch %s; echo '" % (marker, marker)
+    root, (proc, output) = _run(tmp_path, ["node1"], fixtures["k0s-small-zip"],
+                                extra=["-e", "k0sctl_ssh_user=%s" % user])
+    assert proc.returncode != 0, output
+    assert "k0sctl_ssh_user" in output and "is not a user name" in output, output
+    assert not marker.exists()
+    assert not (root / "usr/bin/k0s").exists() and not (tmp_path / "out").exists()

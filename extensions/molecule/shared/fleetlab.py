@@ -6,8 +6,9 @@ Two jobs the molecule steps cannot do themselves:
          bytes really cross the network) and read eth0's rx_bytes inside each container (through
          `podman exec`, which does not touch eth0) before and after each run.
   fault  Kill the play (and the module on the host) at several points of a distribution, check
-         that every host still holds one complete release, re-run; then corrupt one file on one
-         host and check the next run repairs exactly that file.
+         that every host still holds one complete release, re-run; a bad k0s_role changes nothing, a
+         run killed right after the switch is restarted onto the current release by the re-run; then
+         corrupt one file on one host and check the next run repairs exactly that file.
 
 Run by the scenarios' side_effect playbooks (extensions/molecule/shared/{bytes,fault}.yml); can
 also be run by hand against live scenario containers:
@@ -491,6 +492,87 @@ def prune_to_current(hosts):
              "for r in releases/*; do [ \"$r\" = \"$cur\" ] || rm -rf \"$r\"; done" % STORE)
 
 
+def run_playbook_rc(inventory, executable, extra=()):
+    """deploy_k0s.yml that may fail: (rc, JSON output)."""
+    p = subprocess.run(playbook_cmd(inventory, executable, extra), env=ansible_env(), cwd=str(REPO),
+                       capture_output=True, text=True, check=False)
+    try:
+        return p.returncode, json.loads(p.stdout)
+    except ValueError:
+        raise Failure("ansible-playbook printed no JSON (rc %d):\n%s\n%s" % (p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
+
+
+def running_exe(h):
+    """What the k0s service's main process runs (/proc/<MainPID>/exe), or None when it is not running."""
+    out = h.sh("pid=$(systemctl show --property=MainPID --value %s.service); [ \"${pid:-0}\" != 0 ] && "
+               "readlink /proc/$pid/exe || true" % h.unit()).strip()
+    return out or None
+
+
+def service_state(h):
+    """current, the unit's sha256, the running executable: what a refused run must leave alone."""
+    unit = h.sh("sha256sum /etc/systemd/system/%s.service" % h.unit()).split()[0]
+    return dict(current=host_state(h)["current"], unit=unit, exe=running_exe(h))
+
+
+SERVICE_CHECK_TASK = "Check the values that reach the k0s unit, script and environment"
+
+
+def restart_reasons(out):
+    """{host: restart_reason} of the service role's k0s_service task (a loop over service managers)."""
+    found = {}
+    for play in out.get("plays", []):
+        for task in play.get("tasks", []):
+            if "Install and run k0s" in task["task"]["name"]:
+                for host, res in task["hosts"].items():
+                    items = res.get("results") or [res]
+                    found[host] = [r.get("restart_reason") for r in items if isinstance(r, dict)]
+    return found
+
+
+def interrupted_then_fixed(hosts, inv, small, full, versions, problems, report):
+    """Issue 12 item 4: a bad value stops the play before any change; a run killed right after the install
+    role switched `current` leaves k0s running the old release; the fixed re-run restarts it."""
+    run_playbook(inv, small)
+    before = dict((h.name, service_state(h)) for h in hosts)
+    # 1. A misspelt k0s_role: refused by the preflight, nothing changes on any host.
+    rc, out = run_playbook_rc(inv, full, ["-e", "k0s_role=controler"])
+    bad = failures(out)
+    # The check entry point's argument spec (k0s_role choices) or its assert: both before any change.
+    if rc == 0 or not bad or any(SERVICE_CHECK_TASK not in f["task"] and "arg spec 'check'" not in f["task"]
+                                 for f in bad):
+        problems.append("k0s_role=controler: rc %d, failed tasks %s (want only %r)" % (rc, bad, SERVICE_CHECK_TASK))
+    for h in hosts:
+        if service_state(h) != before[h.name]:
+            problems.append("%s: the refused run changed %s -> %s" % (h.name, before[h.name], service_state(h)))
+    report.append("k0s_role=controler: rc %d, failed in %s on %s; current, unit and running k0s unchanged"
+                  % (rc, sorted(set(f["task"] for f in bad)), sorted(f["host"] for f in bad)))
+    # 2. Killed right after the switch of the first host (before the service role).
+    old = before[hosts[0].name]["current"]
+    secs, killed = KilledRun(inv, full).run(hosts, lambda root: os.readlink(root + "/current") != old)
+    first = hosts[0]
+    check_one_version(first, {"k0s-zip": versions["k0s-zip"]}, problems, "kill after the switch")
+    stale = running_exe(first)
+    current = first.sh("realpath /usr/bin/k0s").strip()
+    if stale is None or stale == current:
+        problems.append("%s: after the kill k0s runs %s, expected the old release (the kill came too late?)"
+                        % (first.name, stale))
+    report.append("kill after the switch (%.1f s): %s current -> %s, k0s still runs %s; killed %s"
+                  % (secs, first.name, current, stale, ", ".join(killed) or "none"))
+    # 3. The fixed re-run: nothing to install on the first host, yet k0s is restarted onto the current release.
+    out = run_playbook(inv, full)
+    reasons = restart_reasons(out)
+    for h in hosts:
+        check_one_version(h, {"k0s-zip": versions["k0s-zip"]}, problems, "re-run after the kill")
+        exe, want = running_exe(h), h.sh("realpath /usr/bin/k0s").strip()
+        if exe != want:
+            problems.append("%s: after the re-run k0s runs %s, not the current %s" % (h.name, exe, want))
+    why = reasons.get(first.name) or [None]
+    if not why[0] or "not the current" not in why[0]:
+        problems.append("%s: the re-run gave restart_reason %s" % (first.name, why))
+    report.append("  re-run: %s restarted (%s); every host runs its current release" % (first.name, why[0]))
+
+
 def cmd_fault(args):
     hosts = [Host(s) for s in args.hosts]
     workdir = Path(args.workdir)
@@ -524,6 +606,7 @@ def cmd_fault(args):
                 if check_one_version(h, {"k0s-zip": versions["k0s-zip"]}, problems, "re-run after " + label):
                     pass
             report.append("  re-run converged: uploads %s" % dict((h.name, uploaded(out, h.name)) for h in hosts))
+        interrupted_then_fixed(hosts, inv, small, full, versions, problems, report)
         out = run_playbook(inv, full)
         for h in hosts:
             if out["stats"][h.name]["changed"] != 0:
