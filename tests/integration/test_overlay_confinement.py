@@ -16,6 +16,8 @@ from testlib import FIXTURES, REPO, recap, run_playbook, sha256, tree_snapshot
 
 FIXTURE = "k0s-small-zip"
 CHECK_TASK = "Check that every overlay path stays inside the overlay root"
+# Variables are checked earlier still, before the split (the service role's check entry point).
+VALUES_CHECK = "Check the values that reach the k0s units, scripts and environment files"
 FIRST_WRITE = "Write k0s and its embedded binaries into the overlay"
 
 
@@ -79,12 +81,17 @@ def _unit_is_a_link(w):
 
 def _libexec_climbs(w):
     (w / "root").mkdir()
-    return w / "root", {"k0s_libexec_dir": "/../x"}, ["k0s_libexec_dir='/../x' has a '.' or '..' component"]
+    return w / "root", {"k0s_libexec_dir": "/../x"}, ["k0s_libexec_dir", "/../x"]
 
 
 def _data_dir_newline(w):
     (w / "root").mkdir()
-    return w / "root", {"k0s_data_dir": "/var/lib/k0s\n[Service]"}, ["k0s_data_dir=", "contains control characters"]
+    return w / "root", {"k0s_data_dir": "/var/lib/k0s\n[Service]"}, ["k0s_data_dir contains the control character"]
+
+
+def _role_typo(w):
+    (w / "root").mkdir()
+    return w / "root", {"k0s_role": "controler"}, ["k0s_role", "controler"]
 
 
 def _root_is_slash(w):
@@ -103,6 +110,7 @@ HOSTILE = {
     "unit-is-a-link": _unit_is_a_link,
     "libexec-dotdot": _libexec_climbs,
     "data-dir-newline": _data_dir_newline,
+    "role-typo": _role_typo,
 }
 
 
@@ -118,7 +126,7 @@ def test_hostile_tree_is_refused_before_any_write(tmp_path, exe, cache, case):
     for text in says:
         assert text in out, out
     # Refused by the check, before the first write task ever started.
-    assert "TASK [%s]" % CHECK_TASK in out and FIRST_WRITE not in out, out
+    assert ("TASK [%s]" % CHECK_TASK in out or "TASK [%s]" % VALUES_CHECK in out) and FIRST_WRITE not in out, out
     assert tree_snapshot(work) == before
     assert os.listdir(str(work / "outside")) == []
 
@@ -171,11 +179,12 @@ def test_the_check_covers_every_file_the_overlay_writes(tmp_path, exe, cache):
     config, OpenRC conf.d, enablement links) was among the paths the check proved first."""
     root = tmp_path / "overlay"
     proc, out = deploy(tmp_path, exe, cache, root, "-v", k0s_config={"spec": {"api": {"port": 6443}}},
-                       k0s_openrc_conf={"rc_ulimit": "-n 65536"})
+                       k0s_openrc_conf={"rc_ulimit": "-n 65536"}, k0s_env={"HTTPS_PROXY": "http://proxy:3128"})
     assert proc.returncode == 0, out
     line = out[out.index("TASK [%s]" % CHECK_TASK):].splitlines()[1]
     checked = json.loads(line.split(" => ", 1)[1])["host_paths"]
-    assert set(checked.values()) >= {str(root / "etc/k0s/k0s.yaml"), str(root / "etc/conf.d/k0scontroller")}
+    assert set(checked.values()) >= {str(root / "etc/k0s/k0s.yaml"), str(root / "etc/conf.d/k0scontroller"),
+                                     str(root / "etc/k0s/k0scontroller.env")}
     written = set()
     for dirpath, dirnames, filenames in os.walk(str(root)):
         written.update(os.path.join(dirpath, n) for n in filenames)
