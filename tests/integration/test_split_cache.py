@@ -243,3 +243,68 @@ def test_retention_keeps_the_most_recently_used(tmp_path):
     proc, out, facts = play(tmp_path, b, k0s_controller_cache_keep=1)
     assert proc.returncode == 0, out
     assert os.listdir(tmp_path / "cache" / "split") == [sha256(b)]
+
+
+RELEASE = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - fleetsplit.k0s.stream_bundle:
+        split: "{{ k0s_split }}"
+        names: "{{ k0s_split.files | map(attribute='name') | list + ['k0s'] }}"
+        dest: "{{ bundles }}"
+      register: bundle
+      when: forged_bundle is not defined
+    - fleetsplit.k0s.k0s_release:
+        k0s_version: "{{ k0s_split.k0s_version }}"
+        files: "{{ k0s_split.files }}"
+        executable: "{{ k0s_split.stripped_executable }}"
+        store_dir: "{{ root }}/var/lib/fleetsplit-k0s"
+        streams_dir: "{{ root }}/var/lib/fleetsplit-k0s/incoming"
+        bin_dir: "{{ root }}/usr/bin"
+        libexec_dir: "{{ root }}/usr/libexec/k0s"
+        data_dir: "{{ root }}/var/lib/k0s"
+        bundle_src: "{{ forged_bundle.path | default(bundle.path) }}"
+        bundle_members: "{{ forged_bundle.members | default(bundle.members) }}"
+"""
+
+
+def test_bundles_are_checked_against_the_split_facts_and_hosts_name_the_cache_file(tmp_path):
+    fixtures = load_fixtures()
+    split = kp_split(fixtures["k0s-small-zip"]["path"], tmp_path / "split")
+    runc_gz = [f for f in split["files"] if f["name"] == "runc"][0]["stream"]
+    (tmp_path / "play.yml").write_text(RELEASE)
+    evars = dict(k0s_split=split, root=str(tmp_path / "host"), bundles=str(tmp_path / "split" / "bundles"))
+
+    def run(**extra):
+        (tmp_path / "ev.json").write_text(json.dumps(dict(evars, **extra)))
+        return run_playbook(["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+                             tmp_path / "play.yml", "-e", "@%s" % (tmp_path / "ev.json")], cwd=tmp_path)
+
+    # The cache stream was replaced after the split: stream_bundle refuses it, naming the cache file.
+    good = Path(runc_gz).read_bytes()
+    Path(runc_gz).write_bytes(gzip.compress((FIXTURES / "variants" / "v2" / "runc").read_bytes()))
+    proc, out = run()
+    assert proc.returncode != 0
+    assert "controller cache stream %s (runc) has sha256" % runc_gz in flat(out), out
+    assert not (tmp_path / "host").exists() and not (tmp_path / "split" / "bundles").exists()
+    # A bundle that bypassed that check (e.g. swapped after it was made): the host refuses the content and
+    # the error names the controller-side cache files it came from.
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import write_bundle  # noqa: E402
+    streams = [(f["name"], f["stream"]) for f in split["files"]] + [("k0s", split["stripped_executable"]["stream"])]
+    forged = write_bundle(streams, str(tmp_path / "forged"))
+    proc, out = run(forged_bundle=forged)
+    said = flat(out)
+    assert proc.returncode != 0 and "stream for runc is unusable" in said, out
+    assert "runc came from the controller cache bundle %s, made from the controller cache stream %s" % (
+        forged["path"], runc_gz) in said, out
+    assert not (tmp_path / "host" / "usr/libexec/k0s/runc").exists()
+    Path(runc_gz).write_bytes(good)
+    proc, out = run()
+    assert proc.returncode == 0, out
+    assert sha256(tmp_path / "host" / "usr/libexec/k0s/runc") == fixtures["k0s-small-zip"]["binaries"]["runc"]["sha256"]
+
+
+def kp_split(src, out):
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import split  # noqa: E402
+    return split(src, stripped_executable=str(out / "k0s.stripped"), streams_dest=str(out / "streams"))
