@@ -293,7 +293,7 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
     result, differ = _split(*args, write=False, mtime_ns=mtime_ns)
     healed = [p for p in differ if os.path.lexists(p)]
     if write and (differ or (mtime_ns is not None and _unpinned(result, mtime_ns))):
-        result, _ = _split(*args, write=True, mtime_ns=mtime_ns)
+        result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
     result["healed"] = healed
     return result
 
@@ -322,14 +322,14 @@ def mark_used(entry, src):
 
 
 def _last_used(entry):
-    """(mtime of the marker, recorded source); entries split before markers existed count as oldest."""
+    """(mtime of the marker, recorded source); entries split before markers existed go by their own mtime."""
     marker = os.path.join(entry, USED_MARKER)
     try:
         with open(marker) as f:
             source = json.load(f).get("source")
         return os.lstat(marker).st_mtime, source if isinstance(source, str) else None
     except (IOError, OSError, ValueError, AttributeError):
-        return 0.0, None
+        return os.lstat(entry).st_mtime, None
 
 
 def prune_cache(entry, keep):
@@ -347,10 +347,10 @@ def prune_cache(entry, keep):
         if path != entry and ENTRY_NAME.match(name) and os.path.isdir(path) and not os.path.islink(path):
             entries.append((_last_used(path), path))
     entries.sort(reverse=True)
-    kept = [_last_used(entry)[1]] + [used[1] for used, _ in entries[:max(keep - 1, 0)]]
+    kept = [_last_used(entry)[1]] + [used[1] for used, dummy in entries[:max(keep - 1, 0)]]
     kept_releases = set(os.path.dirname(source) for source in kept if source)   # one per version, all arches
     removed = []
-    for (_, source), path in entries[max(keep - 1, 0):]:
+    for (dummy, source), path in entries[max(keep - 1, 0):]:
         shutil.rmtree(path)
         removed.append(path)
         release = os.path.dirname(source) if source else None

@@ -249,17 +249,18 @@ def _private_dirs(module, dirs):
     done = {}
     try:
         for path in dirs:
-            done[path] = ensure_private_dir(path) or "ok"
+            done[path] = ensure_private_dir(path, write=not module.check_mode) or "ok"
     except PayloadError as e:
         module.fail_json(msg=str(e), private_dirs=done)
     except OSError as e:
         module.fail_json(msg="cannot prepare controller cache directory %s: %s" % (e.filename, e.strerror))
     tightened = sorted(p for p, what in done.items() if what == "tightened")
     if tightened:
+        plural = len(tightened) > 1
         module.warn("controller cache director%s %s %s readable by other users; tightened to mode 0700 (the cache "
-                    "decides what every host installs as root)" % ("ies" if len(tightened) > 1 else "y",
-                                                                  ", ".join(tightened),
-                                                                  "were" if len(tightened) > 1 else "was"))
+                    "decides what every host installs as root)%s"
+                    % ("ies" if plural else "y", ", ".join(tightened), "were" if plural else "was",
+                       " (check mode: not yet)" if module.check_mode else ""))
     return done
 
 
@@ -272,7 +273,7 @@ def main():
             streams_dest=dict(type='path'),
             pin_mtime=dict(type='bool', default=True),
             reuse_manifest=dict(type='bool', default=False),
-            private_dirs=dict(type='list', elements='path', default=[]),
+            private_dirs=dict(type='list', elements='path'),
             retain=dict(type='int', default=0),
             workers=dict(type='int', default=2),
             mode=dict(type='raw', default='0755'),
@@ -336,9 +337,12 @@ def main():
                       stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items()
                                                if k != 'changed'))
         body = json.dumps(stable, indent=2, sort_keys=True) + "\n"
-        if check_output_file(manifest) is None or sha256_file(manifest) != hashlib.sha256(body.encode()).hexdigest():
-            write_atomic(manifest, body.encode())
-            changed = True
+        try:
+            if check_output_file(manifest) is None or sha256_file(manifest) != hashlib.sha256(body.encode()).hexdigest():
+                write_atomic(manifest, body.encode())
+                changed = True
+        except (PayloadError, OSError) as e:
+            module.fail_json(msg="cannot write %s: %s" % (manifest, e))
         result['manifest'] = manifest
     if result['healed']:
         module.warn("the controller cache held outputs that do not match %s (damaged or edited): %s %s rewritten "

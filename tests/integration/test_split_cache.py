@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from testlib import COLLECTIONS, FIXTURES, REPO, ansible_env, load_fixtures, recap, run_playbook, sha256
+from testlib import FIXTURES, ansible_env, load_fixtures, recap, run_playbook, sha256
 
 SPLIT_ONLY = """
 - hosts: localhost

@@ -66,7 +66,7 @@ def test_bundle_members_are_checked_against_the_split_facts(tmp_path, fixtures):
     assert again["healed"] and again["changed"] and kp.sha256_file(b["path"]) == b["sha256"]
     assert not kp.write_bundle(streams, str(tmp_path / "bundles"))["changed"]
     # A stream that no longer matches the split facts fails naming the cache file; nothing is bundled.
-    runc_gz = dict((n, p) for n, p, _ in streams)["runc"]
+    runc_gz = dict((s[0], s[1]) for s in streams)["runc"]
     _flip(runc_gz)
     before = sorted(os.listdir(tmp_path / "bundles"))
     with pytest.raises(kp.PayloadError) as e:
@@ -128,3 +128,12 @@ def test_prune_keeps_the_most_recently_used_and_their_downloads(tmp_path):
                                                       tmp_path / "downloads" / "v3"])
     assert (tmp_path / "hosts").is_dir()
     assert json.loads((entries[3] / kp.USED_MARKER).read_text())["source"].endswith("downloads/v4/k0s")
+
+
+def test_private_dir_check_only_writes_nothing(tmp_path):
+    assert fsio.ensure_private_dir(str(tmp_path / "a" / "b"), write=False) == "created"
+    assert not (tmp_path / "a").exists()
+    d = tmp_path / "d"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    assert fsio.ensure_private_dir(str(d), write=False) == "tightened" and stat.S_IMODE(os.stat(d).st_mode) == 0o755

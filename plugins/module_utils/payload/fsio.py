@@ -108,21 +108,25 @@ def _check_private_parent(parent, path):
                            % (parent, path, stat.S_IMODE(st.st_mode), st.st_uid, parent))
 
 
-def ensure_private_dir(path, _nested=False):
+def ensure_private_dir(path, write=True, _nested=False):
     """A directory only its owner (this process's user) can read or write, as ssh wants a private key.
 
     Created 0700 (parents too) when missing. An existing one is refused when it is a symlink, not a
     directory, owned by another user, or group/world-writable (someone else may have put content there);
     one that is only group/world-readable is tightened to 0700. Its parent must not be a symlink nor
-    writable by other users. Returns "created", "tightened" or None.
+    writable by other users. Returns "created", "tightened" or None; with ``write=False`` only checks
+    and says what it would do.
     """
     fix = "check what is in it (or remove it: it is a cache), then run `chmod 700 %s`" % path
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        ensure_private_dir(parent, _nested=True)
+        if ensure_private_dir(parent, write, _nested=True) == "created" and not write:
+            return "created"
     if not _nested:
         _check_private_parent(parent, path)
     if not os.path.lexists(path):
+        if not write:
+            return "created"
         try:
             os.mkdir(path, 0o700)
         except OSError as e:
@@ -144,7 +148,8 @@ def ensure_private_dir(path, _nested=False):
         raise PayloadError("controller cache directory %s is group/world-writable (mode %04o): refusing to use it; %s"
                            % (path, stat.S_IMODE(st.st_mode), fix))
     if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+        if write:
+            os.chmod(path, 0o700)
         return "tightened"
     return None
 
