@@ -345,7 +345,7 @@ def main():
             module.fail_json(msg="cannot write %s: %s" % (manifest, e))
         result['manifest'] = manifest
     if result['healed']:
-        module.warn("the controller cache held outputs that do not match %s (damaged or edited): %s %s rewritten "
+        module.warn("existing outputs did not match %s (damaged or edited since they were written): %s %s rewritten "
                     "from the executable" % (p['src'], ", ".join(result['healed']),
                                              "would be" if module.check_mode else "were"))
     if p['retain'] and not module.check_mode:
