@@ -31,6 +31,7 @@ import mmap
 import os
 import re
 import shutil
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 from .payload.bundles import BUNDLE_FORMAT, bundle_id, check_bundle_members, write_bundle
@@ -43,7 +44,7 @@ from .payload.fsio import (CHUNK, Sink, check_name, check_output_dir, check_outp
 from .payload.legacy import read_legacy
 from .payload.model import FORMAT_BARE, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry, Payload
 from .payload.streams import (GZIP_HEADER, MAX_OUTPUT, copy_range, entry_stream, executable_stream, inflate_entry,
-                              inflate_gzip_member)
+                              inflate_gzip_member, inflate_range, verify_sink)
 from .payload.zipfmt import LOCAL_HEADER, read_zip
 
 # The names callers import from here (modules, scripts/k0s-payload, benchmarks, tests).
@@ -238,6 +239,29 @@ def describe(payload):
     }
 
 
+def _executable_stream_holds(path, stripped):
+    """An existing ``bin/k0s.gz`` that is one gzip member (our header) inflating to exactly the stripped
+    executable, as its stream dict, else None: inflating it costs a fraction of compressing it again."""
+    st = check_output_file(path)
+    if st is None or st.st_size < 18:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        trailer = struct.pack("<II", stripped["crc32"] & 0xFFFFFFFF, stripped["size"] & 0xFFFFFFFF)
+        if os.pread(fd, 10, 0) != GZIP_HEADER or os.pread(fd, 8, st.st_size - 8) != trailer:
+            return None
+        sink = Sink()
+        inflate_range(fd, 10, st.st_size - 18, METHOD_DEFLATE, sink, path)
+        verify_sink(sink, stripped["size"], stripped["crc32"], stripped["sha256"], path)
+        whole = Sink()      # the sha256 of the very bytes just verified (same descriptor)
+        copy_range(fd, 0, st.st_size, whole)
+    except PayloadError:
+        return None
+    finally:
+        os.close(fd)
+    return {"stream": path, "stream_size": whole.size, "stream_sha256": whole.hash.hexdigest(), "changed": False}
+
+
 def _split(payload, dest, stripped_executable, streams_dest, mode, workers, write, mtime_ns):
     """One pass over every output; returns (result, [outputs whose bytes differ from what the source gives])."""
     files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns)
@@ -256,7 +280,8 @@ def _split(payload, dest, stripped_executable, streams_dest, mode, workers, writ
                 differ.append(stream["stream"])
             item["changed"] = item["changed"] or stream.pop("changed")
             item.update(stream)
-        exe_stream = write_executable_stream(payload, streams_dest, write=write)
+        exe_stream = None if write else _executable_stream_holds(os.path.join(streams_dest, "bin", "k0s.gz"), stripped)
+        exe_stream = exe_stream or write_executable_stream(payload, streams_dest, write=write)
         if exe_stream["changed"]:
             differ.append(exe_stream["stream"])
         stripped["changed"] = stripped["changed"] or exe_stream.pop("changed")

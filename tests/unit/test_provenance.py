@@ -4,7 +4,9 @@ import gzip
 import json
 import os
 import stat
+import struct
 import time
+import zlib
 
 import pytest
 
@@ -137,3 +139,23 @@ def test_private_dir_check_only_writes_nothing(tmp_path):
     d.mkdir()
     os.chmod(d, 0o755)
     assert fsio.ensure_private_dir(str(d), write=False) == "tightened" and stat.S_IMODE(os.stat(d).st_mode) == 0o755
+
+
+def test_executable_stream_is_verified_by_inflating_it(tmp_path, fixtures):
+    fx = fixtures["k0s-small-zip"]
+    first = _split(fx, tmp_path)
+    k0s_gz = tmp_path / "streams" / "bin" / "k0s.gz"
+    bare = (tmp_path / "bin" / "k0s").read_bytes()
+    exe = first["stripped_executable"]
+    # Another valid encoding of exactly the stripped executable is as good: kept, its own sha256 reported.
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+    other = kp.GZIP_HEADER + deflate.compress(bare) + deflate.flush() + struct.pack("<II", exe["crc32"], exe["size"])
+    k0s_gz.write_bytes(other)
+    again = _split(fx, tmp_path)
+    assert again["healed"] == [] and k0s_gz.read_bytes() == other
+    assert again["stripped_executable"]["stream_sha256"] == kp.sha256_file(str(k0s_gz))
+    # Trailing bytes, or a member of other content with a forged trailer: rewritten.
+    for bad in (other + b"x", other[:10] + zlib.compress(b"not k0s")[2:-4] + other[-8:]):
+        k0s_gz.write_bytes(bad)
+        assert _split(fx, tmp_path)["healed"] == [str(k0s_gz)]
+        assert gzip.decompress(k0s_gz.read_bytes()) == bare
