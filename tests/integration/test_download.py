@@ -190,7 +190,7 @@ def test_http_base_is_refused_without_the_insecure_flag(tmp_path, release):
     write_sums(release, ["%s  %s" % (release.sha256, release.asset.name)])
     proc, out = run_split(tmp_path, release, k0s_download_insecure=False)
     assert proc.returncode != 0
-    assert "k0s_download_base_url \"%s\" is not an https:// URL" % release.base_url in out, out
+    assert "is not an https:// URL" in out and release.base_url in out, out
     assert "k0s_download_insecure=true" in out, out
     assert release.requests == [] and not (tmp_path / "cache").exists()
     # With the flag it downloads, and says once that it is insecure.

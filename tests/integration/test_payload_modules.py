@@ -64,7 +64,7 @@ def test_split_module_check_diff_idempotence_and_reuse(tmp_path, fixtures):
         f.truncate(100)
     proc, out, result = split(tmp_path, reuse)
     assert result["changed"] and result["healed"] == [str(runc_gz)], out
-    assert "%s were rewritten" % runc_gz in " ".join(out.split())
+    assert ("%s were rewritten" % runc_gz).replace(" ", "") in "".join(out.split())    # however Ansible wraps it
     runc = [f for f in result["files"] if f["name"] == "runc"][0]
     assert os.path.getsize(runc_gz) == runc["stream_size"] and sha256(runc_gz) == runc["stream_sha256"]
 
