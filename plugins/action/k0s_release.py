@@ -12,6 +12,7 @@ The transfer here is a plain put_file; the module verifies every member (size, C
 from __future__ import annotations
 
 import os
+import re
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
@@ -53,5 +54,22 @@ class ActionModule(ActionBase):
             result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
         finally:
             self._remove_tmp_path(remote_tmp)
+        if result.get("failed"):
+            self._name_cache_file(result, args, src)
         result["bundle_bytes"] = os.path.getsize(src)
         return result
+
+    @staticmethod
+    def _name_cache_file(result, args, src):
+        """A member that failed verification on the host is named by its controller-side cache files."""
+        found = re.search(r"stream for (\S+) is unusable", str(result.get("msg", "")))
+        if not found:
+            return
+        name = found.group(1)
+        streams = dict((f.get("name"), f.get("stream")) for f in args.get("files") or [] if isinstance(f, dict))
+        streams["k0s"] = (args.get("executable") or {}).get("stream") if isinstance(args.get("executable"), dict) else None
+        origin = "controller cache bundle %s" % src
+        if streams.get(name):
+            origin += ", made from the controller cache stream %s" % streams[name]
+        result["msg"] = "%s (%s came from the %s; run the fleetsplit.k0s.split role again, which verifies the cache " \
+                        "against the k0s executable and rewrites what differs)" % (result["msg"], name, origin)

@@ -26,8 +26,12 @@ See docs/payload-formats.md for the two formats and what is checked.
 
 from __future__ import absolute_import, division, print_function
 
+import json
 import mmap
 import os
+import re
+import shutil
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 from .payload.bundles import BUNDLE_FORMAT, bundle_id, check_bundle_members, write_bundle
@@ -35,11 +39,12 @@ from .payload.elf import (HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, elf_end, elf_
                           open_elf, open_executable)
 from .payload.errors import CorruptPayloadError, PayloadError
 from .payload.fsio import (CHUNK, Sink, check_name, check_output_dir, check_output_file, commit, ensure_output_dir,
-                           file_sha256_if_regular, prepare_output, remove_quietly, sha256_file, temp_path)
+                           ensure_private_dir, file_sha256_if_regular, open_exclusive, prepare_output, remove_quietly,
+                           sha256_file, temp_path)
 from .payload.legacy import read_legacy
 from .payload.model import FORMAT_BARE, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry, Payload
 from .payload.streams import (GZIP_HEADER, MAX_OUTPUT, copy_range, entry_stream, executable_stream, inflate_entry,
-                              inflate_gzip_member)
+                              inflate_gzip_member, inflate_range, verify_sink)
 from .payload.zipfmt import LOCAL_HEADER, read_zip
 
 # The names callers import from here (modules, scripts/k0s-payload, benchmarks, tests).
@@ -47,9 +52,9 @@ __all__ = [
     "BUNDLE_FORMAT", "CHUNK", "FORMAT_BARE", "FORMAT_LEGACY", "FORMAT_ZIP", "GZIP_HEADER", "HAS_PYELFTOOLS",
     "MAX_OUTPUT", "METHOD_DEFLATE", "METHOD_STORE", "PYELFTOOLS_IMPORT_ERROR", "CorruptPayloadError", "Entry",
     "Payload", "PayloadError", "bundle_id", "check_bundle_members", "check_name", "check_output_dir",
-    "check_output_file", "describe", "elf_end", "ensure_output_dir", "extract", "go_build_info", "inflate_gzip_member",
-    "inspect", "require_payload", "sha256_file", "split", "stripped_digest", "write_bundle",
-    "write_executable_stream", "write_streams", "write_stripped",
+    "check_output_file", "describe", "elf_end", "ensure_output_dir", "ensure_private_dir", "extract", "go_build_info", "inflate_gzip_member",
+    "inspect", "mark_used", "prune_cache", "require_payload", "sha256_file", "split", "stripped_digest", "write_bundle",
+    "write_atomic", "write_executable_stream", "write_streams", "write_stripped",
 ]
 
 
@@ -234,31 +239,148 @@ def describe(payload):
     }
 
 
-def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o755, workers=2, write=True,
-          pin_mtime=False):
-    """Everything payload_split does, minus Ansible: returns the module's result (without ``changed``).
+def _executable_stream_holds(path, stripped):
+    """An existing ``bin/k0s.gz`` that is one gzip member (our header) inflating to exactly the stripped
+    executable, as its stream dict, else None: inflating it costs a fraction of compressing it again."""
+    st = check_output_file(path)
+    if st is None or st.st_size < 18:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        trailer = struct.pack("<II", stripped["crc32"] & 0xFFFFFFFF, stripped["size"] & 0xFFFFFFFF)
+        if os.pread(fd, 10, 0) != GZIP_HEADER or os.pread(fd, 8, st.st_size - 8) != trailer:
+            return None
+        sink = Sink()
+        inflate_range(fd, 10, st.st_size - 18, METHOD_DEFLATE, sink, path)
+        verify_sink(sink, stripped["size"], stripped["crc32"], stripped["sha256"], path)
+        whole = Sink()      # the sha256 of the very bytes just verified (same descriptor)
+        copy_range(fd, 0, st.st_size, whole)
+    except PayloadError:
+        return None
+    finally:
+        os.close(fd)
+    return {"stream": path, "stream_size": whole.size, "stream_sha256": whole.hash.hexdigest(), "changed": False}
 
-    ``pin_mtime`` gives every written binary and the stripped executable the source's mtime: a
-    stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match.
-    """
-    payload = require_payload(inspect(src))
-    result = describe(payload)
-    mtime_ns = payload.mtime_ns if pin_mtime else None
+
+def _split(payload, dest, stripped_executable, streams_dest, mode, workers, write, mtime_ns):
+    """One pass over every output; returns (result, [outputs whose bytes differ from what the source gives])."""
     files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns)
     stripped = write_stripped(payload, stripped_executable, mode=mode, write=write, mtime_ns=mtime_ns) \
         if stripped_executable else stripped_digest(payload)
+    differ = [f["path"] for f in files if f["changed"]]
+    if stripped_executable and stripped["changed"]:
+        differ.append(stripped_executable)
     if not stripped_executable:
         stripped["path"] = None
     if streams_dest:
         streams = write_streams(payload, streams_dest, write=write)
         for item in files:
-            item["changed"] = item["changed"] or streams[item["name"]]["changed"]
-            item.update(streams[item["name"]])
-            item.pop("stream_sha256", None)
-        exe_stream = write_executable_stream(payload, streams_dest, write=write)
+            stream = streams[item["name"]]
+            if stream["changed"]:
+                differ.append(stream["stream"])
+            item["changed"] = item["changed"] or stream.pop("changed")
+            item.update(stream)
+        exe_stream = None if write else _executable_stream_holds(os.path.join(streams_dest, "bin", "k0s.gz"), stripped)
+        exe_stream = exe_stream or write_executable_stream(payload, streams_dest, write=write)
+        if exe_stream["changed"]:
+            differ.append(exe_stream["stream"])
         stripped["changed"] = stripped["changed"] or exe_stream.pop("changed")
-        exe_stream.pop("stream_sha256", None)
         stripped.update(exe_stream)
+    result = describe(payload)
     result["files"] = files
     result["stripped_executable"] = stripped
+    return result, differ
+
+
+def _unpinned(result, mtime_ns):
+    """Written binaries whose mtime is not the source's (legacy k0s needs it to the nanosecond)."""
+    paths = [f["path"] for f in result["files"]] + [result["stripped_executable"]["path"]]
+    return [p for p in paths if p and os.path.lexists(p) and os.lstat(p).st_mtime_ns != mtime_ns]
+
+
+def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o755, workers=2, write=True,
+          pin_mtime=False):
+    """Everything payload_split does, minus Ansible: returns the module's result (without ``changed``).
+
+    Every fact in the result (sha256, size, CRC-32 of each file, of each gzip stream and of the stripped
+    executable) is derived in this call from ``src``, never read back from earlier outputs. Existing outputs
+    are first only compared with those facts (read-only pass); only when one differs or is missing is the
+    split written, and then only differing files are replaced (``commit`` by sha256). ``healed`` lists the
+    outputs that existed with other bytes (a damaged or forged cache entry), ``changed`` per item whether
+    it was (or in check mode would be) written.
+
+    ``pin_mtime`` gives every written binary and the stripped executable the source's mtime: a
+    stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match.
+    """
+    payload = require_payload(inspect(src))
+    mtime_ns = payload.mtime_ns if pin_mtime else None
+    args = (payload, dest, stripped_executable, streams_dest, mode, workers)
+    result, differ = _split(*args, write=False, mtime_ns=mtime_ns)
+    healed = [p for p in differ if os.path.lexists(p)]
+    if write and (differ or (mtime_ns is not None and _unpinned(result, mtime_ns))):
+        result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
+    result["healed"] = healed
     return result
+
+
+# --------------------------------------------------------------------------- controller cache retention
+
+USED_MARKER = ".last-used"
+ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")     # split/<sha256 of the executable>
+
+
+def write_atomic(final, body, mode=0o644):
+    """``body`` (bytes) into ``final`` through a random exclusive temp name and a rename."""
+    temp = temp_path(final)
+    try:
+        with open_exclusive(temp, mode) as f:
+            f.write(body)
+        os.rename(temp, final)
+    except BaseException:
+        remove_quietly(temp)
+        raise
+
+
+def mark_used(entry, src):
+    """Record that cache ``entry`` (split/<sha256>) served ``src`` now; its mtime orders retention."""
+    write_atomic(os.path.join(entry, USED_MARKER), (json.dumps({"source": os.path.realpath(src)}) + "\n").encode())
+
+
+def _last_used(entry):
+    """(mtime of the marker, recorded source); entries split before markers existed go by their own mtime."""
+    marker = os.path.join(entry, USED_MARKER)
+    try:
+        with open(marker) as f:
+            source = json.load(f).get("source")
+        return os.lstat(marker).st_mtime, source if isinstance(source, str) else None
+    except (IOError, OSError, ValueError, AttributeError):
+        return os.lstat(entry).st_mtime, None
+
+
+def prune_cache(entry, keep):
+    """Keep the ``keep`` most recently used entries beside ``entry`` (always ``entry`` itself), remove the rest.
+
+    Only sha256-named directories of ``<cache>/split/`` are touched, and a release downloaded into
+    ``<cache>/downloads/<version>/`` goes with the entry that split it. Returns the removed paths.
+    """
+    entry = os.path.abspath(entry)
+    split_dir = os.path.dirname(entry)
+    downloads = os.path.join(os.path.dirname(split_dir), "downloads")
+    entries = []
+    for name in os.listdir(split_dir):
+        path = os.path.join(split_dir, name)
+        if path != entry and ENTRY_NAME.match(name) and os.path.isdir(path) and not os.path.islink(path):
+            entries.append((_last_used(path), path))
+    entries.sort(reverse=True)
+    kept = [_last_used(entry)[1]] + [used[1] for used, dummy in entries[:max(keep - 1, 0)]]
+    kept_releases = set(os.path.dirname(source) for source in kept if source)   # one per version, all arches
+    removed = []
+    for (dummy, source), path in entries[max(keep - 1, 0):]:
+        shutil.rmtree(path)
+        removed.append(path)
+        release = os.path.dirname(source) if source else None
+        if release and release not in kept_releases and os.path.dirname(release) == downloads \
+                and os.path.isdir(release) and not os.path.islink(release):
+            shutil.rmtree(release)
+            removed.append(release)
+    return removed

@@ -23,9 +23,12 @@ description:
   - Runs where the executable is, normally on the controller (C(delegate_to=localhost)).
 options:
   src:
-    description: Path of the k0s executable to split.
+    description:
+      - Path of the k0s executable to split. Required unless only O(private_dirs) are to be prepared.
+      - Every fact in the result (each file's, stream's and the stripped executable's sha256, size, CRC-32) is
+        derived from it in every run, never read back from earlier outputs; existing outputs are compared with
+        those facts and any that differs is rewritten from O(src) (see RV(healed)).
     type: path
-    required: true
   dest:
     description:
       - Directory that receives one file per embedded binary, named as in the payload (C(runc), C(kubelet), ...).
@@ -50,12 +53,27 @@ options:
     default: true
   reuse_manifest:
     description:
-      - Trust an existing C(manifest.json) in O(streams_dest) when it was written for this very O(src) (same size and
-        mtime) and every output it lists is still there with its recorded size; then nothing is inflated or hashed.
-      - Meant for content-addressed caches (the P(fleetsplit.k0s.split#role) role keys its cache by the executable's
-        sha256), where re-verifying 128 MB on every run buys nothing; hosts verify every file's sha256 anyway.
+      - Deprecated and ignored (a warning says so). It trusted an earlier C(manifest.json) by the source's size and
+        mtime, so whoever could write the cache decided what hosts were told to expect. Every run now derives
+        the facts from O(src) and verifies the outputs against them (about 0.5 s for a 56 MB zip-format k0s).
     type: bool
     default: false
+  private_dirs:
+    description:
+      - Directories that must be private to the user running the module, checked (and created, mode 0700,
+        independent of the umask) before anything else, like ssh checks a private key.
+      - Refused when one is a symlink, not a directory, owned by another user or group/world-writable; one that
+        is only group/world-readable is tightened to 0700 with a warning. The split role passes its
+        C(split/) and C(downloads/) directories.
+    type: list
+    elements: path
+  retain:
+    description:
+      - With O(streams_dest) in a cache entry C(<cache>/split/<sha256>/streams), mark the entry used and keep
+        only the O(retain) most recently used entries of C(<cache>/split/) (this one always), removing the
+        others and the C(<cache>/downloads/<version>/) release each of them was split from. C(0) keeps all.
+    type: int
+    default: 0
   workers:
     description: Threads that inflate entries in parallel.
     type: int
@@ -160,6 +178,7 @@ files:
     path: {description: "Written file, or null without O(dest).", type: str}
     stream: {description: "Gzip stream file, with O(streams_dest).", type: str}
     stream_size: {description: Size of the gzip stream file., type: int}
+    stream_sha256: {description: sha256 of the gzip stream file (derived from O(src) in this run)., type: str}
     changed: {description: Whether this binary (or its stream) was written., type: bool}
 stripped_executable:
   description: The executable without payload.
@@ -172,6 +191,7 @@ stripped_executable:
     crc32: {description: CRC-32., type: int}
     stream: {description: C(bin/k0s.gz) with O(streams_dest)., type: str}
     stream_size: {description: Its size., type: int}
+    stream_sha256: {description: Its sha256., type: str}
 legacy_note:
   description: For the legacy format, what a stripped executable needs at run time.
   returned: when format is legacy
@@ -180,18 +200,32 @@ manifest:
   description: Path of C(manifest.json) in O(streams_dest).
   returned: with O(streams_dest)
   type: str
-reused_manifest:
-  description: True when O(reuse_manifest) found a matching manifest and nothing was read or written.
+healed:
+  description:
+    - Outputs that existed with other bytes than O(src) gives (a damaged or edited cache entry) and were rewritten
+      from O(src) (in check mode, would be). A warning names them.
   returned: success
-  type: bool
+  type: list
+  elements: str
+private_dirs:
+  description: What was done to each of O(private_dirs) (C(created), C(tightened) or C(ok)).
+  returned: with O(private_dirs)
+  type: dict
+pruned:
+  description: Cache entries (and downloads) removed by O(retain).
+  returned: with O(retain)
+  type: list
+  elements: str
 '''
 
+import hashlib
 import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
-    FORMAT_LEGACY, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, inspect, sha256_file, split)
+    FORMAT_LEGACY, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, check_output_file, ensure_private_dir,
+    inspect, mark_used, prune_cache, sha256_file, split, write_atomic)
 
 LEGACY_NOTE = ("legacy payload: the stripped k0s re-uses <data-dir>/bin/<name> only when its size and mtime equal the "
                "executable's exactly (there is no PATH fallback); give all binaries and the executable pinned_mtime_ns")
@@ -210,64 +244,62 @@ def _lines(state):
     return "".join("%s %s\n" % (name, digest) for name, digest in sorted(state.items()))
 
 
-def _reusable_manifest(p):
-    """The manifest of an earlier split of this same src whose outputs are all still in place, else None."""
-    path = os.path.join(p['streams_dest'], 'manifest.json')
-    if not os.path.isfile(path) or os.path.islink(path):
-        return None
+def _private_dirs(module, dirs):
+    """Each of ``dirs`` private to us (created 0700, tightened or refused); one warning for all tightened."""
+    done = {}
     try:
-        with open(path) as f:
-            manifest = json.load(f)
-        st = os.stat(p['src'])
-        if manifest['file_size'] != st.st_size or manifest['pinned_mtime_ns'] != st.st_mtime_ns:
-            return None
-        outputs = []
-        for item in manifest['files']:
-            want = os.path.join(p['dest'], item['name']) if p['dest'] else None
-            if item.get('path') != want:
-                return None
-            outputs.append((want, item['size']))
-            outputs.append((item.get('stream'), item.get('stream_size')))
-        stripped = manifest['stripped_executable']
-        if stripped.get('path') != p['stripped_executable']:
-            return None
-        outputs.append((stripped.get('path'), stripped['size']))
-        outputs.append((stripped.get('stream'), stripped.get('stream_size')))
-        for out, size in outputs:
-            if out is not None and (os.path.islink(out) or not os.path.isfile(out) or os.path.getsize(out) != size):
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return manifest
+        for path in dirs:
+            done[path] = ensure_private_dir(path, write=not module.check_mode) or "ok"
+    except PayloadError as e:
+        module.fail_json(msg=str(e), private_dirs=done)
+    except OSError as e:
+        module.fail_json(msg="cannot prepare controller cache directory %s: %s" % (e.filename, e.strerror))
+    tightened = sorted(p for p, what in done.items() if what == "tightened")
+    if tightened:
+        plural = len(tightened) > 1
+        module.warn("controller cache director%s %s %s readable by other users; tightened to mode 0700 (the cache "
+                    "decides what every host installs as root)%s"
+                    % ("ies" if plural else "y", ", ".join(tightened), "were" if plural else "was",
+                       " (check mode: not yet)" if module.check_mode else ""))
+    return done
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            src=dict(type='path', required=True),
+            src=dict(type='path'),
             dest=dict(type='path'),
             stripped_executable=dict(type='path'),
             streams_dest=dict(type='path'),
             pin_mtime=dict(type='bool', default=True),
             reuse_manifest=dict(type='bool', default=False),
+            private_dirs=dict(type='list', elements='path'),
+            retain=dict(type='int', default=0),
             workers=dict(type='int', default=2),
             mode=dict(type='raw', default='0755'),
             owner=dict(type='str'),
             group=dict(type='str'),
         ),
-        required_one_of=[('dest', 'stripped_executable', 'streams_dest')],
+        required_by={'dest': 'src', 'stripped_executable': 'src', 'streams_dest': 'src'},
         supports_check_mode=True,
     )
     p = module.params
     if p['workers'] < 1:
         module.fail_json(msg="workers must be at least 1, got %d" % p['workers'])
+    if p['retain'] < 0 or (p['retain'] and not p['streams_dest']):
+        module.fail_json(msg="retain must be 0 (keep all) or more and needs streams_dest (in <cache>/split/<sha256>/), "
+                         "got %d" % p['retain'])
     mode = int(p['mode'], 8) if isinstance(p['mode'], str) else int(p['mode'])
-    if p['reuse_manifest'] and p['streams_dest']:
-        manifest = _reusable_manifest(p)
-        if manifest is not None:
-            manifest['manifest'] = os.path.join(p['streams_dest'], 'manifest.json')
-            module.exit_json(changed=False, reused_manifest=True, **manifest)
-    # Only here: a reusable manifest needs no ELF reading.
+    if p['reuse_manifest']:
+        module.warn("payload_split reuse_manifest is deprecated and ignored: every run derives the facts from src "
+                    "and verifies the outputs against them")
+    dirs = _private_dirs(module, p['private_dirs']) if p['private_dirs'] else None
+    if p['src'] is None:
+        if not dirs:
+            module.fail_json(msg="src is required (or private_dirs alone, to only prepare the cache directories)")
+        module.exit_json(changed=any(v != "ok" for v in dirs.values()), private_dirs=dirs)
+    if not (p['dest'] or p['stripped_executable'] or p['streams_dest']):
+        module.fail_json(msg="one of the following is required: dest, stripped_executable, streams_dest")
     if not HAS_PYELFTOOLS:
         module.fail_json(msg=missing_required_lib('pyelftools'), exception=PYELFTOOLS_IMPORT_ERROR)
 
@@ -299,28 +331,43 @@ def main():
         result['legacy_note'] = LEGACY_NOTE
     if p['streams_dest'] and not module.check_mode:
         manifest = os.path.join(p['streams_dest'], 'manifest.json')
-        # Per-run flags stay out, so an unchanged split leaves the manifest byte-identical.
-        stable = dict(result, files=[dict((k, v) for k, v in f.items() if k != 'changed') for f in result['files']],
-                      stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items() if k != 'changed'))
+        # Written for people and tools; never read back as a source of facts. Per-run flags stay out.
+        stable = dict((k, v) for k, v in result.items() if k != 'healed')
+        stable.update(files=[dict((k, v) for k, v in f.items() if k != 'changed') for f in result['files']],
+                      stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items()
+                                               if k != 'changed'))
         body = json.dumps(stable, indent=2, sort_keys=True) + "\n"
-        old = None
-        if os.path.isfile(manifest) and not os.path.islink(manifest):
-            with open(manifest) as f:
-                old = f.read()
-        if old != body:
-            temp = manifest + '.tmp'
-            with open(temp, 'w') as f:
-                f.write(body)
-            os.rename(temp, manifest)
-            changed = True
+        try:
+            if check_output_file(manifest) is None or sha256_file(manifest) != hashlib.sha256(body.encode()).hexdigest():
+                write_atomic(manifest, body.encode())
+                changed = True
+        except (PayloadError, OSError) as e:
+            module.fail_json(msg="cannot write %s: %s" % (manifest, e))
         result['manifest'] = manifest
+    if result['healed']:
+        module.warn("existing outputs did not match %s (damaged or edited since they were written): %s %s rewritten "
+                    "from the executable" % (p['src'], ", ".join(result['healed']),
+                                             "would be" if module.check_mode else "were"))
+    if p['retain'] and not module.check_mode:
+        entry = os.path.dirname(os.path.abspath(p['streams_dest']))
+        # The split itself succeeded: a pruning problem is worth a warning, not a failed play.
+        result['pruned'] = []
+        try:
+            mark_used(entry, p['src'])
+            result['pruned'] = prune_cache(entry, p['retain'])
+        except (PayloadError, OSError) as e:
+            module.warn("controller cache retention in %s did not complete: %s" % (os.path.dirname(entry), e))
+        changed = changed or bool(result['pruned'])
+    if dirs is not None:
+        result['private_dirs'] = dirs
+        changed = changed or any(v != "ok" for v in dirs.values())
     if module._diff:
         after = dict((f['name'], f['sha256']) for f in result['files'] if p['dest'])
         if p['stripped_executable']:
             after['k0s (stripped)'] = result['stripped_executable']['sha256']
         result['diff'] = dict(before=_lines(before), after=_lines(after),
                               before_header=p['dest'] or p['src'], after_header=p['dest'] or p['src'])
-    module.exit_json(changed=changed, reused_manifest=False, **result)
+    module.exit_json(changed=changed, **result)
 
 
 if __name__ == '__main__':

@@ -18,8 +18,10 @@ description:
   - C(<id>) is a sha256 over the ordered (name, stream sha256, stream size) of the members, so hosts lacking the
     same set share one bundle and a bundle is never rebuilt for the same content. The bundle is written to a
     temporary name and renamed into place, so concurrent runs (one per host, C(delegate_to=localhost)) are safe.
-  - A sidecar C(<id>.json) records the bundle's sha256 and member table; an existing bundle whose size and
-    sidecar match is reused without being rewritten.
+  - Every member stream is hashed and must match its C(stream_sha256) in O(split) (the facts the split derived
+    from the k0s executable in this run); a stream that differs fails the task naming the cache file. An existing
+    bundle is reused only when it hashes to the concatenation of those verified streams, otherwise it is
+    rewritten (a warning names it). The sidecar C(<id>.json) is for people and never trusted.
   - M(fleetsplit.k0s.k0s_release) takes the uploaded bundle (O(fleetsplit.k0s.k0s_release#module:bundle)) and
     RV(members) (O(fleetsplit.k0s.k0s_release#module:bundle_members)) and inflates each member in place,
     verifying size, CRC-32 and sha256 as for single streams.
@@ -27,7 +29,7 @@ options:
   split:
     description:
       - The M(fleetsplit.k0s.payload_split) result (the C(k0s_split) fact of the split role). Its C(files) items
-        and C(stripped_executable) need C(stream) (an existing gzip file) and C(name) (files only).
+        and C(stripped_executable) need C(stream) (an existing gzip file), C(stream_sha256) and C(name) (files only).
     type: dict
     required: true
   names:
@@ -109,6 +111,10 @@ sha256:
   description: sha256 of the bundle file.
   returned: names given
   type: str
+healed:
+  description: True when a cached bundle with other content was rewritten.
+  returned: names given
+  type: bool
 members:
   description: The member table, in bundle order.
   returned: names given
@@ -134,15 +140,19 @@ def streams_for(split, names):
     known = {}
     for f in split["files"]:
         if isinstance(f, dict) and f.get("name"):
-            known[f["name"]] = f.get("stream")
-    known["k0s"] = split["stripped_executable"].get("stream")
+            known[f["name"]] = f
+    known["k0s"] = split["stripped_executable"]
     out = []
     for name in sorted(set(names)):
         if name not in known:
             raise ValueError("%r is not in the split result (known: %s)" % (name, ", ".join(sorted(known))))
-        if not known[name]:
+        if not known[name].get("stream"):
             raise ValueError("the split result has no stream for %r: run payload_split with streams_dest" % name)
-        out.append((name, known[name]))
+        # Each member is checked against the facts the split derived from the executable in this run.
+        if not known[name].get("stream_sha256"):
+            raise ValueError("the split result has no stream_sha256 for %r (made by an older payload_split): run "
+                             "the fleetsplit.k0s.split role again" % name)
+        out.append((name, known[name]["stream"], known[name]["stream_sha256"]))
     return out
 
 
@@ -187,6 +197,10 @@ def main():
         module.fail_json(msg=str(e))
     except (IOError, OSError) as e:
         module.fail_json(msg="%s: %s" % (getattr(e, "filename", None) or dest, e.strerror or e))
+    healed = sorted(set(b["path"] for b in made.values() if b.get("healed")))
+    if healed:
+        module.warn("cached bundle%s %s did not match the streams verified against the split facts; rewritten"
+                    % ("s" if len(healed) > 1 else "", ", ".join(healed)))
     if p["names"] is not None:
         module.exit_json(**bundles[None])
     module.exit_json(changed=any(b.get("changed") for b in made.values()), bundles=bundles)

@@ -94,7 +94,8 @@ def run_split(tmp_path, release, **extra):
         "\n".join(HOSTS), sys.executable)
     (tmp_path / "hosts.ini").write_text(inv)
     evars = dict(k0s_version=VERSION, k0s_download_base_url=release.base_url,
-                 k0s_controller_cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"))
+                 k0s_controller_cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"),
+                 k0s_download_insecure=True)     # the local server speaks http
     evars.update(extra)
     env = ansible_env(NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
@@ -183,3 +184,37 @@ def test_neither_executable_nor_version_fails_at_once_naming_both(tmp_path, rele
     assert "Require a k0s executable or a release version" in out, out
     assert not (tmp_path / "cache").exists()
     assert release.requests == []
+
+
+def test_http_base_is_refused_without_the_insecure_flag(tmp_path, release):
+    write_sums(release, ["%s  %s" % (release.sha256, release.asset.name)])
+    proc, out = run_split(tmp_path, release, k0s_download_insecure=False)
+    assert proc.returncode != 0
+    assert "is not an https:// URL" in out and release.base_url in out, out
+    assert "k0s_download_insecure=true" in out, out
+    assert release.requests == [] and not (tmp_path / "cache").exists()
+    # With the flag it downloads, and says once that it is insecure.
+    proc, out = run_split(tmp_path, release)
+    assert proc.returncode == 0, out
+    assert out.count("WARNING: k0s_download_insecure is true") == 1, out
+    assert sha256(tmp_path / "cache" / "downloads" / VERSION / release.asset.name) == release.sha256
+
+
+@pytest.mark.parametrize("version", ["v1.36.3", "1.36.3+k0s.0", "v1.36.3+k0s.0/../../x", "v1.36.3+k0s.0\nx",
+                                     "v1.36+k0s.0", "v01.36.3+k0s.0", "v1.30.0-rc1+k0s.0"])
+def test_bad_k0s_version_is_refused_before_anything_is_written(tmp_path, release, version):
+    proc, out = run_split(tmp_path, release, k0s_version=version)
+    assert proc.returncode != 0
+    assert "is not a k0s release tag" in out and "v1.30.0-rc.1+k0s.0" in out, out
+    assert release.requests == [] and not (tmp_path / "cache").exists()
+
+
+def test_release_candidate_tag_is_accepted(tmp_path, release):
+    rc = "v1.30.0-rc.1+k0s.0"
+    (release.root / rc).mkdir()
+    asset = release.root / rc / ("k0s-%s-%s" % (rc, GOARCH))
+    shutil.copy2(release.asset, asset)
+    (release.root / rc / "sha256sums.txt").write_text("%s  %s\n" % (release.sha256, asset.name))
+    proc, out = run_split(tmp_path, release, k0s_version=rc)
+    assert proc.returncode == 0, out
+    assert sha256(tmp_path / "cache" / "downloads" / rc / asset.name) == release.sha256

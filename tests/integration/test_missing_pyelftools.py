@@ -84,20 +84,25 @@ def test_modules_report_missing_required_lib(tmp_path, bare_python, fixtures):
     assert not (tmp_path / "libexec").exists()
 
 
-def test_split_reuses_its_manifest_without_pyelftools(tmp_path, bare_python, fixtures):
-    # Reusing a manifest reads no ELF, so it still works where pyelftools is missing.
+def test_split_never_trusts_its_manifest_without_pyelftools(tmp_path, bare_python, fixtures):
+    # The facts always come from the executable (never from an earlier manifest), so a Python without
+    # pyelftools cannot split even when a complete earlier split is in place; it says what is missing.
     (tmp_path / "play.yml").write_text("""
 - hosts: localhost
   gather_facts: false
   tasks:
     - fleetsplit.k0s.payload_split: {src: "{{ src }}", streams_dest: "{{ streams }}", reuse_manifest: true}
       register: split
+      ignore_errors: true
     - ansible.builtin.copy: {content: "{{ split | to_json }}", dest: "{{ out }}"}
 """)
     out = tmp_path / "result.json"
     evars = json.dumps(dict(src=fixtures["k0s-small-zip"]["path"], streams=str(tmp_path / "streams"), out=str(out)))
-    for python, reused in ((sys.executable, False), (bare_python / "python3", True)):
+    for python, failed in ((sys.executable, False), (bare_python / "python3", True)):
         proc, output = run_playbook(["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % python,
                                      tmp_path / "play.yml", "-e", evars], cwd=tmp_path)
         assert proc.returncode == 0, output
-        assert json.loads(out.read_text())["reused_manifest"] is reused
+        res = json.loads(out.read_text())
+        assert bool(res.get("failed")) is failed, res
+        if failed:
+            assert res["msg"].startswith("Failed to import the required Python library (pyelftools)"), res["msg"]

@@ -27,10 +27,14 @@ def bundle_id(members):
 
 
 def _stream_members(streams):
-    """[(name, path)] -> members sorted by name with their size and sha256; names checked, streams must exist."""
+    """[(name, path[, expected sha256])] -> members sorted by name with their size and sha256, and the sha256
+    of their concatenation (what the bundle must hash to). Names checked, streams must exist and, when an
+    expected sha256 is given (the split facts derived from the executable), match it."""
     seen = set()
     members = []
-    for name, path in sorted(streams):
+    whole = hashlib.sha256()
+    for item in sorted(streams):
+        name, path, expected = (tuple(item) + (None,))[:3]
         check_name(name)
         if name in seen:
             raise PayloadError("stream %r is listed twice" % name)
@@ -38,37 +42,34 @@ def _stream_members(streams):
         st = check_output_file(path)
         if st is None:
             raise PayloadError("stream %s for %s does not exist (split again?)" % (path, name))
-        members.append({"name": name, "path": path, "stream_size": st.st_size,
-                        "stream_sha256": sha256_file(path)})
-    return members
-
-
-def _cached_sha256(final, sidecar, table, size):
-    """The sha256 its sidecar records for an existing bundle of the right size and member table, else None."""
-    st = check_output_file(final)
-    try:
-        with open(sidecar) as f:
-            side = json.load(f)
-    except (IOError, OSError, ValueError):
-        side = None
-    if st is not None and st.st_size == size and isinstance(side, dict) \
-            and side.get("members") == table and side.get("size") == size:
-        return side["sha256"]
-    return None
+        one, size = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                one.update(block)
+                whole.update(block)
+                size += len(block)
+        if expected is not None and one.hexdigest() != expected:
+            raise PayloadError("controller cache stream %s (%s) has sha256 %s, but the split of the k0s executable in "
+                               "this run gives %s: the cache was changed since; nothing was bundled. Run the "
+                               "fleetsplit.k0s.split role again (it rewrites the stream from the executable)"
+                               % (path, name, one.hexdigest(), expected))
+        members.append({"name": name, "path": path, "stream_size": size, "stream_sha256": one.hexdigest()})
+    return members, whole.hexdigest()
 
 
 def write_bundle(streams, bundles_dir, write=True):
     """Concatenate gzip streams into ``<bundles_dir>/<id>.bundle`` (cached, temp + rename).
 
-    ``streams`` is ``[(name, path)]``; the bundle holds them sorted by name. Returns
-    ``{id, path, size, sha256, members: [{name, offset, size}], changed}``. The bundle's content is a
-    function of its id, so an existing bundle of the right size is reused; a sidecar
-    ``<id>.json`` records its sha256 and member table. Safe with concurrent writers (same content,
-    each renames its own temporary file into place).
+    ``streams`` is ``[(name, path)]`` or ``[(name, path, expected stream sha256)]``; the bundle holds them
+    sorted by name. Returns ``{id, path, size, sha256, members: [{name, offset, size}], changed, healed}``.
+    Each stream is hashed (and checked against its expected sha256); an existing bundle is reused only
+    when it hashes to the concatenation of those streams, otherwise it is rewritten (``healed``). A sidecar
+    ``<id>.json`` records its sha256 and member table for people; it is never trusted. Safe with
+    concurrent writers (same content, each renames its own temporary file into place).
     """
     if not streams:
         raise PayloadError("a bundle needs at least one stream")
-    members = _stream_members(streams)
+    members, expected = _stream_members(streams)
     bid = bundle_id(members)
     final = os.path.join(bundles_dir, bid + ".bundle")
     sidecar = os.path.join(bundles_dir, bid + ".json")
@@ -76,35 +77,37 @@ def write_bundle(streams, bundles_dir, write=True):
     for m in members:
         table.append({"name": m["name"], "offset": offset, "size": m["stream_size"]})
         offset += m["stream_size"]
-    result = {"id": bid, "path": final, "size": offset, "members": table, "changed": False}
+    result = {"id": bid, "path": final, "size": offset, "sha256": expected, "members": table, "changed": False,
+              "healed": False}
     if write:
         ensure_output_dir(bundles_dir)
-        cached = _cached_sha256(final, sidecar, table, offset)
-        if cached is not None:
-            result["sha256"] = cached
+    st = check_output_file(final)
+    if st is not None:
+        if st.st_size == offset and sha256_file(final) == expected:
             return result
-    sink = Sink(temp_path(final) if write else None, 0o644)
+        result["healed"] = True
+    if not write:
+        result["changed"] = True
+        return result
+    sink = Sink(temp_path(final), 0o644)
     try:
         for m in members:
-            before = sink.size
             with open(m["path"], "rb") as f:
                 for block in iter(lambda: f.read(CHUNK), b""):
                     sink.write(block)
-            if sink.size - before != m["stream_size"]:
-                raise PayloadError("stream %s changed while it was being bundled" % m["path"])
         sink.close(fsync=False)
+        if sink.hash.hexdigest() != expected:
+            raise PayloadError("streams changed while they were being bundled into %s; run again" % final)
     except BaseException:
         sink.discard()
         raise
-    result["sha256"] = sink.hash.hexdigest()
-    if write:
-        os.rename(sink.path, final)
-        body = json.dumps({"format": BUNDLE_FORMAT, "id": bid, "size": offset, "sha256": result["sha256"],
-                           "members": table}, indent=2, sort_keys=True) + "\n"
-        temp = temp_path(sidecar)
-        with open_exclusive(temp, 0o644) as f:
-            f.write(body.encode())
-        os.rename(temp, sidecar)
+    os.rename(sink.path, final)
+    body = json.dumps({"format": BUNDLE_FORMAT, "id": bid, "size": offset, "sha256": expected,
+                       "members": table}, indent=2, sort_keys=True) + "\n"
+    temp = temp_path(sidecar)
+    with open_exclusive(temp, 0o644) as f:
+        f.write(body.encode())
+    os.rename(temp, sidecar)
     result["changed"] = True
     return result
 

@@ -89,10 +89,69 @@ def ensure_output_dir(path, mode=0o755):
             check_output_dir(parent)
         try:
             os.mkdir(path, mode)
+            os.chmod(path, mode)    # the mode asked for, whatever the umask
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise PayloadError("cannot create directory %s: %s" % (path, e.strerror))
     check_output_dir(path)
+
+
+def _check_private_parent(parent, path):
+    """Who may rename entries of ``parent`` may swap ``path``: only us or root, or anyone in a sticky dir (/tmp)."""
+    st = os.lstat(parent)
+    if stat.S_ISLNK(st.st_mode):
+        raise PayloadError("controller cache directory %s is a symlink (it holds %s): refusing to use it; make it a "
+                           "real directory owned by you" % (parent, path))
+    if st.st_uid not in (0, os.geteuid()) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        raise PayloadError("controller cache directory %s (it holds %s) is writable by other users (mode %04o, uid %d):"
+                           " refusing to use it; run `chmod go-w %s` or use another k0s_controller_cache_dir"
+                           % (parent, path, stat.S_IMODE(st.st_mode), st.st_uid, parent))
+
+
+def ensure_private_dir(path, write=True, _nested=False):
+    """A directory only its owner (this process's user) can read or write, as ssh wants a private key.
+
+    Created 0700 (parents too) when missing. An existing one is refused when it is a symlink, not a
+    directory, owned by another user, or group/world-writable (someone else may have put content there);
+    one that is only group/world-readable is tightened to 0700. Its parent must not be a symlink nor
+    writable by other users. Returns "created", "tightened" or None; with ``write=False`` only checks
+    and says what it would do.
+    """
+    fix = "check what is in it (or remove it: it is a cache), then run `chmod 700 %s`" % path
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        if ensure_private_dir(parent, write, _nested=True) == "created" and not write:
+            return "created"
+    if not _nested:
+        _check_private_parent(parent, path)
+    if not os.path.lexists(path):
+        if not write:
+            return "created"
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise PayloadError("cannot create directory %s: %s" % (path, e.strerror))
+        else:
+            os.chmod(path, 0o700)
+            return "created"
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PayloadError("controller cache directory %s is a symlink: refusing to use it; make it a real directory "
+                           "(mode 0700) owned by you" % path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PayloadError("controller cache directory %s exists and is not a directory" % path)
+    if st.st_uid != os.geteuid():
+        raise PayloadError("controller cache directory %s is owned by uid %d, not by you (uid %d): refusing to use it; "
+                           "remove it or use another k0s_controller_cache_dir" % (path, st.st_uid, os.geteuid()))
+    if st.st_mode & 0o022:
+        raise PayloadError("controller cache directory %s is group/world-writable (mode %04o): refusing to use it; %s"
+                           % (path, stat.S_IMODE(st.st_mode), fix))
+    if st.st_mode & 0o077:
+        if write:
+            os.chmod(path, 0o700)
+        return "tightened"
+    return None
 
 
 def check_output_file(path):
