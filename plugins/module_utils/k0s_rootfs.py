@@ -36,7 +36,8 @@ import errno
 import os
 import posixpath
 import stat
-import unicodedata
+
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import control_char, path_problem
 
 MAX_LINKS = 40          # the kernel's MAXSYMLINKS: more links than this in one walk is ELOOP
 KINDS = ("dir", "file", "link")
@@ -54,27 +55,12 @@ class RootEscapeError(RootfsError):
         self.link = link
 
 
-def control_characters(value):
-    """The control characters (C0, DEL, C1) in ``value``, as a list of their reprs."""
-    return [repr(c) for c in value if unicodedata.category(c) == "Cc"]
-
-
 def check_path_value(name, value):
-    """``value`` of variable ``name`` must be an absolute, normalised path without control characters."""
-    if not isinstance(value, str) or not value:
-        raise RootfsError("%s must be a non-empty absolute path, got %r" % (name, value))
-    bad = control_characters(value)
-    if bad:
-        raise RootfsError("%s=%r contains control characters (%s): refusing it" % (name, value, ", ".join(bad)))
-    if not value.startswith("/"):
-        raise RootfsError("%s=%r is not an absolute path: give it as the image sees it, starting with /" % (name, value))
-    parts = value.split("/")
-    if ".." in parts or "." in parts:
-        raise RootfsError("%s=%r has a '.' or '..' component: give the plain path (paths in the image may not climb)"
-                          % (name, value))
-    if posixpath.normpath(value) != value or value.startswith("//"):
-        raise RootfsError("%s=%r is not normalised (double or trailing slash): write it as %r"
-                          % (name, value, "/" + "/".join(p for p in parts if p)))
+    """``value`` of variable ``name`` must be an absolute, normalised path without control characters (the
+    one rule every path variable follows: k0s_settings.path_problem)."""
+    problem = path_problem(name, value, plain=False)
+    if problem:
+        raise RootfsError(problem)
     return value
 
 
@@ -84,9 +70,9 @@ def check_root(root, name="k0s_overlay_root"):
     Refuses ``/`` or a symlink chain that leads to it, a relative path, and an existing non-directory."""
     if not isinstance(root, str) or not root:
         raise RootfsError("%s must be a non-empty absolute path, got %r" % (name, root))
-    bad = control_characters(root)
+    bad = control_char(root)
     if bad:
-        raise RootfsError("%s=%r contains control characters (%s): refusing it" % (name, root, ", ".join(bad)))
+        raise RootfsError("%s contains the control character %s: %r" % (name, bad, root))
     if not root.startswith("/"):
         raise RootfsError("%s=%r is not an absolute path" % (name, root))
     real = os.path.realpath(root)
@@ -236,7 +222,7 @@ def expand_names(paths, problems):
             out.append(item)
             continue
         for name in names:
-            if not name or "/" in name or name in (".", "..") or control_characters(name):
+            if not name or "/" in name or name in (".", "..") or control_char(name):
                 problems.append("%r is not a plain file name (below %s)" % (name, item["path"]))
                 continue
             out.append(dict(item, path=item["path"].rstrip("/") + "/" + name, names=None))

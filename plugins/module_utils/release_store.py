@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     HostFsError,
     check_dir_stat,
@@ -63,21 +64,14 @@ def remove_tree_or_file(path):
 # The module's path parameters and the install role variables that feed them (messages name the latter).
 ROLE_VARS = dict(store_dir="k0s_store_dir", bin_dir="k0s_bin_dir", libexec_dir="k0s_libexec_dir",
                  data_dir="k0s_data_dir", streams_dir="streams_dir", bundle="bundle")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_path_param(key, value):
     """A path parameter must be absolute and already normal (no '.', '..', '//' or trailing '/'), without
     control characters: the module writes as root where it points, so it guesses nothing."""
-    what = ROLE_VARS.get(key, key)
-    if CONTROL_RE.search(value):
-        raise ReleaseError("%s=%r contains a control character (newline, tab, NUL...); use a plain path"
-                           % (what, value))
-    if not value.startswith("/"):
-        raise ReleaseError("%s=%r must be an absolute path" % (what, value))
-    if os.path.normpath(value) != value or value.startswith("//"):
-        raise ReleaseError("%s=%r is not a normalised path (no '.', '..', '//' or trailing '/'); use %r"
-                           % (what, value, os.path.normpath(value)))
+    problem = path_problem(ROLE_VARS.get(key, key), value, plain=False)
+    if problem:
+        raise ReleaseError(problem)
     return value
 
 

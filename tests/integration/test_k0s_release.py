@@ -824,8 +824,8 @@ def test_module_prune_failure_after_the_switch_is_a_warning(host, v1, v2):
     (lambda h: dict(libexec_dir=str(h.data / "bin")), ["k0s_libexec_dir=", "k0s_data_dir=", "overlap"]),
     (lambda h: dict(libexec_dir=str(h.bin)), ["k0s_libexec_dir=", "k0s_bin_dir=", "overlap"]),
     (lambda h: dict(libexec_dir=str(h.libexec) + "\n[Service]"), ["k0s_libexec_dir", "control character"]),
-    (lambda h: dict(data_dir=str(h.data) + "/../k0s"), ["k0s_data_dir", "not a normalised path"]),
-    (lambda h: dict(bin_dir=str(h.bin) + "/"), ["k0s_bin_dir", "not a normalised path"]),
+    (lambda h: dict(data_dir=str(h.data) + "/../k0s"), ["k0s_data_dir", "must not contain '.' or '..' components"]),
+    (lambda h: dict(bin_dir=str(h.bin) + "/"), ["k0s_bin_dir", "must be a normalised path"]),
     (lambda h: dict(keep_backups=0), ["keep_backups must be at least 1"]),
 ])
 @pytest.mark.parametrize("state", ["query", "present"])
