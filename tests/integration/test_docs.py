@@ -2,6 +2,7 @@
 parse as YAML), and every role's meta/argument_specs.yml parses: a stray ': ' in a plain YAML scalar
 breaks both silently until someone asks for the docs or a role validates its arguments."""
 import json
+import re
 import subprocess
 
 import pytest
@@ -28,3 +29,14 @@ def test_module_documentation_renders(module):
 def test_role_argument_specs_parse(role):
     specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
     assert specs["argument_specs"]["main"]["options"] is not None
+
+
+def test_security_doc_names_only_tests_that_exist():
+    """docs/security.md's table of hostile inputs names the test covering each; a renamed or deleted test
+    must not leave the table vouching for nothing."""
+    text = (REPO / "docs" / "security.md").read_text()
+    refs = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text)
+    assert len(refs) >= 20, refs
+    for path, name in refs:
+        source = (REPO / path).read_text()
+        assert re.search(r"^def %s\(" % name, source, re.M), "%s::%s named in docs/security.md does not exist" % (path, name)
