@@ -201,7 +201,7 @@ def test_http_base_is_refused_without_the_insecure_flag(tmp_path, release):
 
 
 @pytest.mark.parametrize("version", ["v1.36.3", "1.36.3+k0s.0", "v1.36.3+k0s.0/../../x", "v1.36.3+k0s.0\nx",
-                                     "v1.36+k0s.0", "v01.36.3+k0s.0", "v1.30.0-rc1+k0s.0"])
+                                     "v1.36+k0s.0", "v01.36.3+k0s.0", "v1.30.0-rc1+k0s.0", "v1.36.3+k0s.0\n"])
 def test_bad_k0s_version_is_refused_before_anything_is_written(tmp_path, release, version):
     proc, out = run_split(tmp_path, release, k0s_version=version)
     assert proc.returncode != 0
