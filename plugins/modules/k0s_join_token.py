@@ -91,8 +91,8 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     atomic_write,
     check_dir_chain,
     lstat_or_none,
+    make_dirs,
     os_error_message,
-    set_owner_mode,
 )
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_membership import membership
 
@@ -121,9 +121,7 @@ def ensure(module, path, data, changes):
     changes.append("%s %s (mode 0600)" % ("wrote the join token to" if data != SPENT else "overwrote", path))
     if module.check_mode:
         return
-    if lstat_or_none(directory) is None:
-        os.makedirs(directory, 0o700)
-        set_owner_mode(directory, 0o700)
+    make_dirs(directory, 0o700)   # missing parents too, each 0700 whatever the umask
     atomic_write(path, data, mode=0o600)
 
 

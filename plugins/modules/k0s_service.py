@@ -168,22 +168,12 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     atomic_write,
     check_dir_chain,
     lstat_or_none,
+    make_dirs,
     os_error_message,
     set_owner_mode,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")
-
-
-def make_dirs(path):
-    """Create the missing directories of ``path`` with mode 0755 whatever the umask (makedirs' mode is masked)."""
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for d in reversed(missing):
-        os.mkdir(d, 0o700)
-        set_owner_mode(d, 0o755)
 
 
 def secret_view(path, data):
