@@ -170,7 +170,6 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     lstat_or_none,
     make_dirs,
     os_error_message,
-    set_owner_mode,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")
