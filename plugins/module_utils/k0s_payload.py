@@ -34,13 +34,14 @@ import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
+from .k0s_hostfs import atomic_write
 from .payload.bundles import BUNDLE_FORMAT, bundle_id, check_bundle_members, write_bundle
 from .payload.elf import (HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, elf_end, elf_machine, go_build_info, k0s_version,
                           open_elf, open_executable)
 from .payload.errors import CorruptPayloadError, PayloadError
 from .payload.fsio import (CHUNK, Sink, check_name, check_output_dir, check_output_file, commit, ensure_output_dir,
-                           ensure_private_dir, file_sha256_if_regular, open_exclusive, prepare_output, remove_quietly,
-                           sha256_file, temp_path)
+                           ensure_private_dir, file_sha256_if_regular, prepare_output, remove_quietly, sha256_file,
+                           temp_path)
 from .payload.legacy import read_legacy
 from .payload.model import FORMAT_BARE, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry, Payload
 from .payload.streams import (GZIP_HEADER, MAX_OUTPUT, copy_range, entry_stream, executable_stream, inflate_entry,
@@ -54,7 +55,7 @@ __all__ = [
     "Payload", "PayloadError", "bundle_id", "check_bundle_members", "check_name", "check_output_dir",
     "check_output_file", "describe", "elf_end", "ensure_output_dir", "ensure_private_dir", "extract", "go_build_info", "inflate_gzip_member",
     "inspect", "mark_used", "prune_cache", "require_payload", "sha256_file", "split", "stripped_digest", "write_bundle",
-    "write_atomic", "write_executable_stream", "write_streams", "write_stripped",
+    "write_executable_stream", "write_streams", "write_stripped",
 ]
 
 
@@ -329,21 +330,9 @@ USED_MARKER = ".last-used"
 ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")     # split/<sha256 of the executable>
 
 
-def write_atomic(final, body, mode=0o644):
-    """``body`` (bytes) into ``final`` through a random exclusive temp name and a rename."""
-    temp = temp_path(final)
-    try:
-        with open_exclusive(temp, mode) as f:
-            f.write(body)
-        os.rename(temp, final)
-    except BaseException:
-        remove_quietly(temp)
-        raise
-
-
 def mark_used(entry, src):
     """Record that cache ``entry`` (split/<sha256>) served ``src`` now; its mtime orders retention."""
-    write_atomic(os.path.join(entry, USED_MARKER), (json.dumps({"source": os.path.realpath(src)}) + "\n").encode())
+    atomic_write(os.path.join(entry, USED_MARKER), (json.dumps({"source": os.path.realpath(src)}) + "\n").encode())
 
 
 def _last_used(entry):

@@ -225,7 +225,8 @@ import os
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
     FORMAT_LEGACY, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, check_output_file, ensure_private_dir,
-    inspect, mark_used, prune_cache, sha256_file, split, write_atomic)
+    inspect, mark_used, prune_cache, sha256_file, split)
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import atomic_write
 
 LEGACY_NOTE = ("legacy payload: the stripped k0s re-uses <data-dir>/bin/<name> only when its size and mtime equal the "
                "executable's exactly (there is no PATH fallback); give all binaries and the executable pinned_mtime_ns")
@@ -339,7 +340,7 @@ def main():
         body = json.dumps(stable, indent=2, sort_keys=True) + "\n"
         try:
             if check_output_file(manifest) is None or sha256_file(manifest) != hashlib.sha256(body.encode()).hexdigest():
-                write_atomic(manifest, body.encode())
+                atomic_write(manifest, body.encode())
                 changed = True
         except (PayloadError, OSError) as e:
             module.fail_json(msg="cannot write %s: %s" % (manifest, e))

@@ -223,6 +223,8 @@ def test_unreadable_source(small, tmp_path):
         os.chmod(work, 0o755)
         os.mkdir(os.path.join(work, "module_utils"))
         shutil.copy(kp.__file__, os.path.join(work, "module_utils", "k0s_payload.py"))
+        # The facade writes its small files (manifest, cache marker) with the host library's atomic_write.
+        shutil.copy(os.path.join(os.path.dirname(kp.__file__), "k0s_hostfs.py"), os.path.join(work, "module_utils"))
         shutil.copytree(os.path.join(os.path.dirname(kp.__file__), "payload"), os.path.join(work, "module_utils", "payload"),
                         ignore=shutil.ignore_patterns("__pycache__"))
         path = copy_of(small["zip"], tmp_path)

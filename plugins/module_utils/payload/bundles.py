@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 
+from ..k0s_hostfs import atomic_write
 from .errors import PayloadError
-from .fsio import CHUNK, Sink, check_name, check_output_file, ensure_output_dir, open_exclusive, sha256_file, temp_path
+from .fsio import CHUNK, Sink, check_name, check_output_file, ensure_output_dir, sha256_file, temp_path
 
 BUNDLE_FORMAT = 1
 
@@ -104,10 +105,7 @@ def write_bundle(streams, bundles_dir, write=True):
     os.rename(sink.path, final)
     body = json.dumps({"format": BUNDLE_FORMAT, "id": bid, "size": offset, "sha256": expected,
                        "members": table}, indent=2, sort_keys=True) + "\n"
-    temp = temp_path(sidecar)
-    with open_exclusive(temp, 0o644) as f:
-        f.write(body.encode())
-    os.rename(temp, sidecar)
+    atomic_write(sidecar, body.encode())
     result["changed"] = True
     return result
 
