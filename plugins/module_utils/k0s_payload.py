@@ -316,12 +316,29 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
     payload = require_payload(inspect(src))
     mtime_ns = payload.mtime_ns if pin_mtime else None
     args = (payload, dest, stripped_executable, streams_dest, mode, workers)
+    if write and not any(os.path.lexists(p) for p in _outputs(payload, dest, stripped_executable, streams_dest)):
+        # A first split: nothing to compare with, so the read-only pass would only inflate everything twice.
+        result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
+        result["healed"] = []
+        return result
     result, differ = _split(*args, write=False, mtime_ns=mtime_ns)
     healed = [p for p in differ if os.path.lexists(p)]
     if write and (differ or (mtime_ns is not None and _unpinned(result, mtime_ns))):
         result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
     result["healed"] = healed
     return result
+
+
+def _outputs(payload, dest, stripped_executable, streams_dest):
+    """Every path a split with these destinations writes."""
+    names = [e.name for e in payload.entries]
+    paths = [os.path.join(dest, n) for n in names] if dest else []
+    if stripped_executable:
+        paths.append(stripped_executable)
+    if streams_dest:
+        paths += [os.path.join(streams_dest, "libexec", n + ".gz") for n in names]
+        paths.append(os.path.join(streams_dest, "bin", "k0s.gz"))
+    return paths
 
 
 # --------------------------------------------------------------------------- controller cache retention
