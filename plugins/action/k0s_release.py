@@ -2,11 +2,9 @@
 # Copyright: fleetsplit.k0s maintainers
 # Apache License 2.0 (see LICENSE)
 """Action for fleetsplit.k0s.k0s_release: uploads a controller-side stream bundle (O(bundle_src)) into the
-task's remote temporary directory and runs the module on it, in one task.
-
-Why not ansible.builtin.copy: copy runs a stat module and a copy module on the host besides the transfer,
-~0.3 MB of module payload per host and run, which is more than the 5 % overhead budget of a small upgrade.
-The transfer here is a plain put_file; the module verifies every member (size, CRC-32, sha256) anyway.
+task's remote temporary directory and runs the module on it, in one task (plugin_utils/bundle_upload.py,
+shared with k0s_images; a plain put_file, not ansible.builtin.copy: within the 5 % overhead budget of a small
+upgrade).
 """
 
 from __future__ import annotations
@@ -14,8 +12,8 @@ from __future__ import annotations
 import os
 import re
 
-from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible_collections.fleetsplit.k0s.plugins.plugin_utils.bundle_upload import run_with_bundle
 
 MODULE = "fleetsplit.k0s.k0s_release"
 
@@ -28,35 +26,9 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         args = dict(self._task.args)
-        src = args.pop("bundle_src", None)
-        if src is None:
-            result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
-            return result
-        if args.get("bundle") is not None:
-            raise AnsibleActionFail("bundle_src and bundle are mutually exclusive: bundle_src is a controller file "
-                                    "this action uploads, bundle a file already on the host")
-        if args.get("bundle_members") is None:
-            raise AnsibleActionFail("bundle_src needs bundle_members (the stream_bundle result's members)")
-        src = os.path.realpath(os.path.expanduser(str(src)))
-        if not os.path.isfile(src):
-            raise AnsibleActionFail("bundle_src %s is not a file on the controller" % src)
-        if self._task.check_mode:
-            # Nothing is uploaded in check mode; the module reports what the bundle would provide.
-            args["bundle"] = "/nonexistent/fleetsplit-check-mode.bundle"
-            result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
-            return result
-        remote_tmp = self._connection._shell.tmpdir or self._make_tmp_path()
-        try:
-            remote = self._connection._shell.join_path(remote_tmp, "k0s-streams.bundle")
-            self._transfer_file(src, remote)
-            self._fixup_perms2((remote_tmp, remote))
-            args["bundle"] = remote
-            result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
-        finally:
-            self._remove_tmp_path(remote_tmp)
-        if result.get("failed"):
-            self._name_cache_file(result, args, src)
-        result["bundle_bytes"] = os.path.getsize(src)
+        result.update(run_with_bundle(self, MODULE, args, task_vars, "k0s-streams.bundle"))
+        if result.get("failed") and args.get("bundle_src") is not None:
+            self._name_cache_file(result, args, os.path.realpath(os.path.expanduser(str(args["bundle_src"]))))
         return result
 
     @staticmethod
