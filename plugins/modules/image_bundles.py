@@ -34,7 +34,7 @@ options:
     type: path
     required: true
   keep:
-    description: How many unused cache entries to keep besides the ones used now (O(bundles) only).
+    description: How many unused cache entries to keep besides the ones used now (O(bundles) only); V(0) keeps all.
     type: int
     default: 2
 extends_documentation_fragment:
@@ -112,7 +112,7 @@ def compress(module, p):
     ensure_private_dir(p["cache_dir"], write=write)
     images = [image_stream(src, p["cache_dir"], write=write) for src in p["bundles"]]
     pruned = prune(p["cache_dir"], set(i["sha256"] for i in images), p["keep"] + len(images)) \
-        if write and os.path.isdir(p["cache_dir"]) else []
+        if write and p["keep"] > 0 and os.path.isdir(p["cache_dir"]) else []
     module.exit_json(changed=any(i["changed"] for i in images), images=images, pruned=pruned)
 
 
