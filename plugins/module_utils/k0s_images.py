@@ -11,7 +11,12 @@ re-imports a file whose mtime changed) and unpins the images whose bundle files 
   content keeps the same mtime on every run and host (no re-import), new content under the same name gets
   another one (re-imported);
 - removes only bundles it placed earlier and no longer wants (k0s then unpins their images); the names it
-  placed are kept in ``images/.fleetsplit.json``. Files it did not place are never touched.
+  placed are kept in ``<data-dir>/.fleetsplit-images.json``. Files it did not place are never touched.
+
+Nothing of ours but the finished bundles is ever in images/: k0s tries to import every file there (no
+filter on names) and re-reads the directory 10 s after any change in it (an fsnotify watcher with a
+debouncer), so a record or a half-written temporary file there would be imported or fail to. Temporary
+files and the record live in the parent directory (the data dir, the same file system) instead.
 
 Standard library only, no Ansible import, Python 3.6 syntax.
 """
@@ -29,7 +34,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.streams import inflate_gzip_member
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_plan import file_state
 
-RECORD = ".fleetsplit.json"
+RECORD = ".fleetsplit-images.json"   # in the parent of images/, see above
 RECORD_FORMAT = 1
 MTIME_BASE = 1000000000   # 2001-09-09: clearly not a real write time, still a positive 32-bit time_t
 
@@ -76,10 +81,14 @@ def check_wanted(wanted):
     return out
 
 
+def record_path(images_dir):
+    return os.path.join(os.path.dirname(os.path.normpath(images_dir)), RECORD)
+
+
 def read_record(images_dir):
     """{name: {size, sha256, mtime_ns}} of the bundles fleetsplit placed; {} when there is no record.
     A record that is not ours (not a regular file, unreadable JSON) is an error: we would not know what we placed."""
-    path = os.path.join(images_dir, RECORD)
+    path = record_path(images_dir)
     st = lstat_or_none(path)
     if st is None:
         return {}
@@ -115,7 +124,7 @@ def query(images_dir, wanted, verify=False):
         check_dir_chain(images_dir)
     except HostFsError as e:
         raise ImageError(str(e))
-    record = read_record(images_dir) if st is not None else {}
+    record = read_record(images_dir)
     names = sorted(os.listdir(images_dir)) if st is not None else []
     missing, present, reasons = [], [], {}
     for name, w in sorted(want.items()):
@@ -127,7 +136,7 @@ def query(images_dir, wanted, verify=False):
             missing.append(name)
             reasons[name] = reason
     stale = [n for n in sorted(record) if n not in want and lstat_or_none(os.path.join(images_dir, n)) is not None]
-    foreign = [n for n in names if n != RECORD and n not in want and n not in record]
+    foreign = [n for n in names if n not in want and n not in record]
     new_record = _record_for(want)
     return {"missing": missing, "present": present, "stale": stale, "foreign": foreign, "reasons": reasons,
             "record_changed": record != new_record, "up_to_date": not missing and not stale and record == new_record}
@@ -140,7 +149,7 @@ def _record_for(want):
 
 def _write_record(images_dir, placed):
     body = json.dumps({"format": RECORD_FORMAT, "placed": placed}, indent=2, sort_keys=True) + "\n"
-    atomic_write(os.path.join(images_dir, RECORD), body.encode(), 0o644)
+    atomic_write(record_path(images_dir), body.encode(), 0o644)
 
 
 def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mode=False):
@@ -174,8 +183,9 @@ def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mod
                     raise ImageError("images: %s has no crc32 (take the images list from the image_bundles module)" % n)
     if check_mode or not q["changed"]:
         return q
-    old = read_record(images_dir) if lstat_or_none(images_dir) is not None else {}
+    old = read_record(images_dir)
     make_dirs(images_dir, 0o755)
+    staging = os.path.dirname(os.path.normpath(images_dir))
     new = _record_for(want)
     # Recorded first (old and new names): a run killed half-way still knows every file it may have placed.
     merged = dict(old)
@@ -186,7 +196,7 @@ def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mod
         w = want[name]
         offset, size = table[name]
         final = os.path.join(images_dir, name)
-        tmp = tmp_name(images_dir, name)
+        tmp = tmp_name(staging, name)   # outside images/: k0s would try to import a half-written file
         try:
             inflate_gzip_member(bundle, tmp, w["size"], w["crc32"], w["sha256"], 0o644,
                                 stable_mtime_ns(w["sha256"]), offset, size)
@@ -203,4 +213,5 @@ def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mod
         unlink_quietly(os.path.join(images_dir, name))   # k0s unpins the images of a bundle that disappeared
     _write_record(images_dir, new)
     fsync_dir(images_dir)
+    fsync_dir(staging)
     return q

@@ -114,7 +114,7 @@ def test_deploy_rerun_upgrade_and_check_mode(tmp_path):
     # Upgrade: the new bundle replaces the old one, which is removed (k0s unpins its images).
     out, res = lab.run([v2])
     assert res["query"]["missing"] == ["apps-v2.tar"] and res["present"]["bundle_bytes"] > 0
-    assert lab.listing() == [".fleetsplit.json", "apps-v2.tar", "operator.tar"]
+    assert lab.listing() == ["apps-v2.tar", "operator.tar"]
     assert (lab.images / "operator.tar").read_bytes() == b"mine"
 
 
@@ -149,7 +149,7 @@ def test_release_asset_downloaded_and_checked(tmp_path):
         assert proc.returncode != 0 and not lab.images.exists(), out
         write_sums(rel, ["%s *%s" % (sha256(vdir / asset), asset)])
         out, res = lab.run(["release"], **common)
-        assert lab.listing() == [".fleetsplit.json", asset]
+        assert lab.listing() == [asset]
         assert sha256(lab.images / asset) == sha256(vdir / asset)
         cached = tmp_path / "cache" / "downloads" / VERSION
         assert oct(os.stat(str(cached.parent)).st_mode & 0o777) == "0o700"

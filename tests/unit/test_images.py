@@ -64,7 +64,7 @@ def test_fresh_deploy_writes_bundle_with_stable_mtime_and_record(lab):
         assert f.read() == g.read()
     st = os.stat(path)
     assert st.st_mtime_ns == ki.stable_mtime_ns(info["sha256"]) and oct(st.st_mode & 0o777) == "0o644"
-    record = json.load(open(os.path.join(lab.images, ki.RECORD)))
+    record = json.load(open(ki.record_path(lab.images)))
     assert record["placed"]["a.tar"]["sha256"] == info["sha256"]
     # A re-run: nothing missing, nothing written, mtime unchanged (k0s would not re-import).
     q2, bundle2, r2 = lab.deploy([info])
@@ -98,11 +98,11 @@ def test_upgrade_removes_old_bundle_keeps_foreign_files(lab):
     q = ki.query(lab.images, [new])
     assert q["missing"] == [new["name"]] and q["stale"] == [old["name"]] and q["foreign"] == ["mine.tar"]
     lab.deploy([new])
-    assert listing(lab.images) == sorted([ki.RECORD, new["name"], "mine.tar"])
-    assert list(json.load(open(os.path.join(lab.images, ki.RECORD)))["placed"]) == [new["name"]]
+    assert listing(lab.images) == sorted([new["name"], "mine.tar"])
+    assert list(json.load(open(ki.record_path(lab.images)))["placed"]) == [new["name"]]
     # An empty list removes what fleetsplit placed, never the operator's file.
     q, bundle, r = lab.deploy([])
-    assert r["changed"] and listing(lab.images) == [ki.RECORD, "mine.tar"]
+    assert r["changed"] and listing(lab.images) == ["mine.tar"]
 
 
 def test_check_mode_changes_nothing(lab):
@@ -137,7 +137,7 @@ def test_bundle_without_a_missing_member_refused_before_any_change(lab):
     c = lab.streams(lab.tar("c.tar", "/bin/echo"))[0]
     with pytest.raises(ki.ImageError, match="does not hold c.tar"):
         ki.apply(lab.images, [b, c], only_b["path"], only_b["members"])
-    assert listing(lab.images) == [ki.RECORD, "a.tar"]   # a.tar (stale) still there: nothing changed
+    assert listing(lab.images) == ["a.tar"]   # a.tar (stale) still there: nothing changed
 
 
 def test_corrupt_stream_leaves_no_partial_file(lab):
@@ -146,12 +146,12 @@ def test_corrupt_stream_leaves_no_partial_file(lab):
     bundle = write_bundle([(info["name"], info["stream"], info["stream_sha256"])], os.path.join(lab.cache, "bundles"))
     with pytest.raises(ki.ImageError, match="unusable"):
         ki.apply(lab.images, [bad], bundle["path"], bundle["members"])
-    assert listing(lab.images) == [ki.RECORD]
+    assert listing(lab.images) == [] and listing(os.path.dirname(lab.images)) == [ki.RECORD, "images"]   # no temporary file left
 
 
 def test_unreadable_record_refused(lab):
     os.makedirs(lab.images)
-    with open(os.path.join(lab.images, ki.RECORD), "w") as f:
+    with open(ki.record_path(lab.images), "w") as f:
         f.write("not json")
     with pytest.raises(ki.ImageError, match="not a fleetsplit record"):
         ki.query(lab.images, [])
