@@ -155,3 +155,46 @@ def test_release_asset_downloaded_and_checked(tmp_path):
         assert oct(os.stat(str(cached.parent)).st_mode & 0o777) == "0o700"
     finally:
         rel.close()
+
+
+# ------------------------------------------------------------------------------------ overlays
+def overlay(tmp_path, root, bundles, *extra):
+    from testlib import FIXTURES, REPO
+    evars = dict(k0s_executable=str(FIXTURES / "k0s-small-zip"), k0s_controller_cache_dir=str(tmp_path / "cache"),
+                 k0s_overlay_root=str(root), k0s_airgap_bundles=bundles)
+    return run_playbook([str(REPO / "playbooks/deploy_k0s.yml"), "-e", json.dumps(evars)] + list(extra),
+                        cwd=tmp_path, timeout=300)
+
+
+def test_overlay_writes_bundles_checked_first_with_stable_mtime(tmp_path):
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_images import stable_mtime_ns
+    root = tmp_path / "overlay"
+    v1 = make_tar(tmp_path / "apps-v1.tar", "/bin/ls")
+    v2 = make_tar(tmp_path / "apps-v2.tar", "/bin/cat")
+    proc, out = overlay(tmp_path, root, [v1], "-v")
+    assert proc.returncode == 0, out
+    images = root / "var/lib/k0s/images"
+    assert sorted(os.listdir(str(images))) == ["apps-v1.tar"]
+    assert sha256(images / "apps-v1.tar") == sha256(v1)
+    assert os.stat(str(images / "apps-v1.tar")).st_mtime_ns == stable_mtime_ns(sha256(v1))
+    # Everything written was among the paths image_root_paths proved first.
+    line = out[out.index("TASK [Check that every overlay path stays inside the overlay root]"):].splitlines()[1]
+    checked = set(json.loads(line.split(" => ", 1)[1])["host_paths"].values())
+    assert {str(images / "apps-v1.tar"), str(root / "var/lib/k0s/.fleetsplit-images.json")} <= checked
+
+    proc, out = overlay(tmp_path, root, [v1])
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
+
+    proc, out = overlay(tmp_path, root, [v2])
+    assert proc.returncode == 0, out
+    assert sorted(os.listdir(str(images))) == ["apps-v2.tar"]
+
+
+def test_overlay_images_symlink_leading_out_refused_before_any_write(tmp_path):
+    root = tmp_path / "overlay"
+    (root / "var/lib/k0s").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    os.symlink(str(tmp_path / "outside"), str(root / "var/lib/k0s/images"))
+    proc, out = overlay(tmp_path, root, [make_tar(tmp_path / "apps.tar", "/bin/ls")])
+    assert proc.returncode != 0 and "images" in out, out
+    assert os.listdir(str(tmp_path / "outside")) == [] and not (root / "usr").exists()
