@@ -17,7 +17,9 @@ description:
   - V(present) writes each missing bundle from O(bundle) (one file with a gzip stream per member, see
     M(fleetsplit.k0s.image_bundles)) to a temporary name, verifies size, CRC-32 and sha256, sets the stable mtime
     (derived from the content, so k0s does not re-import the same content) and renames it into place; then it
-    removes the stale ones, so k0s unpins their images. The names placed are kept in C(<data-dir>/.fleetsplit-images.json); temporary files are written there too, never in O(images_dir) (k0s tries to import every file in it).
+    removes the stale ones, so k0s unpins their images. The names placed are kept in
+    C(<data-dir>/.fleetsplit-images.json); temporary files are written in the data dir too, never in
+    O(images_dir) (k0s tries to import every file in it).
   - All checks (names, directories on the way, the record, the bundle's member table) run before the first change.
   - The action plugin uploads O(bundle_src) from the controller with one C(put_file) (like M(fleetsplit.k0s.k0s_release)).
 options:

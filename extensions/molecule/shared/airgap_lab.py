@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Airgap image bundles on real hosts (issue 13 item 5; the default scenario's side_effect, after fleetlab bytes).
 
 Over ssh to each container, with eth0's rx_bytes read inside it before and after each deploy_k0s run:
