@@ -181,6 +181,11 @@ def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mod
             for n in q["missing"]:
                 if not isinstance(want[n].get("crc32"), int):
                     raise ImageError("images: %s has no crc32 (take the images list from the image_bundles module)" % n)
+    for name in q["missing"] + q["stale"]:
+        st = lstat_or_none(os.path.join(images_dir, name))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise ImageError("%s is not a regular file (a symlink or directory where a bundle fleetsplit manages "
+                             "belongs); move it away, then run again" % os.path.join(images_dir, name))
     if check_mode or not q["changed"]:
         return q
     old = read_record(images_dir)

@@ -166,3 +166,13 @@ def test_controller_cache_reuses_stream_and_prunes(lab):
     others = lab.streams(lab.tar("b.tar", "/bin/cat"), lab.tar("c.tar", "/bin/echo"))
     removed = prune(lab.cache, set([others[1]["sha256"]]), 2)
     assert removed == [os.path.dirname(first["stream"])]
+
+
+def test_symlink_in_place_of_a_bundle_refused_before_any_change(lab, tmp_path):
+    a, b = lab.streams(lab.tar("a.tar"), lab.tar("b.tar", "/bin/cat"))
+    lab.deploy([a])
+    os.symlink("/etc/passwd", os.path.join(lab.images, "b.tar"))
+    bundle = write_bundle([(b["name"], b["stream"], b["stream_sha256"])], os.path.join(lab.cache, "bundles"))
+    with pytest.raises(ki.ImageError, match="b.tar is not a regular file"):
+        ki.apply(lab.images, [b], bundle["path"], bundle["members"])
+    assert listing(lab.images) == ["a.tar", "b.tar"] and os.path.islink(os.path.join(lab.images, "b.tar"))
