@@ -135,8 +135,19 @@ def query(images_dir, wanted, verify=False):
         else:
             missing.append(name)
             reasons[name] = reason
-    stale = [n for n in sorted(record) if n not in want and lstat_or_none(os.path.join(images_dir, n)) is not None]
-    foreign = [n for n in names if n not in want and n not in record]
+    stale, replaced = [], []
+    for n in sorted(record):
+        if n in want or lstat_or_none(os.path.join(images_dir, n)) is None:
+            continue
+        r = record[n] if isinstance(record[n], dict) else {}
+        try:
+            ours = file_state(os.path.join(images_dir, n), int(r.get("size", -1)), r.get("sha256"), r, verify,
+                              r.get("mtime_ns")) is None
+        except (TypeError, ValueError):
+            ours = False
+        # Someone replaced a bundle we placed: no longer ours, kept like any foreign file.
+        (stale if ours else replaced).append(n)
+    foreign = [n for n in names if n not in want and (n not in record or n in replaced)]
     new_record = _record_for(want)
     return {"missing": missing, "present": present, "stale": stale, "foreign": foreign, "reasons": reasons,
             "record_changed": record != new_record, "up_to_date": not missing and not stale and record == new_record}

@@ -176,3 +176,15 @@ def test_symlink_in_place_of_a_bundle_refused_before_any_change(lab, tmp_path):
     with pytest.raises(ki.ImageError, match="b.tar is not a regular file"):
         ki.apply(lab.images, [b], bundle["path"], bundle["members"])
     assert listing(lab.images) == ["a.tar", "b.tar"] and os.path.islink(os.path.join(lab.images, "b.tar"))
+
+
+def test_a_placed_bundle_replaced_by_someone_else_is_kept(lab):
+    old, new = lab.streams(lab.tar("old.tar"), lab.tar("new.tar", "/bin/cat"))
+    lab.deploy([old])
+    with open(os.path.join(lab.images, "old.tar"), "wb") as f:
+        f.write(b"the operator's own old.tar")
+    q = ki.query(lab.images, [new])
+    assert q["stale"] == [] and q["foreign"] == ["old.tar"]
+    lab.deploy([new])
+    assert listing(lab.images) == ["new.tar", "old.tar"]
+    assert list(json.load(open(ki.record_path(lab.images)))["placed"]) == ["new.tar"]
