@@ -198,3 +198,12 @@ def test_overlay_images_symlink_leading_out_refused_before_any_write(tmp_path):
     proc, out = overlay(tmp_path, root, [make_tar(tmp_path / "apps.tar", "/bin/ls")])
     assert proc.returncode != 0 and "images" in out, out
     assert os.listdir(str(tmp_path / "outside")) == [] and not (root / "usr").exists()
+
+
+def test_a_string_instead_of_a_list_is_refused(tmp_path):
+    lab = Lab(tmp_path)
+    evars = dict(k0s_airgap_bundles="release", cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"))
+    proc, out = run_playbook(["-i", tmp_path / "hosts.ini", tmp_path / "play.yml", "-e", json.dumps(evars)],
+                             cwd=tmp_path, env=ansible_env(), timeout=300)
+    assert proc.returncode != 0 and "k0s_airgap_bundles must be a list" in out, out
+    assert not lab.images.exists() and not (tmp_path / "cache").exists()
