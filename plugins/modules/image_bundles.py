@@ -34,7 +34,9 @@ options:
     type: path
     required: true
   keep:
-    description: How many unused cache entries to keep besides the ones used now (O(bundles) only); V(0) keeps all.
+    description:
+      - How many unused cache entries to keep besides the ones used now; V(0) keeps all.
+      - With O(bundles), compressed images; with O(names_by_host), per-host bundle files (the ones this run made always stay).
     type: int
     default: 2
 extends_documentation_fragment:
@@ -82,8 +84,8 @@ bundles:
   returned: with O(names_by_host)
   type: dict
 pruned:
-  description: Cache entries removed.
-  returned: with O(bundles)
+  description: Cache entries (compressed images, or bundle files with O(names_by_host)) removed.
+  returned: always
   type: list
   elements: str
 """
@@ -95,7 +97,11 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_images import I
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import write_bundle
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import ensure_private_dir
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.image_cache import image_stream, prune
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.image_cache import (
+    image_stream,
+    prune,
+    prune_bundles,
+)
 
 
 def compress(module, p):
@@ -134,7 +140,9 @@ def bundle(module, p):
             made[key] = write_bundle([(n, by_name[n]["stream"], by_name[n]["stream_sha256"]) for n in key], dest,
                                      write=not module.check_mode)
         out[host] = made[key]
-    module.exit_json(changed=any(b["changed"] for b in made.values()), bundles=out)
+    pruned = prune_bundles(dest, set(b["id"] for b in made.values()), p["keep"]) \
+        if not module.check_mode and p["keep"] > 0 else []
+    module.exit_json(changed=any(b["changed"] for b in made.values()), bundles=out, pruned=pruned)
 
 
 def main():

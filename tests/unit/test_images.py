@@ -12,7 +12,7 @@ import pytest
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils import k0s_images as ki
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import write_bundle
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.image_cache import image_stream, prune
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.image_cache import image_stream, prune, prune_bundles
 
 
 def make_tar(path, *members):
@@ -166,6 +166,24 @@ def test_controller_cache_reuses_stream_and_prunes(lab):
     others = lab.streams(lab.tar("b.tar", "/bin/cat"), lab.tar("c.tar", "/bin/echo"))
     removed = prune(lab.cache, set([others[1]["sha256"]]), 2)
     assert removed == [os.path.dirname(first["stream"])]
+
+
+def test_per_host_bundles_are_bounded(lab):
+    a, b, c = lab.streams(lab.tar("a.tar"), lab.tar("b.tar", "/bin/cat"), lab.tar("c.tar", "/bin/echo"))
+    dest = os.path.join(lab.cache, "bundles")
+    made = [write_bundle([(i["name"], i["stream"], i["stream_sha256"])], dest) for i in (a, b, c)]
+    for n, bundle in enumerate(made):   # oldest first
+        for path in (bundle["path"], bundle["path"][:-len(".bundle")] + ".json"):
+            os.utime(path, (1000 + n, 1000 + n))
+    foreign = os.path.join(dest, "notes.txt")
+    open(foreign, "w").close()
+    # a (oldest) is in use by this run, c is the newest other one: b goes, with its sidecar
+    removed = prune_bundles(dest, set([made[0]["id"]]), 1)
+    gone = made[1]["path"][:-len(".bundle")]
+    assert removed == [gone + ".bundle", gone + ".json"]
+    assert sorted(os.listdir(dest)) == sorted([os.path.basename(made[0]["path"]), made[0]["id"] + ".json",
+                                               os.path.basename(made[2]["path"]), made[2]["id"] + ".json",
+                                               "notes.txt"])
 
 
 def test_symlink_in_place_of_a_bundle_refused_before_any_change(lab, tmp_path):

@@ -106,3 +106,26 @@ def prune(cache_dir, in_use, keep):
         shutil.rmtree(path)
         removed.append(path)
     return removed
+
+
+BUNDLE_NAME = re.compile(r"^[0-9a-f]{64}\.(bundle|json)$")
+
+
+def prune_bundles(bundles_dir, in_use_ids, keep):
+    """Per-host bundles (``<id>.bundle`` and its ``<id>.json``): the ``in_use_ids`` of this run and the ``keep``
+    newest others stay, so the directory stays bounded however many host sets a fleet produces."""
+    if not os.path.isdir(bundles_dir):
+        return []
+    groups = {}
+    for name in os.listdir(bundles_dir):
+        path = os.path.join(bundles_dir, name)
+        bid = name.rsplit(".", 1)[0]
+        if BUNDLE_NAME.match(name) and bid not in in_use_ids and os.path.isfile(path) and not os.path.islink(path):
+            groups.setdefault(bid, []).append((os.lstat(path).st_mtime, path))
+    order = sorted(groups, key=lambda b: max(m for m, dummy in groups[b]), reverse=True)
+    removed = []
+    for bid in order[keep:]:
+        for dummy, path in groups[bid]:
+            os.unlink(path)
+            removed.append(path)
+    return sorted(removed)
