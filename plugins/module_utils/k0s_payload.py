@@ -99,40 +99,56 @@ def require_payload(payload):
 
 # --------------------------------------------------------------------------- outputs
 
-def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None, fsync=False):
+def _same_file(path, size, sha256):
+    """True when the regular file ``path`` already holds ``size`` bytes with ``sha256`` (size first: no read when it differs)."""
+    st = check_output_file(path)
+    return st is not None and st.st_size == size and sha256_file(path) == sha256
+
+
+def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None, fsync=False, prewritten=None):
     """Inflate every entry; verify size, CRC-32 (and sha256 when known); optionally write into ``dest``.
 
-    All entries are written to temp names in ``dest`` and verified before any is renamed into place,
-    so a failure leaves ``dest`` as it was. Returns a list of dicts: name, size, sha256, crc32,
-    compressed_size, path, changed. With ``write=False`` nothing is written (check mode, info).
-    ``fsync`` makes each file durable before the renames (hosts want it; a controller cache that is
-    re-verified by sha256 on every run does not need to pay for it).
+    Compare first: an entry whose sha256 is already known (legacy scan, an earlier pass of this run) and
+    whose file in ``dest`` has that size and sha256 is neither inflated nor written. Every other entry is
+    inflated to a temp name in ``dest`` and verified before any is renamed into place, so a failure leaves
+    ``dest`` as it was. ``prewritten`` maps names to temp files a fused scan already wrote and verified.
+    Returns a list of dicts: name, size, sha256, crc32, compressed_size, path, changed. With
+    ``write=False`` nothing is written (check mode, info). ``fsync`` makes each file durable before the
+    renames (hosts want it; a controller cache that is re-verified by sha256 on every run does not need it).
     """
     require_payload(payload)
+    prewritten = dict(prewritten or {})
     if dest is not None and write:
         ensure_output_dir(dest)
         for entry in payload.entries:
             check_output_file(os.path.join(dest, entry.name))
-    temps = {}
-    if dest is not None and write:
-        temps = dict((e.name, temp_path(os.path.join(dest, e.name))) for e in payload.entries)
+    temps = dict(prewritten)
     fd = os.open(payload.path, os.O_RDONLY)
     try:
         def work(entry):
-            return entry, inflate_entry(fd, entry, temps.get(entry.name), mode,
-                                        "%s: entry %s" % (payload.path, entry.name), fsync and write)
+            """(sha256, changed) of one entry; the existing file is compared in the same worker."""
+            final = os.path.join(dest, entry.name) if dest is not None else None
+            if entry.name in prewritten:
+                return entry.sha256, True
+            if final is not None and entry.sha256 is not None and _same_file(final, entry.size, entry.sha256):
+                return entry.sha256, False
+            temp = temp_path(final) if final is not None and write else None
+            if temp:
+                temps[entry.name] = temp
+            digest = inflate_entry(fd, entry, temp, mode, "%s: entry %s" % (payload.path, entry.name), fsync and write)
+            return digest, final is not None and (temp is not None or not _same_file(final, entry.size, digest))
 
         # Largest first: with two workers the longest inflate starts at once.
         order = sorted(payload.entries, key=lambda e: -e.size)
-        digests = {}
+        done = {}
         try:
             if workers > 1 and len(order) > 1:
                 with ThreadPoolExecutor(max_workers=workers) as pool:
-                    for entry, digest in pool.map(work, order):
-                        digests[entry.name] = digest
+                    for entry, outcome in zip(order, pool.map(work, order)):
+                        done[entry.name] = outcome
             else:
                 for entry in order:
-                    digests[entry.name] = work(entry)[1]
+                    done[entry.name] = work(entry)
         except BaseException:
             for temp in temps.values():
                 remove_quietly(temp)
@@ -141,16 +157,12 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
         os.close(fd)
     results = []
     for entry in payload.entries:
-        entry.sha256 = digests[entry.name]
+        entry.sha256, changed = done[entry.name]
         final = os.path.join(dest, entry.name) if dest is not None else None
-        changed = False
-        if final is not None:
-            if write:
-                changed = commit(temps[entry.name], final, entry.sha256)
-                if mtime_ns is not None:
-                    os.utime(final, ns=(mtime_ns, mtime_ns))
-            else:
-                changed = file_sha256_if_regular(final) != entry.sha256
+        if final is not None and write and entry.name in temps:
+            changed = commit(temps[entry.name], final, entry.sha256)
+            if changed and mtime_ns is not None:
+                os.utime(final, ns=(mtime_ns, mtime_ns))
         results.append({"name": entry.name, "size": entry.size, "sha256": entry.sha256, "crc32": entry.crc32,
                         "compressed_size": entry.compressed_size, "path": final, "changed": changed})
     return results
@@ -293,10 +305,41 @@ def _split(payload, dest, stripped_executable, streams_dest, mode, workers, writ
     return result, differ
 
 
-def _unpinned(result, mtime_ns):
-    """Written binaries whose mtime is not the source's (legacy k0s needs it to the nanosecond)."""
-    paths = [f["path"] for f in result["files"]] + [result["stripped_executable"]["path"]]
-    return [p for p in paths if p and os.path.lexists(p) and os.lstat(p).st_mtime_ns != mtime_ns]
+def _retime(result, mtime_ns, write, differ):
+    """Outputs with the right content but not the source's mtime (legacy k0s needs it to the nanosecond):
+    set it (``utime``, content untouched) unless ``write`` is false, mark the item changed; returns their paths."""
+    items = list(result["files"]) + [result["stripped_executable"]]
+    retimed = []
+    for item in items:
+        path = item["path"]
+        if not path or path in differ or not os.path.lexists(path) or os.lstat(path).st_mtime_ns == mtime_ns:
+            continue
+        if write:
+            check_output_file(path)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+        item["changed"] = True
+        retimed.append(path)
+    return retimed
+
+
+def _write_differing(payload, result, differ, args, mtime_ns):
+    """The write pass after a read-only one: only the outputs in ``differ`` are written (facts already known)."""
+    dummy, dest, stripped_executable, streams_dest, mode, workers = args
+    differ = set(differ)
+    if dest and any(f["path"] in differ for f in result["files"]):
+        written = dict((f["name"], f) for f in extract(payload, dest, mode=mode, workers=workers, write=True,
+                                                               mtime_ns=mtime_ns))
+        for item in result["files"]:
+            item["changed"] = item["changed"] or written[item["name"]]["changed"]
+    if stripped_executable and stripped_executable in differ:
+        write_stripped(payload, stripped_executable, mode=mode, write=True, mtime_ns=mtime_ns)
+    if streams_dest:
+        producers = dict((e.name, entry_stream(payload.format, e)) for e in payload.entries)
+        for item in result["files"]:
+            if item.get("stream") in differ:
+                _write_stream(payload, streams_dest, "libexec", item["name"], True, producers[item["name"]])
+        if result["stripped_executable"].get("stream") in differ:
+            write_executable_stream(payload, streams_dest, write=True)
 
 
 def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o755, workers=2, write=True,
@@ -305,13 +348,14 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
 
     Every fact in the result (sha256, size, CRC-32 of each file, of each gzip stream and of the stripped
     executable) is derived in this call from ``src``, never read back from earlier outputs. Existing outputs
-    are first only compared with those facts (read-only pass); only when one differs or is missing is the
-    split written, and then only differing files are replaced (``commit`` by sha256). ``healed`` lists the
-    outputs that existed with other bytes (a damaged or forged cache entry), ``changed`` per item whether
-    it was (or in check mode would be) written.
+    are first only compared with those facts (read-only pass); then only the outputs that differ or are
+    missing are written (a no-change run writes nothing). ``healed`` lists the outputs that existed with
+    other bytes (a damaged or forged cache entry), ``changed`` per item whether it was (or in check mode
+    would be) written or re-timed.
 
     ``pin_mtime`` gives every written binary and the stripped executable the source's mtime: a
-    stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match.
+    stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match. A file
+    with the right content and another mtime is re-timed (not rewritten) and listed in ``retimed``.
     """
     payload = require_payload(inspect(src))
     mtime_ns = payload.mtime_ns if pin_mtime else None
@@ -320,11 +364,13 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
         # A first split: nothing to compare with, so the read-only pass would only inflate everything twice.
         result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
         result["healed"] = []
+        result["retimed"] = []
         return result
     result, differ = _split(*args, write=False, mtime_ns=mtime_ns)
     healed = [p for p in differ if os.path.lexists(p)]
-    if write and (differ or (mtime_ns is not None and _unpinned(result, mtime_ns))):
-        result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
+    if write and differ:
+        _write_differing(payload, result, differ, args, mtime_ns)
+    result["retimed"] = _retime(result, mtime_ns, write, set(differ)) if mtime_ns is not None else []
     result["healed"] = healed
     return result
 
