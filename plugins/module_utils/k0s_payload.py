@@ -59,11 +59,12 @@ __all__ = [
 ]
 
 
-def inspect(path):
+def inspect(path, sink_for=None):
     """Detect the payload format of ``path`` and list its entries. Raises PayloadError on anything odd.
 
-    Legacy payloads have no directory, so their members are inflated (not written) to find where
-    each ends; their entries come back with ``sha256`` set. Zip entries get ``sha256`` on extraction.
+    Legacy payloads have no directory, so their members are inflated to find where each ends; their
+    entries come back with ``sha256`` set, and ``sink_for(name)`` (a Sink on a new file, or None) lets
+    that one pass write them too. Zip entries get ``sha256`` on extraction.
     """
     f, st = open_executable(path)
     with f:
@@ -83,7 +84,7 @@ def inspect(path):
                 entries, zip64 = read_zip(f, mm, path, end, size)
                 return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64)
             if head[:2] == b"\x1f\x8b":
-                entries, recorded = read_legacy(elf, mm, path, end, size)
+                entries, recorded = read_legacy(elf, mm, path, end, size, sink_for)
                 return Payload(path, size, FORMAT_LEGACY, end, entries, machine, version, st.st_mtime_ns,
                                bin_data_size=recorded)
         raise PayloadError("%s: %d bytes follow the ELF end at offset %d but they start with %r, neither a zip local "
@@ -275,9 +276,9 @@ def _executable_stream_holds(path, stripped):
     return {"stream": path, "stream_size": whole.size, "stream_sha256": whole.hash.hexdigest(), "changed": False}
 
 
-def _split(payload, dest, stripped_executable, streams_dest, mode, workers, write, mtime_ns):
+def _split(payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, write, mtime_ns):
     """One pass over every output; returns (result, [outputs whose bytes differ from what the source gives])."""
-    files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns)
+    files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns, prewritten=prewritten)
     stripped = write_stripped(payload, stripped_executable, mode=mode, write=write, mtime_ns=mtime_ns) \
         if stripped_executable else stripped_digest(payload)
     differ = [f["path"] for f in files if f["changed"]]
@@ -324,11 +325,11 @@ def _retime(result, mtime_ns, write, differ):
 
 def _write_differing(payload, result, differ, args, mtime_ns):
     """The write pass after a read-only one: only the outputs in ``differ`` are written (facts already known)."""
-    dummy, dest, stripped_executable, streams_dest, mode, workers = args
+    dummy, dest, stripped_executable, streams_dest, mode, workers, prewritten = args
     differ = set(differ)
     if dest and any(f["path"] in differ for f in result["files"]):
         written = dict((f["name"], f) for f in extract(payload, dest, mode=mode, workers=workers, write=True,
-                                                               mtime_ns=mtime_ns))
+                                                               mtime_ns=mtime_ns, prewritten=prewritten))
         for item in result["files"]:
             item["changed"] = item["changed"] or written[item["name"]]["changed"]
     if stripped_executable and stripped_executable in differ:
@@ -357,9 +358,28 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
     stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match. A file
     with the right content and another mtime is re-timed (not rewritten) and listed in ``retimed``.
     """
-    payload = require_payload(inspect(src))
+    prewritten = {}
+
+    def sink_for(name):
+        """Legacy: a binary missing from ``dest`` is written by the one inflate pass that scans the payload."""
+        final = os.path.join(dest, name)
+        if os.path.lexists(final):
+            return None
+        ensure_output_dir(dest)
+        prewritten[name] = temp_path(final)
+        return Sink(prewritten[name], mode)
+
+    try:
+        payload = require_payload(inspect(src, sink_for if write and dest else None))
+        return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten)
+    finally:
+        for temp in prewritten.values():   # committed ones were renamed away: this only removes leftovers
+            remove_quietly(temp)
+
+
+def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten):
     mtime_ns = payload.mtime_ns if pin_mtime else None
-    args = (payload, dest, stripped_executable, streams_dest, mode, workers)
+    args = (payload, dest, stripped_executable, streams_dest, mode, workers, prewritten)
     if write and not any(os.path.lexists(p) for p in _outputs(payload, dest, stripped_executable, streams_dest)):
         # A first split: nothing to compare with, so the read-only pass would only inflate everything twice.
         result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
