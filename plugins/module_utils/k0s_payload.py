@@ -81,8 +81,9 @@ def inspect(path, sink_for=None):
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             head = bytes(mm[end:end + 4])
             if head == LOCAL_HEADER:
-                entries, zip64 = read_zip(f, mm, path, end, size)
-                return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64)
+                entries, images, zip64 = read_zip(f, mm, path, end, size)
+                return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64,
+                               images=images)
             if head[:2] == b"\x1f\x8b":
                 entries, recorded = read_legacy(elf, mm, path, end, size, sink_for)
                 return Payload(path, size, FORMAT_LEGACY, end, entries, machine, version, st.st_mtime_ns,
@@ -100,13 +101,16 @@ def require_payload(payload):
 
 # --------------------------------------------------------------------------- outputs
 
+IMAGE_MODE = 0o644     # image bundles are data k0s imports, not executables
+
 def _same_file(path, size, sha256):
     """True when the regular file ``path`` already holds ``size`` bytes with ``sha256`` (size first: no read when it differs)."""
     st = check_output_file(path)
     return st is not None and st.st_size == size and sha256_file(path) == sha256
 
 
-def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None, fsync=False, prewritten=None):
+def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None, fsync=False, prewritten=None,
+            entries=None):
     """Inflate every entry; verify size, CRC-32 (and sha256 when known); optionally write into ``dest``.
 
     Compare first: an entry whose sha256 is already known (legacy scan, an earlier pass of this run) and
@@ -116,12 +120,14 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
     Returns a list of dicts: name, size, sha256, crc32, compressed_size, path, changed. With
     ``write=False`` nothing is written (check mode, info). ``fsync`` makes each file durable before the
     renames (hosts want it; a controller cache that is re-verified by sha256 on every run does not need it).
+    ``entries`` defaults to the binaries (``payload.entries``); ``payload.images`` goes to its own ``dest``.
     """
     require_payload(payload)
+    entries = payload.entries if entries is None else entries
     prewritten = dict(prewritten or {})
     if dest is not None and write:
         ensure_output_dir(dest)
-        for entry in payload.entries:
+        for entry in entries:
             check_output_file(os.path.join(dest, entry.name))
     temps = dict(prewritten)
     fd = os.open(payload.path, os.O_RDONLY)
@@ -140,7 +146,7 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
             return digest, final is not None and (temp is not None or not _same_file(final, entry.size, digest))
 
         # Largest first: with two workers the longest inflate starts at once.
-        order = sorted(payload.entries, key=lambda e: -e.size)
+        order = sorted(entries, key=lambda e: -e.size)
         done = {}
         try:
             if workers > 1 and len(order) > 1:
@@ -157,7 +163,7 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
     finally:
         os.close(fd)
     results = []
-    for entry in payload.entries:
+    for entry in entries:
         entry.sha256, changed = done[entry.name]
         final = os.path.join(dest, entry.name) if dest is not None else None
         if final is not None and write and entry.name in temps:
@@ -276,12 +282,15 @@ def _executable_stream_holds(path, stripped):
     return {"stream": path, "stream_size": whole.size, "stream_sha256": whole.hash.hexdigest(), "changed": False}
 
 
-def _split(payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, write, mtime_ns):
+def _split(payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest, write, mtime_ns):
     """One pass over every output; returns (result, [outputs whose bytes differ from what the source gives])."""
     files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns, prewritten=prewritten)
+    # Image bundles: their own directory (or only facts), never libexec, never a stream for the release store.
+    images = extract(payload, images_dest, mode=IMAGE_MODE, workers=workers, write=write, entries=payload.images) \
+        if payload.images else []
     stripped = write_stripped(payload, stripped_executable, mode=mode, write=write, mtime_ns=mtime_ns) \
         if stripped_executable else stripped_digest(payload)
-    differ = [f["path"] for f in files if f["changed"]]
+    differ = [f["path"] for f in files + images if f["changed"]]
     if stripped_executable and stripped["changed"]:
         differ.append(stripped_executable)
     if not stripped_executable:
@@ -302,6 +311,7 @@ def _split(payload, dest, stripped_executable, streams_dest, mode, workers, prew
         stripped.update(exe_stream)
     result = describe(payload)
     result["files"] = files
+    result["images"] = images
     result["stripped_executable"] = stripped
     return result, differ
 
@@ -325,8 +335,13 @@ def _retime(result, mtime_ns, write, differ):
 
 def _write_differing(payload, result, differ, args, mtime_ns):
     """The write pass after a read-only one: only the outputs in ``differ`` are written (facts already known)."""
-    dummy, dest, stripped_executable, streams_dest, mode, workers, prewritten = args
+    dummy, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest = args
     differ = set(differ)
+    if images_dest and any(i["path"] in differ for i in result["images"]):
+        written = dict((i["name"], i) for i in extract(payload, images_dest, mode=IMAGE_MODE, workers=workers,
+                                                               write=True, entries=payload.images))
+        for item in result["images"]:
+            item["changed"] = item["changed"] or written[item["name"]]["changed"]
     if dest and any(f["path"] in differ for f in result["files"]):
         written = dict((f["name"], f) for f in extract(payload, dest, mode=mode, workers=workers, write=True,
                                                                mtime_ns=mtime_ns, prewritten=prewritten))
@@ -344,7 +359,7 @@ def _write_differing(payload, result, differ, args, mtime_ns):
 
 
 def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o755, workers=2, write=True,
-          pin_mtime=False):
+          pin_mtime=False, images_dest=None):
     """Everything payload_split does, minus Ansible: returns the module's result (without ``changed``).
 
     Every fact in the result (sha256, size, CRC-32 of each file, of each gzip stream and of the stripped
@@ -357,6 +372,9 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
     ``pin_mtime`` gives every written binary and the stripped executable the source's mtime: a
     stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match. A file
     with the right content and another mtime is re-timed (not rewritten) and listed in ``retimed``.
+
+    Image bundles (zip ``images/<name>``) are listed in ``images`` and written to ``images_dest`` when
+    given (mode 0644, same checks as binaries), never with the binaries.
     """
     prewritten = {}
 
@@ -371,16 +389,19 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
 
     try:
         payload = require_payload(inspect(src, sink_for if write and dest else None))
-        return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten)
+        return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
+                           images_dest)
     finally:
         for temp in prewritten.values():   # committed ones were renamed away: this only removes leftovers
             remove_quietly(temp)
 
 
-def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten):
+def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
+                images_dest):
     mtime_ns = payload.mtime_ns if pin_mtime else None
-    args = (payload, dest, stripped_executable, streams_dest, mode, workers, prewritten)
-    if write and not any(os.path.lexists(p) for p in _outputs(payload, dest, stripped_executable, streams_dest)):
+    args = (payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest)
+    if write and not any(os.path.lexists(p) for p in _outputs(payload, dest, stripped_executable, streams_dest,
+                                                               images_dest)):
         # A first split: nothing to compare with, so the read-only pass would only inflate everything twice.
         result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
         result["healed"] = []
@@ -395,10 +416,12 @@ def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers,
     return result
 
 
-def _outputs(payload, dest, stripped_executable, streams_dest):
+def _outputs(payload, dest, stripped_executable, streams_dest, images_dest=None):
     """Every path a split with these destinations writes."""
     names = [e.name for e in payload.entries]
     paths = [os.path.join(dest, n) for n in names] if dest else []
+    if images_dest:
+        paths += [os.path.join(images_dest, e.name) for e in payload.images]
     if stripped_executable:
         paths.append(stripped_executable)
     if streams_dest:
