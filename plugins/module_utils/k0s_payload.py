@@ -437,8 +437,21 @@ ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")     # split/<sha256 of the executable
 
 
 def mark_used(entry, src):
-    """Record that cache ``entry`` (split/<sha256>) served ``src`` now; its mtime orders retention."""
-    atomic_write(os.path.join(entry, USED_MARKER), (json.dumps({"source": os.path.realpath(src)}) + "\n").encode())
+    """Record that cache ``entry`` (split/<sha256>) served ``src`` now; its mtime orders retention.
+
+    A marker that already names ``src`` only gets a new mtime: a no-change run creates no file.
+    """
+    marker = os.path.join(entry, USED_MARKER)
+    body = (json.dumps({"source": os.path.realpath(src)}) + "\n").encode()
+    try:
+        if check_output_file(marker) is not None:
+            with open(marker, "rb") as f:
+                if f.read(len(body) + 1) == body:
+                    os.utime(marker, None)
+                    return
+    except (IOError, OSError):
+        pass
+    atomic_write(marker, body)
 
 
 def _last_used(entry):
