@@ -2,7 +2,7 @@
 import json
 import os
 
-from testlib import local_inventory, recap, run_playbook, sha256
+from testlib import REPO, local_inventory, recap, run_playbook, sha256
 
 PLAY = """
 - hosts: localhost
@@ -177,3 +177,43 @@ def test_next_layout_images_split_apart_and_listed(tmp_path, fixtures):
     assert [(i["name"], i["sha256"], i["method"]) for i in info["images"]] == \
         [(n, b["sha256"], "store") for n, b in sorted(fixture["images"].items())]
     assert sorted(f["name"] for f in info["files"]) == sorted(fixture["binaries"])
+
+
+def _overlay(tmp_path, exe, root, *flags):
+    evars = dict(k0s_executable=exe, k0s_controller_cache_dir=str(tmp_path / "cache"), k0s_overlay_root=str(root))
+    return run_playbook([str(REPO / "playbooks/deploy_k0s.yml"), "-e", json.dumps(evars)] + list(flags), cwd=tmp_path)
+
+
+def test_overlay_playbook_retimes_a_legacy_binary_in_check_and_real_mode(tmp_path, fixtures):
+    """Issue 13 item 7 through the overlay play itself (its pinned-mtime assert included)."""
+    fixture = fixtures["k0s-small-legacy"]
+    root = tmp_path / "overlay"
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0, out
+    runc = root / "usr" / "libexec" / "k0s" / "runc"
+    pinned = os.stat(fixture["path"]).st_mtime_ns
+    os.utime(runc, ns=(pinned + 10 ** 9, pinned + 10 ** 9))
+    proc, out = _overlay(tmp_path, fixture["path"], root, "--check")
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 1, out
+    assert os.stat(runc).st_mtime_ns == pinned + 10 ** 9
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 1, out
+    assert os.stat(runc).st_mtime_ns == pinned
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
+
+
+def test_overlay_playbook_takes_a_next_layout_k0s(tmp_path, fixtures):
+    """bin/<name> binaries land in usr/libexec/k0s; the image bundle stays in the controller cache."""
+    fixture = fixtures["k0s-zip-next"]
+    root = tmp_path / "overlay"
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0, out
+    assert sorted(os.listdir(root / "usr" / "libexec" / "k0s")) == sorted(fixture["binaries"])
+    assert sorted(os.listdir(root / "var" / "lib" / "k0s" / "bin")) == sorted(fixture["binaries"])
+    (entry,) = (tmp_path / "cache" / "split").iterdir()
+    assert sorted(os.listdir(entry / "images")) == sorted(fixture["images"])
+    assert sha256(entry / "images" / "fixture-bundle.tar") == fixture["images"]["fixture-bundle.tar"]["sha256"]
+    assert not list(root.rglob("*.tar"))
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
