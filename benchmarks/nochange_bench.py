@@ -69,8 +69,8 @@ def main():
         rows.append((fixture, inflated / 1e6, statistics.median(rerun), statistics.median(hashing),
                      statistics.median(first), touched))
     shutil.rmtree(args.workdir, ignore_errors=True)
-    print("machine: %s, %d cores, load %.2f; %d rounds; %s" % (os.uname().nodename, os.cpu_count(), os.getloadavg()[0],
-                                                              args.rounds, args.cli))
+    machine = (os.uname().nodename, os.cpu_count(), os.getloadavg()[0], args.rounds, args.cli)
+    print("machine: %s, %d cores, load %.2f; %d rounds; %s" % machine)
     print("| fixture | tree | no-change re-run | sha256sum of the tree | ratio | first write | ratio | dirs touched |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for fixture, size, rerun_s, hash_s, first_s, touched in rows:

@@ -40,7 +40,7 @@ from .payload.elf import (HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, elf_end, elf_
                           open_elf, open_executable)
 from .payload.errors import CorruptPayloadError, PayloadError
 from .payload.fsio import (CHUNK, Sink, check_name, check_output_dir, check_output_file, commit, ensure_output_dir,
-                           ensure_private_dir, file_sha256_if_regular, prepare_output, remove_quietly, sha256_file,
+                           ensure_private_dir, prepare_output, remove_quietly, sha256_file,
                            temp_path)
 from .payload.legacy import read_legacy
 from .payload.model import FORMAT_BARE, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry, Payload
@@ -102,6 +102,7 @@ def require_payload(payload):
 # --------------------------------------------------------------------------- outputs
 
 IMAGE_MODE = 0o644     # image bundles are data k0s imports, not executables
+
 
 def _same_file(path, size, sha256):
     """True when the regular file ``path`` already holds ``size`` bytes with ``sha256`` (size first: no read when it differs)."""
@@ -338,13 +339,13 @@ def _write_differing(payload, result, differ, args, mtime_ns):
     dummy, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest = args
     differ = set(differ)
     if images_dest and any(i["path"] in differ for i in result["images"]):
-        written = dict((i["name"], i) for i in extract(payload, images_dest, mode=IMAGE_MODE, workers=workers,
-                                                               write=True, entries=payload.images))
+        written = extract(payload, images_dest, mode=IMAGE_MODE, workers=workers, write=True, entries=payload.images)
+        written = dict((i["name"], i) for i in written)
         for item in result["images"]:
             item["changed"] = item["changed"] or written[item["name"]]["changed"]
     if dest and any(f["path"] in differ for f in result["files"]):
-        written = dict((f["name"], f) for f in extract(payload, dest, mode=mode, workers=workers, write=True,
-                                                               mtime_ns=mtime_ns, prewritten=prewritten))
+        written = extract(payload, dest, mode=mode, workers=workers, write=True, mtime_ns=mtime_ns, prewritten=prewritten)
+        written = dict((f["name"], f) for f in written)
         for item in result["files"]:
             item["changed"] = item["changed"] or written[item["name"]]["changed"]
     if stripped_executable and stripped_executable in differ:
@@ -400,8 +401,8 @@ def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers,
                 images_dest):
     mtime_ns = payload.mtime_ns if pin_mtime else None
     args = (payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest)
-    if write and not any(os.path.lexists(p) for p in _outputs(payload, dest, stripped_executable, streams_dest,
-                                                               images_dest)):
+    outputs = _outputs(payload, dest, stripped_executable, streams_dest, images_dest)
+    if write and not any(os.path.lexists(p) for p in outputs):
         # A first split: nothing to compare with, so the read-only pass would only inflate everything twice.
         result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
         result["healed"] = []

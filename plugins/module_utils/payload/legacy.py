@@ -49,13 +49,13 @@ def _symbols_named(elf, suffix, size):
         return []
     end = "<" if elf.little_endian else ">"
     if elf.elfclass == 64:   # st_name, st_info, st_other, st_shndx, st_value, st_size
-        layout, pick = end + "IBBHQQ", lambda s: (s[0], s[3], s[4], s[5])
+        layout, fields = end + "IBBHQQ", (0, 3, 4, 5)
     else:                    # st_name, st_value, st_size, st_info, st_other, st_shndx
-        layout, pick = end + "IIIBBH", lambda s: (s[0], s[5], s[1], s[2])
+        layout, fields = end + "IIIBBH", (0, 5, 1, 2)
     data = symtab.data()
     found = []
     for raw in struct.iter_unpack(layout, data[:len(data) - len(data) % struct.calcsize(layout)]):
-        name, shndx, value, sym_size = pick(raw)
+        name, shndx, value, sym_size = [raw[i] for i in fields]
         if name in wanted and sym_size == size:
             found.append((shndx, value))
     return found
