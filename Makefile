@@ -80,6 +80,7 @@ test-molecule: venv collection test-collections fixtures test-hosts
 bench: venv collection fixtures
 	$(BIN)/python benchmarks/split_bench.py
 	$(BIN)/python benchmarks/provenance_bench.py
+	$(BIN)/python benchmarks/nochange_bench.py
 bench-fleet: venv collection test-collections fixtures test-hosts
 	$(BIN)/python benchmarks/fleet_bench.py
 

@@ -40,7 +40,7 @@ from .payload.elf import (HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, elf_end, elf_
                           open_elf, open_executable)
 from .payload.errors import CorruptPayloadError, PayloadError
 from .payload.fsio import (CHUNK, Sink, check_name, check_output_dir, check_output_file, commit, ensure_output_dir,
-                           ensure_private_dir, file_sha256_if_regular, prepare_output, remove_quietly, sha256_file,
+                           ensure_private_dir, prepare_output, remove_quietly, sha256_file,
                            temp_path)
 from .payload.legacy import read_legacy
 from .payload.model import FORMAT_BARE, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry, Payload
@@ -59,11 +59,12 @@ __all__ = [
 ]
 
 
-def inspect(path):
+def inspect(path, sink_for=None):
     """Detect the payload format of ``path`` and list its entries. Raises PayloadError on anything odd.
 
-    Legacy payloads have no directory, so their members are inflated (not written) to find where
-    each ends; their entries come back with ``sha256`` set. Zip entries get ``sha256`` on extraction.
+    Legacy payloads have no directory, so their members are inflated to find where each ends; their
+    entries come back with ``sha256`` set, and ``sink_for(name)`` (a Sink on a new file, or None) lets
+    that one pass write them too. Zip entries get ``sha256`` on extraction.
     """
     f, st = open_executable(path)
     with f:
@@ -80,10 +81,11 @@ def inspect(path):
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             head = bytes(mm[end:end + 4])
             if head == LOCAL_HEADER:
-                entries, zip64 = read_zip(f, mm, path, end, size)
-                return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64)
+                entries, images, zip64 = read_zip(f, mm, path, end, size)
+                return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64,
+                               images=images)
             if head[:2] == b"\x1f\x8b":
-                entries, recorded = read_legacy(elf, mm, path, end, size)
+                entries, recorded = read_legacy(elf, mm, path, end, size, sink_for)
                 return Payload(path, size, FORMAT_LEGACY, end, entries, machine, version, st.st_mtime_ns,
                                bin_data_size=recorded)
         raise PayloadError("%s: %d bytes follow the ELF end at offset %d but they start with %r, neither a zip local "
@@ -99,40 +101,62 @@ def require_payload(payload):
 
 # --------------------------------------------------------------------------- outputs
 
-def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None, fsync=False):
+IMAGE_MODE = 0o644     # image bundles are data k0s imports, not executables
+
+
+def _same_file(path, size, sha256):
+    """True when the regular file ``path`` already holds ``size`` bytes with ``sha256`` (size first: no read when it differs)."""
+    st = check_output_file(path)
+    return st is not None and st.st_size == size and sha256_file(path) == sha256
+
+
+def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None, fsync=False, prewritten=None,
+            entries=None):
     """Inflate every entry; verify size, CRC-32 (and sha256 when known); optionally write into ``dest``.
 
-    All entries are written to temp names in ``dest`` and verified before any is renamed into place,
-    so a failure leaves ``dest`` as it was. Returns a list of dicts: name, size, sha256, crc32,
-    compressed_size, path, changed. With ``write=False`` nothing is written (check mode, info).
-    ``fsync`` makes each file durable before the renames (hosts want it; a controller cache that is
-    re-verified by sha256 on every run does not need to pay for it).
+    Compare first: an entry whose sha256 is already known (legacy scan, an earlier pass of this run) and
+    whose file in ``dest`` has that size and sha256 is neither inflated nor written. Every other entry is
+    inflated to a temp name in ``dest`` and verified before any is renamed into place, so a failure leaves
+    ``dest`` as it was. ``prewritten`` maps names to temp files a fused scan already wrote and verified.
+    Returns a list of dicts: name, size, sha256, crc32, compressed_size, path, changed. With
+    ``write=False`` nothing is written (check mode, info). ``fsync`` makes each file durable before the
+    renames (hosts want it; a controller cache that is re-verified by sha256 on every run does not need it).
+    ``entries`` defaults to the binaries (``payload.entries``); ``payload.images`` goes to its own ``dest``.
     """
     require_payload(payload)
+    entries = payload.entries if entries is None else entries
+    prewritten = dict(prewritten or {})
     if dest is not None and write:
         ensure_output_dir(dest)
-        for entry in payload.entries:
+        for entry in entries:
             check_output_file(os.path.join(dest, entry.name))
-    temps = {}
-    if dest is not None and write:
-        temps = dict((e.name, temp_path(os.path.join(dest, e.name))) for e in payload.entries)
+    temps = dict(prewritten)
     fd = os.open(payload.path, os.O_RDONLY)
     try:
         def work(entry):
-            return entry, inflate_entry(fd, entry, temps.get(entry.name), mode,
-                                        "%s: entry %s" % (payload.path, entry.name), fsync and write)
+            """(sha256, changed) of one entry; the existing file is compared in the same worker."""
+            final = os.path.join(dest, entry.name) if dest is not None else None
+            if entry.name in prewritten:
+                return entry.sha256, True
+            if final is not None and entry.sha256 is not None and _same_file(final, entry.size, entry.sha256):
+                return entry.sha256, False
+            temp = temp_path(final) if final is not None and write else None
+            if temp:
+                temps[entry.name] = temp
+            digest = inflate_entry(fd, entry, temp, mode, "%s: entry %s" % (payload.path, entry.name), fsync and write)
+            return digest, final is not None and (temp is not None or not _same_file(final, entry.size, digest))
 
         # Largest first: with two workers the longest inflate starts at once.
-        order = sorted(payload.entries, key=lambda e: -e.size)
-        digests = {}
+        order = sorted(entries, key=lambda e: -e.size)
+        done = {}
         try:
             if workers > 1 and len(order) > 1:
                 with ThreadPoolExecutor(max_workers=workers) as pool:
-                    for entry, digest in pool.map(work, order):
-                        digests[entry.name] = digest
+                    for entry, outcome in zip(order, pool.map(work, order)):
+                        done[entry.name] = outcome
             else:
                 for entry in order:
-                    digests[entry.name] = work(entry)[1]
+                    done[entry.name] = work(entry)
         except BaseException:
             for temp in temps.values():
                 remove_quietly(temp)
@@ -140,17 +164,13 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
     finally:
         os.close(fd)
     results = []
-    for entry in payload.entries:
-        entry.sha256 = digests[entry.name]
+    for entry in entries:
+        entry.sha256, changed = done[entry.name]
         final = os.path.join(dest, entry.name) if dest is not None else None
-        changed = False
-        if final is not None:
-            if write:
-                changed = commit(temps[entry.name], final, entry.sha256)
-                if mtime_ns is not None:
-                    os.utime(final, ns=(mtime_ns, mtime_ns))
-            else:
-                changed = file_sha256_if_regular(final) != entry.sha256
+        if final is not None and write and entry.name in temps:
+            changed = commit(temps[entry.name], final, entry.sha256)
+            if changed and mtime_ns is not None:
+                os.utime(final, ns=(mtime_ns, mtime_ns))
         results.append({"name": entry.name, "size": entry.size, "sha256": entry.sha256, "crc32": entry.crc32,
                         "compressed_size": entry.compressed_size, "path": final, "changed": changed})
     return results
@@ -263,12 +283,15 @@ def _executable_stream_holds(path, stripped):
     return {"stream": path, "stream_size": whole.size, "stream_sha256": whole.hash.hexdigest(), "changed": False}
 
 
-def _split(payload, dest, stripped_executable, streams_dest, mode, workers, write, mtime_ns):
+def _split(payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest, write, mtime_ns):
     """One pass over every output; returns (result, [outputs whose bytes differ from what the source gives])."""
-    files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns)
+    files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns, prewritten=prewritten)
+    # Image bundles: their own directory (or only facts), never libexec, never a stream for the release store.
+    images = extract(payload, images_dest, mode=IMAGE_MODE, workers=workers, write=write, entries=payload.images) \
+        if payload.images else []
     stripped = write_stripped(payload, stripped_executable, mode=mode, write=write, mtime_ns=mtime_ns) \
         if stripped_executable else stripped_digest(payload)
-    differ = [f["path"] for f in files if f["changed"]]
+    differ = [f["path"] for f in files + images if f["changed"]]
     if stripped_executable and stripped["changed"]:
         differ.append(stripped_executable)
     if not stripped_executable:
@@ -289,50 +312,117 @@ def _split(payload, dest, stripped_executable, streams_dest, mode, workers, writ
         stripped.update(exe_stream)
     result = describe(payload)
     result["files"] = files
+    result["images"] = images
     result["stripped_executable"] = stripped
     return result, differ
 
 
-def _unpinned(result, mtime_ns):
-    """Written binaries whose mtime is not the source's (legacy k0s needs it to the nanosecond)."""
-    paths = [f["path"] for f in result["files"]] + [result["stripped_executable"]["path"]]
-    return [p for p in paths if p and os.path.lexists(p) and os.lstat(p).st_mtime_ns != mtime_ns]
+def _retime(result, mtime_ns, write, differ):
+    """Outputs with the right content but not the source's mtime (legacy k0s needs it to the nanosecond):
+    set it (``utime``, content untouched) unless ``write`` is false, mark the item changed; returns their paths."""
+    items = list(result["files"]) + [result["stripped_executable"]]
+    retimed = []
+    for item in items:
+        path = item["path"]
+        if not path or path in differ or not os.path.lexists(path) or os.lstat(path).st_mtime_ns == mtime_ns:
+            continue
+        if write:
+            check_output_file(path)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+        item["changed"] = True
+        retimed.append(path)
+    return retimed
+
+
+def _write_differing(payload, result, differ, args, mtime_ns):
+    """The write pass after a read-only one: only the outputs in ``differ`` are written (facts already known)."""
+    dummy, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest = args
+    differ = set(differ)
+    if images_dest and any(i["path"] in differ for i in result["images"]):
+        written = extract(payload, images_dest, mode=IMAGE_MODE, workers=workers, write=True, entries=payload.images)
+        written = dict((i["name"], i) for i in written)
+        for item in result["images"]:
+            item["changed"] = item["changed"] or written[item["name"]]["changed"]
+    if dest and any(f["path"] in differ for f in result["files"]):
+        written = extract(payload, dest, mode=mode, workers=workers, write=True, mtime_ns=mtime_ns, prewritten=prewritten)
+        written = dict((f["name"], f) for f in written)
+        for item in result["files"]:
+            item["changed"] = item["changed"] or written[item["name"]]["changed"]
+    if stripped_executable and stripped_executable in differ:
+        write_stripped(payload, stripped_executable, mode=mode, write=True, mtime_ns=mtime_ns)
+    if streams_dest:
+        producers = dict((e.name, entry_stream(payload.format, e)) for e in payload.entries)
+        for item in result["files"]:
+            if item.get("stream") in differ:
+                _write_stream(payload, streams_dest, "libexec", item["name"], True, producers[item["name"]])
+        if result["stripped_executable"].get("stream") in differ:
+            write_executable_stream(payload, streams_dest, write=True)
 
 
 def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o755, workers=2, write=True,
-          pin_mtime=False):
+          pin_mtime=False, images_dest=None):
     """Everything payload_split does, minus Ansible: returns the module's result (without ``changed``).
 
     Every fact in the result (sha256, size, CRC-32 of each file, of each gzip stream and of the stripped
     executable) is derived in this call from ``src``, never read back from earlier outputs. Existing outputs
-    are first only compared with those facts (read-only pass); only when one differs or is missing is the
-    split written, and then only differing files are replaced (``commit`` by sha256). ``healed`` lists the
-    outputs that existed with other bytes (a damaged or forged cache entry), ``changed`` per item whether
-    it was (or in check mode would be) written.
+    are first only compared with those facts (read-only pass); then only the outputs that differ or are
+    missing are written (a no-change run writes nothing). ``healed`` lists the outputs that existed with
+    other bytes (a damaged or forged cache entry), ``changed`` per item whether it was (or in check mode
+    would be) written or re-timed.
 
     ``pin_mtime`` gives every written binary and the stripped executable the source's mtime: a
-    stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match.
+    stripped legacy k0s re-uses a staged file only when size and mtime (to the nanosecond) match. A file
+    with the right content and another mtime is re-timed (not rewritten) and listed in ``retimed``.
+
+    Image bundles (zip ``images/<name>``) are listed in ``images`` and written to ``images_dest`` when
+    given (mode 0644, same checks as binaries), never with the binaries.
     """
-    payload = require_payload(inspect(src))
+    prewritten = {}
+
+    def sink_for(name):
+        """Legacy: a binary missing from ``dest`` is written by the one inflate pass that scans the payload."""
+        final = os.path.join(dest, name)
+        if os.path.lexists(final):
+            return None
+        ensure_output_dir(dest)
+        prewritten[name] = temp_path(final)
+        return Sink(prewritten[name], mode)
+
+    try:
+        payload = require_payload(inspect(src, sink_for if write and dest else None))
+        return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
+                           images_dest)
+    finally:
+        for temp in prewritten.values():   # committed ones were renamed away: this only removes leftovers
+            remove_quietly(temp)
+
+
+def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
+                images_dest):
     mtime_ns = payload.mtime_ns if pin_mtime else None
-    args = (payload, dest, stripped_executable, streams_dest, mode, workers)
-    if write and not any(os.path.lexists(p) for p in _outputs(payload, dest, stripped_executable, streams_dest)):
+    args = (payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest)
+    outputs = _outputs(payload, dest, stripped_executable, streams_dest, images_dest)
+    if write and not any(os.path.lexists(p) for p in outputs):
         # A first split: nothing to compare with, so the read-only pass would only inflate everything twice.
         result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
         result["healed"] = []
+        result["retimed"] = []
         return result
     result, differ = _split(*args, write=False, mtime_ns=mtime_ns)
     healed = [p for p in differ if os.path.lexists(p)]
-    if write and (differ or (mtime_ns is not None and _unpinned(result, mtime_ns))):
-        result = _split(*args, write=True, mtime_ns=mtime_ns)[0]
+    if write and differ:
+        _write_differing(payload, result, differ, args, mtime_ns)
+    result["retimed"] = _retime(result, mtime_ns, write, set(differ)) if mtime_ns is not None else []
     result["healed"] = healed
     return result
 
 
-def _outputs(payload, dest, stripped_executable, streams_dest):
+def _outputs(payload, dest, stripped_executable, streams_dest, images_dest=None):
     """Every path a split with these destinations writes."""
     names = [e.name for e in payload.entries]
     paths = [os.path.join(dest, n) for n in names] if dest else []
+    if images_dest:
+        paths += [os.path.join(images_dest, e.name) for e in payload.images]
     if stripped_executable:
         paths.append(stripped_executable)
     if streams_dest:
@@ -348,8 +438,21 @@ ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")     # split/<sha256 of the executable
 
 
 def mark_used(entry, src):
-    """Record that cache ``entry`` (split/<sha256>) served ``src`` now; its mtime orders retention."""
-    atomic_write(os.path.join(entry, USED_MARKER), (json.dumps({"source": os.path.realpath(src)}) + "\n").encode())
+    """Record that cache ``entry`` (split/<sha256>) served ``src`` now; its mtime orders retention.
+
+    A marker that already names ``src`` only gets a new mtime: a no-change run creates no file.
+    """
+    marker = os.path.join(entry, USED_MARKER)
+    body = (json.dumps({"source": os.path.realpath(src)}) + "\n").encode()
+    try:
+        if check_output_file(marker) is not None:
+            with open(marker, "rb") as f:
+                if f.read(len(body) + 1) == body:
+                    os.utime(marker, None)
+                    return
+    except (IOError, OSError):
+        pass
+    atomic_write(marker, body)
 
 
 def _last_used(entry):

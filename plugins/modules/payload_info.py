@@ -102,6 +102,21 @@ files:
       description: Go version and main module, or null for non-Go binaries.
       type: dict
       returned: with O(build_info)
+images:
+  description:
+    - Image bundles the payload carries (zip entries C(images/<name>), the next k0s layout), never binaries.
+    - Verified (size, CRC-32) and hashed without being written.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name: {description: Base name (C(images/) removed)., type: str}
+    size: {description: Size in bytes., type: int}
+    sha256: {description: sha256., type: str}
+    crc32: {description: CRC-32 recorded in the payload., type: int}
+    compressed_size: {description: Size of its data in the payload., type: int}
+    data_offset: {description: Offset of its data in the executable., type: int}
+    method: {description: C(deflate) or C(store)., type: str}
 stripped_executable:
   description: Size, sha256 and Go build info of the executable without payload.
   returned: success
@@ -137,6 +152,12 @@ def main():
         result = describe(payload)
         offsets = dict((e.name, e) for e in payload.entries)
         files = []
+        images = extract(payload, None, write=False, entries=payload.images) if payload.images else []
+        for item in images:
+            entry = [e for e in payload.images if e.name == item['name']][0]
+            item.update(data_offset=entry.data_offset, method=entry.method)
+            item.pop('path', None)
+            item.pop('changed', None)
         if not p['build_info']:
             stripped = stripped_digest(payload)
             if payload.format != FORMAT_BARE:
@@ -162,7 +183,7 @@ def main():
         stripped.pop('changed', None)
     except PayloadError as e:
         module.fail_json(msg=str(e))
-    result.update(files=files, stripped_executable=stripped)
+    result.update(files=files, images=images, stripped_executable=stripped)
     module.exit_json(changed=False, **result)
 
 

@@ -19,7 +19,10 @@ description:
     a directory of per-binary gzip streams built from the payload's own compressed bytes, for shipping to hosts.
   - Every entry is inflated with bounded memory and verified (size, CRC-32) before anything is renamed into place;
     a damaged payload leaves O(dest) as it was.
-  - Idempotent by sha256, files already holding the right content are not rewritten.
+  - Compares first and writes only what differs (size and sha256 against the facts derived from O(src)); a run
+    where nothing differs writes nothing, not even a temporary file.
+  - Zip entries C(bin/<name>) (the next k0s layout) are binaries like C(<name>); C(images/<name>) are image
+    bundles, listed in RV(images) and written only to O(images_dest); any other path in the zip is refused.
   - Runs where the executable is, normally on the controller (C(delegate_to=localhost)).
 options:
   src:
@@ -44,11 +47,19 @@ options:
         C(manifest.json), this module's result.
       - Hosts inflate and verify these with the Python standard library (see M(fleetsplit.k0s.k0s_release)).
     type: path
+  images_dest:
+    description:
+      - Directory that receives the image bundles the payload carries (zip entries C(images/<name>), mode 0644),
+        verified like binaries. Without it they are only listed in RV(images); they never go to O(dest) or
+        O(streams_dest).
+    type: path
   pin_mtime:
     description:
       - Give every written binary and the stripped executable the source executable's modification time.
       - Required for legacy-format k0s, which re-uses a staged binary only when its size and mtime (to the
         nanosecond) equal the executable's. Harmless for the zip format.
+      - A binary or stripped executable whose content is right but whose mtime is not the source's is re-timed
+        (content untouched) and reported changed, in check mode as would-change (RV(retimed)).
     type: bool
     default: true
   reuse_manifest:
@@ -179,7 +190,20 @@ files:
     stream: {description: "Gzip stream file, with O(streams_dest).", type: str}
     stream_size: {description: Size of the gzip stream file., type: int}
     stream_sha256: {description: sha256 of the gzip stream file (derived from O(src) in this run)., type: str}
-    changed: {description: Whether this binary (or its stream) was written., type: bool}
+    changed: {description: Whether this binary (or its stream) was written or re-timed., type: bool}
+images:
+  description: One item per image bundle (zip entries C(images/<name>)); empty for payloads without any.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name: {description: Base name (C(images/) removed)., type: str}
+    size: {description: Size in bytes., type: int}
+    sha256: {description: sha256 (derived from O(src) in this run)., type: str}
+    crc32: {description: CRC-32 recorded in the payload and verified., type: int}
+    compressed_size: {description: Size of its data in the payload., type: int}
+    path: {description: "Written file in O(images_dest), or null without it.", type: str}
+    changed: {description: Whether it was (or would be) written., type: bool}
 stripped_executable:
   description: The executable without payload.
   returned: success
@@ -204,6 +228,11 @@ healed:
   description:
     - Outputs that existed with other bytes than O(src) gives (a damaged or edited cache entry) and were rewritten
       from O(src) (in check mode, would be). A warning names them.
+  returned: success
+  type: list
+  elements: str
+retimed:
+  description: Outputs whose content was right but whose mtime was not the pinned one; re-timed (check mode, would be).
   returned: success
   type: list
   elements: str
@@ -272,6 +301,7 @@ def main():
             dest=dict(type='path'),
             stripped_executable=dict(type='path'),
             streams_dest=dict(type='path'),
+            images_dest=dict(type='path'),
             pin_mtime=dict(type='bool', default=True),
             reuse_manifest=dict(type='bool', default=False),
             private_dirs=dict(type='list', elements='path'),
@@ -281,7 +311,7 @@ def main():
             owner=dict(type='str'),
             group=dict(type='str'),
         ),
-        required_by={'dest': 'src', 'stripped_executable': 'src', 'streams_dest': 'src'},
+        required_by={'dest': 'src', 'stripped_executable': 'src', 'streams_dest': 'src', 'images_dest': 'src'},
         supports_check_mode=True,
     )
     p = module.params
@@ -299,8 +329,8 @@ def main():
         if not dirs:
             module.fail_json(msg="src is required (or private_dirs alone, to only prepare the cache directories)")
         module.exit_json(changed=any(v != "ok" for v in dirs.values()), private_dirs=dirs)
-    if not (p['dest'] or p['stripped_executable'] or p['streams_dest']):
-        module.fail_json(msg="one of the following is required: dest, stripped_executable, streams_dest")
+    if not (p['dest'] or p['stripped_executable'] or p['streams_dest'] or p['images_dest']):
+        module.fail_json(msg="one of the following is required: dest, stripped_executable, streams_dest, images_dest")
     if not HAS_PYELFTOOLS:
         module.fail_json(msg=missing_required_lib('pyelftools'), exception=PYELFTOOLS_IMPORT_ERROR)
 
@@ -311,13 +341,13 @@ def main():
         before = _before(watched) if module._diff else {}
         result = split(p['src'], dest=p['dest'], stripped_executable=p['stripped_executable'],
                        streams_dest=p['streams_dest'], mode=mode, workers=p['workers'],
-                       write=not module.check_mode, pin_mtime=p['pin_mtime'])
+                       write=not module.check_mode, pin_mtime=p['pin_mtime'], images_dest=p['images_dest'])
     except PayloadError as e:
         module.fail_json(msg=str(e))
     except (IOError, OSError) as e:
         module.fail_json(msg="splitting %s failed: %s" % (p['src'], e))
 
-    changed = any(f['changed'] for f in result['files']) or result['stripped_executable']['changed']
+    changed = any(f['changed'] for f in result['files'] + result['images']) or result['stripped_executable']['changed']
     outputs = [f['path'] for f in result['files'] if f['path']]
     if p['stripped_executable']:
         outputs.append(p['stripped_executable'])
@@ -333,8 +363,9 @@ def main():
     if p['streams_dest'] and not module.check_mode:
         manifest = os.path.join(p['streams_dest'], 'manifest.json')
         # Written for people and tools; never read back as a source of facts. Per-run flags stay out.
-        stable = dict((k, v) for k, v in result.items() if k != 'healed')
+        stable = dict((k, v) for k, v in result.items() if k not in ('healed', 'retimed'))
         stable.update(files=[dict((k, v) for k, v in f.items() if k != 'changed') for f in result['files']],
+                      images=[dict((k, v) for k, v in i.items() if k != 'changed') for i in result['images']],
                       stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items()
                                                if k != 'changed'))
         body = json.dumps(stable, indent=2, sort_keys=True) + "\n"

@@ -2,7 +2,7 @@
 import json
 import os
 
-from testlib import local_inventory, recap, run_playbook, sha256
+from testlib import REPO, local_inventory, recap, run_playbook, sha256
 
 PLAY = """
 - hosts: localhost
@@ -103,3 +103,117 @@ def test_info_module_reports_build_info(tmp_path, fixtures):
     assert by_name["xtables-nft-multi"]["go_build_info"] is None
     assert info["stripped_executable"]["go_build_info"]["go_version"].startswith("go1.")
     assert info["stripped_executable"]["size"] == os.path.getsize(fixture["bare_path"])
+
+
+def _dir_mtimes(*dirs):
+    return [os.stat(d).st_mtime_ns for d in dirs]
+
+
+def test_overlay_split_mtime_drift_is_a_change_and_no_change_writes_nothing(tmp_path, fixtures):
+    """Issue 13 items 7 and 8, as the overlay runs it (payload_split into the image tree, pin_mtime on)."""
+    fixture = fixtures["k0s-small-legacy"]
+    root = tmp_path / "overlay"
+    libexec, bindir = root / "usr" / "libexec" / "k0s", root / "usr" / "bin"
+    args = dict(src=fixture["path"], dest=str(libexec), stripped_executable=str(bindir / "k0s"), pin_mtime=True,
+                mode="0755")
+    proc, out, result = split(tmp_path, args)
+    assert proc.returncode == 0 and result["changed"], out
+    pinned = result["pinned_mtime_ns"]
+
+    # No change: changed=0, and not even a temp file came and went (directory mtimes pushed back first).
+    for d in (libexec, bindir):
+        os.utime(d, ns=(10 ** 18, 10 ** 18))
+    proc, out, result = split(tmp_path, args)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0 and result["retimed"] == [], out
+    assert _dir_mtimes(libexec, bindir) == [10 ** 18, 10 ** 18]
+
+    # Right content, wrong mtime: a change, reported in check mode without fixing it ...
+    runc = libexec / "runc"
+    os.utime(runc, ns=(pinned - 10 ** 9, pinned - 10 ** 9))
+    inode = os.stat(runc).st_ino
+    proc, out, result = split(tmp_path, args, "--check")
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 1, out
+    assert result["retimed"] == [str(runc)] and [f["name"] for f in result["files"] if f["changed"]] == ["runc"]
+    assert os.stat(runc).st_mtime_ns == pinned - 10 ** 9
+    # ... and fixed for real by re-timing the same file (content not rewritten, nothing created beside it).
+    proc, out, result = split(tmp_path, args)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 1 and result["retimed"] == [str(runc)], out
+    assert os.stat(runc).st_mtime_ns == pinned and os.stat(runc).st_ino == inode
+    assert _dir_mtimes(libexec, bindir) == [10 ** 18, 10 ** 18]
+    proc, out, result = split(tmp_path, args)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
+
+
+def test_next_layout_images_split_apart_and_listed(tmp_path, fixtures):
+    """Issue 13 item 4: bin/<name> entries are binaries, images/<name> bundles go to images_dest only."""
+    fixture = fixtures["k0s-zip-next"]
+    root = tmp_path / "cache"
+    args = dict(src=fixture["path"], dest=str(root / "libexec"), stripped_executable=str(root / "bin" / "k0s"),
+                streams_dest=str(root / "streams"), images_dest=str(root / "images"))
+    proc, out, result = split(tmp_path, args)
+    assert proc.returncode == 0 and result["changed"], out
+    assert sorted(f["name"] for f in result["files"]) == sorted(fixture["binaries"])
+    assert [(i["name"], i["sha256"], i["path"]) for i in result["images"]] == \
+        [(n, b["sha256"], str(root / "images" / n)) for n, b in sorted(fixture["images"].items())]
+    assert sorted(os.listdir(root / "libexec")) == sorted(fixture["binaries"])
+    assert sorted(os.listdir(root / "streams" / "libexec")) == sorted(n + ".gz" for n in fixture["binaries"])
+    manifest = json.loads((root / "streams" / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["images"]] == sorted(fixture["images"]) and "retimed" not in manifest
+    proc, out, result = split(tmp_path, args)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
+
+    (tmp_path / "info.yml").write_text("""
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - fleetsplit.k0s.payload_info: {src: "{{ src }}", build_info: false}
+      register: info
+    - ansible.builtin.copy: {content: "{{ info | to_json }}", dest: "{{ out }}"}
+""")
+    evars = json.dumps(dict(src=fixture["path"], out=str(tmp_path / "info.json")))
+    proc, out = run_playbook(local_inventory() + [tmp_path / "info.yml", "-e", evars], cwd=tmp_path)
+    assert proc.returncode == 0, out
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert [(i["name"], i["sha256"], i["method"]) for i in info["images"]] == \
+        [(n, b["sha256"], "store") for n, b in sorted(fixture["images"].items())]
+    assert sorted(f["name"] for f in info["files"]) == sorted(fixture["binaries"])
+
+
+def _overlay(tmp_path, exe, root, *flags):
+    evars = dict(k0s_executable=exe, k0s_controller_cache_dir=str(tmp_path / "cache"), k0s_overlay_root=str(root))
+    return run_playbook([str(REPO / "playbooks/deploy_k0s.yml"), "-e", json.dumps(evars)] + list(flags), cwd=tmp_path)
+
+
+def test_overlay_playbook_retimes_a_legacy_binary_in_check_and_real_mode(tmp_path, fixtures):
+    """Issue 13 item 7 through the overlay play itself (its pinned-mtime assert included)."""
+    fixture = fixtures["k0s-small-legacy"]
+    root = tmp_path / "overlay"
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0, out
+    runc = root / "usr" / "libexec" / "k0s" / "runc"
+    pinned = os.stat(fixture["path"]).st_mtime_ns
+    os.utime(runc, ns=(pinned + 10 ** 9, pinned + 10 ** 9))
+    proc, out = _overlay(tmp_path, fixture["path"], root, "--check")
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 1, out
+    assert os.stat(runc).st_mtime_ns == pinned + 10 ** 9
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 1, out
+    assert os.stat(runc).st_mtime_ns == pinned
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
+
+
+def test_overlay_playbook_takes_a_next_layout_k0s(tmp_path, fixtures):
+    """bin/<name> binaries land in usr/libexec/k0s; the image bundle stays in the controller cache."""
+    fixture = fixtures["k0s-zip-next"]
+    root = tmp_path / "overlay"
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0, out
+    assert sorted(os.listdir(root / "usr" / "libexec" / "k0s")) == sorted(fixture["binaries"])
+    assert sorted(os.listdir(root / "var" / "lib" / "k0s" / "bin")) == sorted(fixture["binaries"])
+    (entry,) = (tmp_path / "cache" / "split").iterdir()
+    assert sorted(os.listdir(entry / "images")) == sorted(fixture["images"])
+    assert sha256(entry / "images" / "fixture-bundle.tar") == fixture["images"]["fixture-bundle.tar"]["sha256"]
+    assert not list(root.rglob("*.tar"))
+    proc, out = _overlay(tmp_path, fixture["path"], root)
+    assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out

@@ -360,9 +360,14 @@ def test_unknown_data_after_elf(small, tmp_path):
 
 
 @pytest.mark.parametrize("name,message", [
-    ("bin/runc", "path separator"),
-    ("../runc", "path separator"),
-    ("/etc/runc", "path separator"),
+    ("bin/runc", "binary 'runc' occurs twice \\(as 'runc' and 'bin/runc'\\)"),
+    ("../runc", "'../runc' is a path"),
+    ("/etc/runc", "'/etc/runc' is a path"),
+    ("bin/sub/runc", "'bin/sub/runc' is a path"),
+    ("images/sub/x.tar", "'images/sub/x.tar' is a path"),
+    ("lib/x", "'lib/x' is a path"),
+    ("bin/", "'bin/': embedded name is empty"),
+    ("bin/..", "not a file name"),
     ("..", "not a file name"),
     ("ru\x01nc", "control character"),
 ])

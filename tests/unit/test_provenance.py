@@ -159,3 +159,23 @@ def test_executable_stream_is_verified_by_inflating_it(tmp_path, fixtures):
         k0s_gz.write_bytes(bad)
         assert _split(fx, tmp_path)["healed"] == [str(k0s_gz)]
         assert gzip.decompress(k0s_gz.read_bytes()) == bare
+
+
+def test_marking_a_cache_entry_used_again_creates_no_file(tmp_path):
+    """A no-change run only moves the marker's mtime (the retention clock): no temp file, same inode."""
+    entry = tmp_path / "split" / ("a" * 64)
+    entry.mkdir(parents=True)
+    src = tmp_path / "k0s"
+    src.write_bytes(b"k0s")
+    kp.mark_used(str(entry), str(src))
+    marker = entry / kp.USED_MARKER
+    os.utime(marker, ns=(10 ** 9, 10 ** 9))
+    os.utime(entry, ns=(10 ** 9, 10 ** 9))
+    inode = os.stat(marker).st_ino
+    kp.mark_used(str(entry), str(src))
+    assert os.stat(marker).st_ino == inode and os.stat(marker).st_mtime_ns > 10 ** 9
+    assert os.stat(entry).st_mtime_ns == 10 ** 9       # nothing created or renamed in the entry
+    other = tmp_path / "k0s-other"
+    other.write_bytes(b"other")
+    kp.mark_used(str(entry), str(other))                # another source: rewritten
+    assert json.loads(marker.read_text())["source"] == str(other)

@@ -18,7 +18,7 @@ from .elf import section_bytes
 from .errors import CorruptPayloadError, PayloadError
 from .fsio import CHUNK, Sink, check_names
 from .model import METHOD_DEFLATE, Entry
-from .streams import feed
+from .streams import PipedSink, feed
 
 _LEGACY_NAME = re.compile(rb"bin/([A-Za-z0-9._+-]+?)\.gz")
 
@@ -29,17 +29,45 @@ def legacy_names(elf):
     return sorted(set(m.decode("ascii") for m in _LEGACY_NAME.findall(data)))
 
 
+def _symbols_named(elf, suffix, size):
+    """(st_shndx, st_value) of the .symtab symbols whose name ends with ``suffix`` and whose size is ``size``.
+
+    The table is unpacked with ``struct`` in one go: pyelftools parses ~9000 Go symbols one by one, which
+    cost more than inflating a member.
+    """
+    symtab = elf.get_section_by_name(".symtab")
+    strtab = elf.get_section(symtab["sh_link"]) if symtab is not None else None
+    if symtab is None or strtab is None:
+        return []
+    names = strtab.data()
+    wanted = set()
+    pos = names.find(suffix + b"\x00")
+    while pos != -1:
+        wanted.add(names.rfind(b"\x00", 0, pos) + 1)
+        pos = names.find(suffix + b"\x00", pos + 1)
+    if not wanted:
+        return []
+    end = "<" if elf.little_endian else ">"
+    if elf.elfclass == 64:   # st_name, st_info, st_other, st_shndx, st_value, st_size
+        layout, fields = end + "IBBHQQ", (0, 3, 4, 5)
+    else:                    # st_name, st_value, st_size, st_info, st_other, st_shndx
+        layout, fields = end + "IIIBBH", (0, 5, 1, 2)
+    data = symtab.data()
+    found = []
+    for raw in struct.iter_unpack(layout, data[:len(data) - len(data) % struct.calcsize(layout)]):
+        name, shndx, value, sym_size = [raw[i] for i in fields]
+        if name in wanted and sym_size == size:
+            found.append((shndx, value))
+    return found
+
+
 def bin_data_size(elf, blob_size):
     """BinDataSize as compiled in: from the symbol table when present, else an aligned int64 in .noptrdata."""
     fmt = "<q" if elf.little_endian else ">q"
-    symtab = elf.get_section_by_name(".symtab")
-    if symtab is not None:
-        for symbol in symtab.iter_symbols():
-            if symbol.name.endswith(".BinDataSize") and symbol["st_size"] == 8:
-                section = elf.get_section(symbol["st_shndx"]) if isinstance(symbol["st_shndx"], int) else None
-                if section is not None and section["sh_type"] != "SHT_NOBITS":
-                    offset = symbol["st_value"] - section["sh_addr"]
-                    return struct.unpack_from(fmt, section.data(), offset)[0]
+    for shndx, value in _symbols_named(elf, b".BinDataSize", 8):
+        section = elf.get_section(shndx) if 0 < shndx < elf.num_sections() else None
+        if section is not None and section["sh_type"] != "SHT_NOBITS":
+            return struct.unpack_from(fmt, section.data(), value - section["sh_addr"])[0]
     data = section_bytes(elf, ".noptrdata") or b""
     wanted = struct.pack(fmt, blob_size)
     pos = data.find(wanted)
@@ -73,10 +101,14 @@ def gzip_header_length(mm, pos, size, what):
     return cur - pos
 
 
-def _scan_member(mm, pos, size, name, what):
-    """Inflate (without writing) the member at ``pos``, check its trailer; returns its Entry."""
+def _scan_member(mm, pos, size, name, what, out=None):
+    """Inflate the member at ``pos`` once, check its trailer; returns its Entry.
+
+    The same pass hashes the bytes and (``out``: a Sink on a new file) writes them, in a second thread
+    (``PipedSink``); the member's end comes from the inflater (``unused_data``), not from a second pass.
+    """
     data_offset = pos + gzip_header_length(mm, pos, size, what)
-    sink = Sink()
+    piped = PipedSink(out if out is not None else Sink())
     inflater = zlib.decompressobj(-15)
     cur = data_offset
     try:
@@ -84,10 +116,15 @@ def _scan_member(mm, pos, size, name, what):
             if cur >= size:
                 raise CorruptPayloadError("%s: truncated (file ends at offset %d inside the member)" % (what, size))
             block = mm[cur:min(size, cur + CHUNK)]
-            feed(inflater, block, sink)
+            feed(inflater, block, piped)
             cur += len(block) - len(inflater.unused_data)
     except zlib.error as e:
+        piped.abort()
         raise CorruptPayloadError("%s: compressed data is corrupt (%s)" % (what, e))
+    except BaseException:
+        piped.abort()
+        raise
+    sink = piped.finish()
     if cur + 8 > size:
         raise CorruptPayloadError("%s: truncated (gzip trailer missing at offset %d)" % (what, cur))
     crc, isize = struct.unpack_from("<II", mm, cur)
@@ -100,8 +137,12 @@ def _scan_member(mm, pos, size, name, what):
                  member_offset=pos, member_size=end - pos, sha256=sink.hash.hexdigest())
 
 
-def scan_legacy(mm, path, start, size, names):
-    """Walk the gzip members back to back from ``start``; inflate each (no writes) to find its end and hash it."""
+def scan_legacy(mm, path, start, size, names, sink_for=None):
+    """Walk the gzip members back to back from ``start``; inflate each once to find its end and hash it.
+
+    ``sink_for(name)`` may return a Sink on a new file: that member is written in the same pass (the
+    caller closes or discards it; on an error here every sink handed out so far is discarded).
+    """
     entries = []
     pos = start
     while pos < size:
@@ -110,7 +151,15 @@ def scan_legacy(mm, path, start, size, names):
             raise PayloadError("%s: more gzip members than the %d bin/<name>.gz names in .rodata (next member at offset %d)"
                                % (path, len(names), pos))
         what = "%s: gzip member %d (%s)" % (path, index + 1, names[index])
-        entries.append(_scan_member(mm, pos, size, names[index], what))
+        out = sink_for(names[index]) if sink_for else None
+        try:
+            entries.append(_scan_member(mm, pos, size, names[index], what, out))
+            if out is not None:
+                out.close(fsync=False)
+        except BaseException:
+            if out is not None:
+                out.discard()
+            raise
         pos = entries[-1].member_offset + entries[-1].member_size
     if len(entries) != len(names):
         raise PayloadError("%s: .rodata names %d embedded binaries (bin/<name>.gz) but the payload holds %d gzip members"
@@ -118,7 +167,7 @@ def scan_legacy(mm, path, start, size, names):
     return entries
 
 
-def read_legacy(elf, mm, path, start, size):
+def read_legacy(elf, mm, path, start, size, sink_for=None):
     """Names, BinDataSize and entries of a legacy payload at ``start``: (entries, recorded BinDataSize)."""
     names = legacy_names(elf)
     if not names:
@@ -132,4 +181,4 @@ def read_legacy(elf, mm, path, start, size):
     if recorded != blob_size:
         raise CorruptPayloadError("%s: BinDataSize records %d bytes but %d follow the ELF end"
                                   % (path, recorded, blob_size))
-    return scan_legacy(mm, path, start, size, names), recorded
+    return scan_legacy(mm, path, start, size, names, sink_for), recorded

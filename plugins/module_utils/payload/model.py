@@ -39,14 +39,15 @@ class Payload(object):
     """What ``inspect`` found in one executable."""
 
     def __init__(self, path, file_size, fmt, elf_end, entries, elf_machine, k0s_version,
-                 mtime_ns, bin_data_size=None, zip64=False):
+                 mtime_ns, bin_data_size=None, zip64=False, images=None):
         self.path = path
         self.file_size = file_size
         self.format = fmt
         self.elf_end = elf_end
         self.payload_offset = elf_end
         self.payload_size = file_size - elf_end
-        self.entries = entries
+        self.entries = entries               # embedded binaries (names as written to libexec)
+        self.images = images or []           # image bundles (zip ``images/<name>``): never binaries
         self.elf_machine = elf_machine
         self.k0s_version = k0s_version
         self.mtime_ns = mtime_ns

@@ -11,7 +11,13 @@ from __future__ import absolute_import, division, print_function
 
 import os
 import struct
+import threading
 import zlib
+
+try:
+    import queue
+except ImportError:   # Python 2 never runs here, but sanity imports every file
+    import Queue as queue  # noqa
 
 from .errors import CorruptPayloadError, PayloadError
 from .fsio import CHUNK, Sink
@@ -30,6 +36,51 @@ def feed(inflater, block, sink):
             break
         # Full output buffer: zlib may hold more, in unconsumed_tail or in its own state.
         data = inflater.decompress(inflater.unconsumed_tail, MAX_OUTPUT)
+
+
+class PipedSink(object):
+    """Hands the bytes written to it to ``sink`` in a second thread, through a queue of at most ``depth`` pieces.
+
+    zlib's inflate and crc32, hashlib's sha256 and file writes all release the GIL on large buffers, so
+    one thread inflates while the other checksums and writes. ``finish`` waits for the second thread and
+    returns ``sink``; ``abort`` stops it. Memory stays bounded by ``depth`` x MAX_OUTPUT.
+    """
+
+    def __init__(self, sink, depth=8):
+        self.sink = sink
+        self.error = None
+        self._queue = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self.error is None:
+                try:
+                    self.sink.write(data)
+                except BaseException as e:   # re-raised in the inflating thread
+                    self.error = e
+
+    def write(self, data):
+        if self.error is not None:
+            raise self.error
+        self._queue.put(data)
+
+    def finish(self):
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.sink
+
+    def abort(self):
+        self.error = self.error or PayloadError("aborted")
+        self._queue.put(None)
+        self._thread.join()
 
 
 def inflate_range(fd, offset, length, method, sink, what):

@@ -22,7 +22,7 @@ import struct
 import zipfile
 
 from .errors import CorruptPayloadError, PayloadError
-from .fsio import check_names
+from .fsio import check_name, check_names
 from .model import METHOD_DEFLATE, METHOD_STORE, Entry
 
 LOCAL_HEADER = b"PK\x03\x04"
@@ -135,6 +135,46 @@ def _entry(mm, path, info, cd_start):
     return Entry(name, info.file_size, info.CRC, _ZIP_METHODS[method], data_offset, info.compress_size), local
 
 
+BIN_DIR = "bin"         # k0s >= 1.37 layout (feature/zip-embedded-images): assets.EmbeddedBinDir
+IMAGES_DIR = "images"   # OCI image bundles k0s imports from the payload (worker ocibundle.go embeddedBundleDir)
+
+
+def classify(path, entries):
+    """(binaries, images, skipped directory entries) of zip entries by name.
+
+    ``<name>`` and ``bin/<name>`` are binaries (by base name), ``images/<name>`` image bundles; the
+    directory entries ``bin/`` and ``images/`` are skipped. Any other name with a ``/`` is refused, as
+    is a binary named both ways or a name that is not a plain file name.
+    """
+    binaries, images, where = [], [], {}
+    for entry in entries:
+        raw = entry.name
+        head, sep, tail = raw.partition("/")
+        if sep and head in (BIN_DIR, IMAGES_DIR) and tail == "" and entry.size == 0:
+            continue   # an explicit directory entry, as Info-ZIP's zip adds for a directory
+        if sep and head in (BIN_DIR, IMAGES_DIR) and "/" not in tail:
+            try:
+                check_name(tail)
+            except PayloadError as e:
+                raise PayloadError("%s: zip entry %r: %s" % (path, raw, e))
+            entry.name = tail
+            (binaries if head == BIN_DIR else images).append(entry)
+        elif sep:
+            raise PayloadError("%s: zip entry %r is a path: only <name> and bin/<name> (embedded binaries) and "
+                               "images/<name> (image bundles) are known; refusing an unknown payload layout (is this "
+                               "a newer k0s than this collection supports?)" % (path, raw))
+        else:
+            binaries.append(entry)
+        kind = "binary" if head == BIN_DIR or not sep else "image bundle"
+        if (kind, entry.name) in where:
+            raise PayloadError("%s: embedded %s %r occurs twice (as %r and %r): refusing"
+                               % (path, kind, entry.name, where[(kind, entry.name)], raw))
+        where[(kind, entry.name)] = raw
+    check_names([e.name for e in binaries])
+    check_names([e.name for e in images])
+    return binaries, images
+
+
 def _check_overlaps(path, spans):
     """Each entry's local header and data ([(Entry, local header offset)]) must end before the next entry starts."""
     ordered = sorted(spans, key=lambda span: span[1])
@@ -148,7 +188,9 @@ def _check_overlaps(path, spans):
 def read_zip(f, mm, path, start, size):
     """Entries of the zip archive that must start at ``start`` (the ELF end) of the file ``f`` (mapped as ``mm``).
 
-    Returns (entries, zip64). Raises PayloadError (CorruptPayloadError for damage) naming the problem.
+    Returns (binaries, image bundles, zip64) (``classify``). Raises PayloadError (CorruptPayloadError for
+    damage) naming the problem. The directory's offsets may be relative to the archive (Go's archive/zip,
+    k0s's packer) or to the file (Info-ZIP's ``zip -A``, as k0s documents for adding image bundles).
     """
     eocd, junk = find_end_record(mm, start, size)
     if eocd is None:
@@ -159,11 +201,16 @@ def read_zip(f, mm, path, start, size):
         raise CorruptPayloadError("%s: %d bytes of trailing data follow the zip end-of-central-directory record" % (path, junk))
     zip64, count, cd_size, cd_offset = _end_records(mm, eocd)
     base = (zip64 if zip64 is not None else eocd) - cd_size - cd_offset
-    if base != start:
+    if base == 0 and cd_offset >= start:
+        pass   # offsets relative to the file (``zip -A``): the first local header must still be at the ELF end
+    elif base != start:
         raise CorruptPayloadError("%s: the zip directory puts the archive start at offset %d but the ELF image ends at %d"
                                   % (path, base, start))
     cd_start = base + cd_offset   # so the directory ends at the (zip64) end record
     spans = [_entry(mm, path, info, cd_start) for info in _directory(f, path, cd_start, count)]
+    if spans and min(local for dummy, local in spans) != start:
+        raise CorruptPayloadError("%s: the first zip entry is at offset %d but the ELF image ends at %d"
+                                  % (path, min(local for dummy, local in spans), start))
     _check_overlaps(path, spans)
-    check_names([entry.name for entry, dummy in spans])
-    return [entry for entry, dummy in spans], zip64 is not None
+    binaries, images = classify(path, [entry for entry, dummy in spans])
+    return binaries, images, zip64 is not None
