@@ -204,7 +204,9 @@ def test_overlay_playbook_retimes_a_legacy_binary_in_check_and_real_mode(tmp_pat
 
 
 def test_overlay_playbook_takes_a_next_layout_k0s(tmp_path, fixtures):
-    """bin/<name> binaries land in usr/libexec/k0s; the image bundle stays in the controller cache."""
+    """bin/<name> binaries land in usr/libexec/k0s; the image bundle the executable carried is split apart in
+    the controller cache and goes the airgap way (the stripped k0s has no payload to import it from):
+    <data-dir>/images/ with the stable mtime, never next to the binaries."""
     fixture = fixtures["k0s-zip-next"]
     root = tmp_path / "overlay"
     proc, out = _overlay(tmp_path, fixture["path"], root)
@@ -214,6 +216,10 @@ def test_overlay_playbook_takes_a_next_layout_k0s(tmp_path, fixtures):
     (entry,) = (tmp_path / "cache" / "split").iterdir()
     assert sorted(os.listdir(entry / "images")) == sorted(fixture["images"])
     assert sha256(entry / "images" / "fixture-bundle.tar") == fixture["images"]["fixture-bundle.tar"]["sha256"]
-    assert not list(root.rglob("*.tar"))
+    placed = root / "var" / "lib" / "k0s" / "images" / "fixture-bundle.tar"
+    assert [p.relative_to(root) for p in root.rglob("*.tar")] == [placed.relative_to(root)]
+    assert sha256(placed) == fixture["images"]["fixture-bundle.tar"]["sha256"]
+    mtime = placed.stat().st_mtime_ns
     proc, out = _overlay(tmp_path, fixture["path"], root)
     assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
+    assert placed.stat().st_mtime_ns == mtime   # same file, same mtime: k0s does not import it again
