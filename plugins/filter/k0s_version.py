@@ -79,7 +79,7 @@ def _version_of(host, read):
         version = manifest.get("k0s_version") if isinstance(manifest, dict) else None
         return version or None, None
     msg = str(read.get("msg", ""))
-    if msg.startswith("file not found"):
+    if msg.lower().startswith("file not found"):
         return None, None   # no current release: a fresh host
     return None, msg or "reading its current release's manifest.json failed"
 

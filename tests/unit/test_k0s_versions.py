@@ -120,7 +120,7 @@ def slurped(version):
 
 
 def test_filter_reads_slurped_manifests():
-    reads = {"c1": slurped("v1.34.1+k0s.0"), "w1": {"failed": False, "msg": "file not found: /x/current/manifest.json"},
+    reads = {"c1": slurped("v1.34.1+k0s.0"), "w1": {"failed": False, "msg": "File not found: /x/current/manifest.json"},
              "c2": {"unreachable": True, "msg": "Failed to connect"}, "w2": slurped(None),
              "w3": {"content": base64.b64encode(b"{not json").decode()}}
     p = k0s_version_skew("v1.35.0+k0s.0", reads, ["c1", "w1", "w2", "w3"], ["c1", "c2"])
