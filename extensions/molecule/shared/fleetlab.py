@@ -188,6 +188,7 @@ def stream_sizes(manifest):
 # joins are once per host and carry no content. The workers then run without a token until the
 # last run of cmd_bytes joins them.
 NO_JOINS = ("-e", "k0s_cluster_bootstrap=false")
+FORCE_SKEW = ("-e", "k0s_upgrade_allow_version_skew=true")
 
 
 def measured_run(hosts, inventory, executable, extra=()):
@@ -303,7 +304,8 @@ def cmd_bytes(args):
         overhead_check(h, "v2 re-deploy", v2[h.name], total2, 1, rerun, per_upload, problems, report)
 
     # 4. Back to k0s-zip: everything is still in the previous release, nothing to send.
-    out, back, secs = measured_run(hosts, inv, zip1, NO_JOINS)
+    # (v1.36.4 -> v1.36.3 is a patch downgrade, refused unless forced: docs/upgrade.md "Version skew")
+    out, back, secs = measured_run(hosts, inv, zip1, NO_JOINS + FORCE_SKEW)
     row("back to k0s-zip", back, secs)
     for h in hosts:
         if uploaded(out, h.name):
@@ -323,7 +325,7 @@ def cmd_bytes(args):
     # Leave the hosts on k0s-zip with their services restarted and joined, for verify. The one-time
     # cost of the joins (commands on the leader, the token module on each worker) is reported, not
     # budgeted: it carries no content.
-    out, joined, secs = measured_run(hosts, inv, zip1)
+    out, joined, secs = measured_run(hosts, inv, zip1, FORCE_SKEW)
     row("back to k0s-zip + joins", joined, secs)
     if failures(out):
         problems.append("the final deploy (with the cluster bootstrap) failed: %s" % failures(out))
