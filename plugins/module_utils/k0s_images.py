@@ -163,8 +163,12 @@ def _write_record(images_dir, placed):
     atomic_write(record_path(images_dir), body.encode(), 0o644)
 
 
-def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mode=False):
+def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mode=False, keep_stale=False):
     """Make images/ hold exactly the wanted bundles fleetsplit places (foreign files kept).
+
+    ``keep_stale`` places what is missing but keeps the bundles no longer wanted (and their record), so a
+    release staged before an upgrade, or rolled back to, still finds its images pinned; a later run
+    without it removes them.
 
     ``bundle`` is one file on the host with a gzip stream per missing name, ``members`` its table
     ``[{name, offset, size}]``. Every check (names, directory chain, record, bundle table covers the missing
@@ -172,7 +176,15 @@ def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mod
     """
     q = query(images_dir, wanted, verify)
     want = check_wanted(wanted)
-    q["changed"] = not q["up_to_date"]
+    old = read_record(images_dir)
+    if keep_stale:
+        kept = dict((n, old[n]) for n in q["stale"])
+        kept.update(_record_for(want))
+        q["stale"], q["kept_stale"] = [], q["stale"]
+        q["changed"] = bool(q["missing"]) or kept != old
+    else:
+        kept = _record_for(want)
+        q["changed"] = not q["up_to_date"]
     if q["missing"]:
         if check_mode and bundle is None:
             return q
@@ -199,10 +211,9 @@ def apply(images_dir, wanted, bundle=None, members=None, verify=False, check_mod
                              "belongs); move it away, then run again" % os.path.join(images_dir, name))
     if check_mode or not q["changed"]:
         return q
-    old = read_record(images_dir)
     make_dirs(images_dir, 0o755)
     staging = os.path.dirname(os.path.normpath(images_dir))
-    new = _record_for(want)
+    new = kept
     # Recorded first (old and new names): a run killed half-way still knows every file it may have placed.
     merged = dict(old)
     merged.update(new)

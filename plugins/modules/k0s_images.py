@@ -51,6 +51,13 @@ options:
     description: Hash every present bundle instead of trusting the record when size and mtime match it.
     type: bool
     default: false
+  keep_stale:
+    description:
+      - Place what is missing but keep the bundles fleetsplit placed that are no longer wanted (and their record).
+      - The install role sets it while it stages a release without switching (an upgrade), so a host rolled back
+        to its previous release still has that release's images pinned; the next run without it removes them.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -96,6 +103,11 @@ stale:
   returned: always
   type: list
   elements: str
+kept_stale:
+  description: With O(keep_stale), the names that V(present) would otherwise have removed (still placed, still recorded).
+  returned: with O(keep_stale) and O(state=present)
+  type: list
+  elements: str
 foreign:
   description: Other files in the directory; never touched.
   returned: always
@@ -130,6 +142,7 @@ def main():
             bundle_src=dict(type="path"),
             bundle_members=dict(type="list", elements="dict"),
             verify=dict(type="bool", default=False),
+            keep_stale=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("bundle", "bundle_src")],
         supports_check_mode=True,
@@ -141,7 +154,7 @@ def main():
             result["changed"] = False
         else:
             result = apply(p["images_dir"], p["images"], p["bundle"], p["bundle_members"], p["verify"],
-                           module.check_mode)
+                           module.check_mode, p["keep_stale"])
     except (ImageError, HostFsError) as e:
         module.fail_json(msg=str(e))
     except (IOError, OSError) as e:
@@ -150,7 +163,7 @@ def main():
         # Replaced files show with the reason they differ; the record is not a bundle and not shown.
         before = sorted(set(result["present"]) | set(result["stale"])
                         | set("%s (%s)" % (n, r) for n, r in result["reasons"].items() if r != "missing"))
-        after = sorted(set(result["present"]) | set(result["missing"]))
+        after = sorted(set(result["present"]) | set(result["missing"]) | set(result.get("kept_stale", [])))
         result["diff"] = {"before_header": "%s (placed by fleetsplit)" % p["images_dir"], "before": "\n".join(before) + "\n",
                           "after_header": p["images_dir"], "after": "\n".join(after) + "\n"}
     module.exit_json(**result)

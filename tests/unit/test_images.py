@@ -36,7 +36,7 @@ def lab(tmp_path):
             os.makedirs(self.cache, mode=0o700, exist_ok=True)
             return [image_stream(t, self.cache) for t in tars]
 
-        def deploy(self, infos, check_mode=False):
+        def deploy(self, infos, check_mode=False, keep_stale=False):
             """What the role does: query, bundle what is missing, apply."""
             q = ki.query(self.images, infos)
             bundle = None
@@ -44,7 +44,7 @@ def lab(tmp_path):
                 bundle = write_bundle([(i["name"], i["stream"], i["stream_sha256"]) for i in infos
                                        if i["name"] in q["missing"]], os.path.join(self.cache, "bundles"))
             return q, bundle, ki.apply(self.images, infos, bundle and bundle["path"], bundle and bundle["members"],
-                                       check_mode=check_mode)
+                                       check_mode=check_mode, keep_stale=keep_stale)
     os.makedirs(str(tmp_path / "root" / "var" / "lib" / "k0s"))
     return Lab()
 
@@ -103,6 +103,24 @@ def test_upgrade_removes_old_bundle_keeps_foreign_files(lab):
     # An empty list removes what fleetsplit placed, never the operator's file.
     q, bundle, r = lab.deploy([])
     assert r["changed"] and listing(lab.images) == ["mine.tar"]
+
+
+def test_staged_upgrade_keeps_the_old_bundle_until_pruned(lab):
+    """An upgrade stages with keep_stale (a rollback still finds the old images pinned); the prune after the
+    gate removes the old bundle; a staged re-run changes nothing."""
+    old, new = lab.streams(lab.tar("old.tar"), lab.tar("new.tar", "/bin/cat"))
+    lab.deploy([old])
+    old_mtime = os.stat(os.path.join(lab.images, "old.tar")).st_mtime_ns
+    q, bundle, r = lab.deploy([new], keep_stale=True)
+    assert r["changed"] and r["kept_stale"] == ["old.tar"] and r["stale"] == []
+    assert listing(lab.images) == ["new.tar", "old.tar"]
+    assert os.stat(os.path.join(lab.images, "old.tar")).st_mtime_ns == old_mtime   # k0s keeps it pinned
+    assert sorted(json.load(open(ki.record_path(lab.images)))["placed"]) == ["new.tar", "old.tar"]
+    q, bundle, r = lab.deploy([new], keep_stale=True)
+    assert bundle is None and not r["changed"]
+    q, bundle, r = lab.deploy([new])
+    assert r["changed"] and listing(lab.images) == ["new.tar"]
+    assert list(json.load(open(ki.record_path(lab.images)))["placed"]) == ["new.tar"]
 
 
 def test_check_mode_changes_nothing(lab):
