@@ -198,6 +198,9 @@ class Runner(LinkOps):
                     if os.path.isdir(d):
                         found += [os.path.join(d, e) for e in os.listdir(d) if TMP_MARK in e]
         dirs = [self.s.root, self.s.bin_dir, os.path.dirname(self.s.libexec_dir.rstrip("/")), self.s.data_bin]
+        st = lstat_or_none(self.s.libexec_dir)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            dirs.append(self.s.libexec_dir)   # temp names of its per-binary links (only ours carry TMP_MARK)
         for d in dirs:
             if os.path.isdir(d):
                 for e in os.listdir(d):

@@ -136,8 +136,13 @@ class Planner(object):
         """Why <bin_dir>/k0s is no longer the release's executable (a manual copy or a full k0s written over
         the link), or None. Content written over the release's own file shows in target_problems."""
         st = lstat_or_none(self.s.exe_link)
-        if st is None or stat.S_ISLNK(st.st_mode):
+        if st is None:
             return None
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(self.s.exe_link)
+            if target == self.s.exe_link_target:
+                return None
+            return "a symlink to %s, not to %s" % (target, self.s.exe_link_target)
         if stat.S_ISREG(st.st_mode):
             return "a regular file replaced the symlink to %s (a manual copy or an in-place update)" \
                 % self.s.exe_link_target

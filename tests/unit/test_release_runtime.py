@@ -138,6 +138,19 @@ def test_replaced_usr_bin_k0s_is_reported_and_kept_in_backup(host, v1):
     assert r["backups"][exe].startswith(os.path.join(host.store, "backup") + "/")
     host.assert_installed(v1, rid)
     assert host.run("query", v1)["drift"] == {}
+    os.unlink(exe)
+    os.symlink("/opt/k0s/k0s", exe)
+    assert host.run("query", v1)["drift"] == {exe: "a symlink to /opt/k0s/k0s, not to %s" % os.path.join(
+        host.store, "current/bin/k0s")}
+    assert os.readlink(host.run("present", v1)["backups"][exe]) == "/opt/k0s/k0s"
+    host.assert_installed(v1, rid)
+
+
+def test_leftover_temp_links_in_libexec_are_cleaned(host, v1):
+    host.install(v1)
+    tmp = os.path.join(host.libexec, ".runc.fleetsplit-tmp-abc123")
+    os.symlink("x", tmp)
+    assert host.run("present", v1)["cleaned"] == [tmp] and not os.path.lexists(tmp)
 
 
 def test_autopilot_style_update_of_the_release_executable_is_repaired(host, v1):
