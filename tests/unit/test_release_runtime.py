@@ -93,6 +93,21 @@ def test_migration_during_an_upgrade_keeps_links_of_the_old_release_until_the_sw
     assert host.run("query", v2)["up_to_date"] is True
 
 
+def test_rollback_on_a_host_of_the_old_layout_migrates_too(host, v1, v2):
+    rid1 = host.install(v1)["release_id"]
+    rid2 = host.install(v2)["release_id"]
+    old_layout(host, rid2)
+    write_plugin(host.libexec)
+    before = tree_snapshot(host.root)
+    c = host.run("rollback", check=True)
+    assert c["runtime_moved"] == ["kubelet-plugins"] and tree_snapshot(host.root) == before
+    r = host.run("rollback")
+    assert r["release_id"] == rid1 and r["runtime_moved"] == ["kubelet-plugins"]
+    host.assert_installed(v1, rid1)
+    assert _read(os.path.join(host.libexec, PLUGIN_REL)) == b"calico uds driver"
+    assert not os.path.lexists(os.path.join(host.libexec, "containerd")), "v2's name dropped after the switch"
+
+
 def test_switch_and_rollback_keep_runtime_directories(host, v1, v2):
     rid1 = host.install(v1)["release_id"]
     os.makedirs(os.path.join(host.data, "bin"), exist_ok=True)
