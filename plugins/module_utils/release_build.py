@@ -5,7 +5,6 @@
 host content and uploaded gzip streams. Raises ReleaseError (or HostFsError, PayloadError, OSError) and
 returns data; it never talks to Ansible. Standard library only, Python 3.6 syntax."""
 
-import errno
 import fcntl
 import json
 import os
@@ -13,7 +12,6 @@ import secrets
 import shutil
 import stat
 import subprocess
-import time
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     TMP_MARK,
