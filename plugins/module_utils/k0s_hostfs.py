@@ -150,7 +150,7 @@ def exchange_paths(a, b):
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return False
     at_fdcwd = -100
     rc = fn(at_fdcwd, a.encode(), at_fdcwd, b.encode(), ctypes.c_uint(_RENAME_EXCHANGE))

@@ -131,8 +131,12 @@ class LinkOps(object):
         if self.check:
             return
         # A run killed below left `new` (maybe holding moved entries): it is reused, never removed.
-        if lstat_or_none(new) is None:
+        st = lstat_or_none(new)
+        if st is None:
             os.mkdir(new, 0o755)
+        elif not stat.S_ISDIR(st.st_mode):
+            raise ReleaseError("%s is in the way of the new %s (not a directory); move it away and re-run"
+                               % (new, path))
         set_owner_mode(new)
         for name, target in links:
             atomic_symlink(target, os.path.join(new, name))
@@ -142,7 +146,8 @@ class LinkOps(object):
                                    "merge the two by hand and re-run" % (os.path.join(src, name), new, name))
             os.rename(os.path.join(src, name), os.path.join(new, name))
         fsync_dir(new)
-        fsync_dir(src)
+        if runtime:
+            fsync_dir(src)
         if exchange_paths(new, path):
             os.unlink(new)   # now the old symlink (fleetsplit's own: no backup)
         else:

@@ -82,6 +82,20 @@ def test_migration_from_the_libexec_symlink_moves_runtime_content(host, v1):
     assert host.run("query", v1)["up_to_date"] is True
 
 
+def test_a_migration_killed_after_moving_is_finished_by_the_next_run(host, v1):
+    rid = host.install(v1)["release_id"]
+    old_layout(host, rid)
+    write_plugin(host.libexec)
+    # What a run killed between the move and the swap leaves: the new directory holding the moved entries.
+    new = os.path.join(os.path.dirname(host.libexec), ".k0s.fleetsplit-migrate")
+    os.mkdir(new)
+    os.rename(os.path.join(host.rdir(rid), "libexec/kubelet-plugins"), os.path.join(new, "kubelet-plugins"))
+    r = host.run("present", v1)
+    assert r["runtime_moved"] == [] and not os.path.lexists(new)
+    host.assert_installed(v1, rid)
+    assert _read(os.path.join(host.libexec, PLUGIN_REL)) == b"calico uds driver"
+
+
 def test_migration_during_an_upgrade_keeps_links_of_the_old_release_until_the_switch(host, v1, v2):
     rid1 = host.install(v1)["release_id"]
     old_layout(host, rid1)
