@@ -4,6 +4,7 @@
 """File-system guards and atomic writes for the modules that run on managed hosts (k0s_release,
 k0s_service). Standard library only, no Ansible import, kept small: it travels with every module run."""
 
+import errno
 import os
 import secrets
 import stat
@@ -137,3 +138,25 @@ def atomic_write(path, data, mode=0o644):
 def os_error_message(e):
     """One line for an OSError a module reports: the path it concerns and the reason."""
     return "%s: %s" % (getattr(e, "filename", None) or "file system error", e.strerror or e)
+
+
+_RENAME_EXCHANGE = 2   # linux/fs.h
+
+
+def exchange_paths(a, b):
+    """Swap the names ``a`` and ``b`` in one renameat2(RENAME_EXCHANGE) (any file types, same file system);
+    False when the kernel, libc or file system cannot (the caller then replaces in two steps)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (ImportError, OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, a.encode(), at_fdcwd, b.encode(), ctypes.c_uint(_RENAME_EXCHANGE))
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise OSError(err, os.strerror(err), b)
+    return True

@@ -5,7 +5,6 @@
 host content and uploaded gzip streams. Raises ReleaseError (or HostFsError, PayloadError, OSError) and
 returns data; it never talks to Ansible. Standard library only, Python 3.6 syntax."""
 
-import errno
 import fcntl
 import json
 import os
@@ -13,7 +12,6 @@ import secrets
 import shutil
 import stat
 import subprocess
-import time
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     TMP_MARK,
@@ -34,6 +32,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles imp
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.streams import inflate_gzip_member
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_links import LinkOps
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_plan import Planner, host_facts
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import (
     MANIFEST,
@@ -108,7 +107,7 @@ def find_command(name):
 
 # --------------------------------------------------------------------------- actions
 
-class Runner(object):
+class Runner(LinkOps):
     """One run of k0s_release: ``params`` are the module parameters (a dict, checked by the module), ``check_mode``
     changes nothing, ``diff`` adds a before/after ``diff`` to the result. run_query, run_present and run_rollback
     fill ``result`` and ``changes`` and raise on refusal."""
@@ -121,7 +120,7 @@ class Runner(object):
         self.s = Store(p)
         self.changes = []
         self.result = dict(changed=False, changes=self.changes, binaries_changed=False, backups={},
-                           replaced_staged=[], links_changed=[], pruned=[], pruned_backups=[], cleaned=[],
+                           replaced_staged=[], links_changed=[], drift={}, pruned=[], pruned_backups=[], cleaned=[],
                            warnings=[])
         self._lock_fd = None
         self._backup_root = None
@@ -197,6 +196,9 @@ class Runner(object):
                     if os.path.isdir(d):
                         found += [os.path.join(d, e) for e in os.listdir(d) if TMP_MARK in e]
         dirs = [self.s.root, self.s.bin_dir, os.path.dirname(self.s.libexec_dir.rstrip("/")), self.s.data_bin]
+        st = lstat_or_none(self.s.libexec_dir)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            dirs.append(self.s.libexec_dir)   # temp names of its per-binary links (only ours carry TMP_MARK)
         for d in dirs:
             if os.path.isdir(d):
                 for e in os.listdir(d):
@@ -285,6 +287,9 @@ class Runner(object):
         rdir = self.s.release_dir(rid)
         for rel, reason in sorted(problems.items()):
             it = items[rel]
+            if reason.startswith("mtime "):
+                os.utime(os.path.join(rdir, rel), ns=(pl.mtime_ns, pl.mtime_ns))   # content checked: right
+                continue
             d = os.path.join(rdir, os.path.dirname(rel))
             if lstat_or_none(d) is None:
                 os.mkdir(d, 0o755)
@@ -296,63 +301,11 @@ class Runner(object):
             self.result["selinux_relabeled"] += self.selinux([(it.name, tmp)])
             st = lstat_or_none(bad)
             if st is not None and stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(bad)
+                self.move_aside(bad, "in the way of %s" % rel)
+            elif bad in self.result["drift"]:
+                self.keep_copy(bad, "replaced content, e.g. by k0s's autopilot")
             os.rename(tmp, bad)
             fsync_dir(d)
-
-    # ----- links
-    def backup_path(self, path):
-        if self._backup_root is None:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            self._backup_root = os.path.join(self.s.backup, "%s-%s" % (stamp, secrets.token_hex(3)))
-        return os.path.join(self._backup_root, path.lstrip("/"))
-
-    def move_aside(self, path):
-        """Move something that is not ours into the store's backup directory; returns where it went."""
-        dest = self.backup_path(path)
-        if not self.check:
-            ensure_real_dir(self.s.backup, False, [], 0o700)
-            make_dirs(os.path.dirname(dest), 0o700)
-            try:
-                os.rename(path, dest)
-            except OSError as e:
-                if e.errno != errno.EXDEV:
-                    raise
-                # Other filesystem: copy, then remove the original only after the copy is complete.
-                st = os.lstat(path)
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.copytree(path, dest, symlinks=True)
-                    shutil.rmtree(path)
-                elif stat.S_ISLNK(st.st_mode):
-                    os.symlink(os.readlink(path), dest)
-                    os.unlink(path)
-                else:
-                    shutil.copy2(path, dest)
-                    os.unlink(path)
-        self.result["backups"][path] = dest
-        self.changes.append("moved %s (not created by fleetsplit) to %s" % (path, dest))
-        return dest
-
-    def apply_links(self, plan):
-        for kind, path, target, action in plan:
-            if action == "remove stale link":
-                if not self.check:
-                    os.unlink(path)
-                    fsync_dir(os.path.dirname(path))
-                self.changes.append("removed stale link %s" % path)
-                self.result["links_changed"].append(path)
-                continue
-            if not self.check:
-                make_dirs(os.path.dirname(path), 0o755)
-            if action == "move aside and replace":
-                # A file, directory or foreign symlink: keep it in the backup, never delete it.
-                self.move_aside(path)
-            elif action == "replace staged file":
-                self.result["replaced_staged"].append(path)
-            if not self.check:
-                atomic_symlink(target, path)
-            self.changes.append("%s %s -> %s" % ("link" if action == "create" else action + ":", path, target))
-            self.result["links_changed"].append(path)
 
     def switch(self, rid, old_current):
         """previous := old current, then current := rid (each one rename)."""
@@ -482,6 +435,7 @@ class Runner(object):
         old_cur = self.s.pointer(self.s.current_link)
         problems, missing = pl.missing()
         self.result["corrupt"] = dict((items[r].name, why) for r, why in problems.items() if why != "new")
+        self.result["drift"] = self.drift(pl, rid, problems, old_cur)
         links = pl.link_plan()   # raises on foreign data-dir links before anything is built
         pl.bundle = self.check_bundle(items)
         # Everything needed must be available before anything is switched.
@@ -523,9 +477,7 @@ class Runner(object):
                     set_owner_mode(os.path.join(self.s.release_dir(rid), rel))
                 self.changes.append("fixed owner/mode of %s in release %s" % (rel, rid))
             for rel in pl.target_extras():
-                if not self.check:
-                    remove_tree_or_file(os.path.join(self.s.release_dir(rid), rel))
-                self.changes.append("removed %s from release %s: not part of it" % (rel, rid))
+                self.move_aside(os.path.join(self.s.release_dir(rid), rel), "not part of release %s" % rid)
             if problems or self._manifest_stale(pl, rid, items):
                 if self.check:
                     # Not a change anyone sees, but without the refresh every run re-hashes those files.
@@ -559,6 +511,21 @@ class Runner(object):
         self.common_result()
         if self.check:
             self.result["current_release"] = old_cur
+
+    def drift(self, pl, rid, problems, cur):
+        """{path: why} for executables that are no longer the release's: <bin_dir>/k0s replaced by a file,
+        or other content written over a file of the live release (k0s's autopilot renames the download over
+        os.Executable(), which is the release's bin/k0s). present keeps them in backup/ and restores."""
+        out = {}
+        why = pl.exe_drift()
+        if why:
+            out[self.s.exe_link] = why
+        if rid == cur:
+            for rel, reason in sorted(problems.items()):
+                if reason.startswith(("size ", "sha256")):
+                    out[os.path.join(self.s.release_dir(rid), rel)] = "%s: not the release's content (%s)" % (
+                        pl.items[rel].name, reason)
+        return out
 
     def check_bundle(self, items):
         """The uploaded bundle as (path, {name: (offset, size)}), or None; refuses a bundle that does not

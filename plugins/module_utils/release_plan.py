@@ -9,10 +9,13 @@ import os
 import socket
 import stat
 
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import TMP_MARK, lstat_or_none
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import TMP_MARK, check_dir_stat, lstat_or_none
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_membership import membership
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import EXE_REL, ReleaseError
+
+
+MTIME_ONLY = "mtime %d ns, expected %d ns"
 
 
 def file_state(path, expect_size, expect_sha, record, verify, mtime_ns=None):
@@ -27,12 +30,13 @@ def file_state(path, expect_size, expect_sha, record, verify, mtime_ns=None):
         return "not a regular file"
     if st.st_size != expect_size:
         return "size %d, expected %d" % (st.st_size, expect_size)
-    if mtime_ns is not None and st.st_mtime_ns != mtime_ns:
-        return "mtime %d ns, expected %d ns" % (st.st_mtime_ns, mtime_ns)
     trusted = (not verify and record is not None and record.get("sha256") == expect_sha
                and record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns)
     if not trusted and sha256_file(path) != expect_sha:
         return "sha256 mismatch"
+    if mtime_ns is not None and st.st_mtime_ns != mtime_ns:
+        # Right content, not the pinned mtime (legacy k0s compares it): a change, fixed in place.
+        return MTIME_ONLY % (st.st_mtime_ns, mtime_ns)
     return None
 
 
@@ -89,16 +93,60 @@ class Planner(object):
         return out
 
     def target_extras(self):
+        """Entries of the target release that are not part of it: moved to backup/, never deleted (k0s's
+        autopilot leaves k0s.tmp next to the executable it replaced, hosts of the old layout have what k0s
+        wrote through the libexec symlink: that is migrated, see runtime_entries)."""
         rdir = self.s.release_dir(self.rid)
+        migrating = set()
+        if self.s.pointer(self.s.current_link) == self.rid:
+            migrating = set("libexec/" + e for e in self.runtime_entries())
         out = []
         for sub in ("bin", "libexec"):
             d = os.path.join(rdir, sub)
             if lstat_or_none(d) is None:
                 continue
             for e in sorted(os.listdir(d)):
-                if "%s/%s" % (sub, e) not in self.items:
-                    out.append("%s/%s" % (sub, e))
+                rel = "%s/%s" % (sub, e)
+                if rel not in self.items and rel not in migrating and TMP_MARK not in e:
+                    out.append(rel)
         return out
+
+    def old_libexec_layout(self):
+        """True when libexec_dir is still the symlink to <store>/current/libexec earlier versions made."""
+        st = lstat_or_none(self.s.libexec_dir)
+        return st is not None and stat.S_ISLNK(st.st_mode) and \
+            os.readlink(self.s.libexec_dir) == self.s.libexec_link_target
+
+    def runtime_entries(self):
+        """What k0s and its components wrote into the current release's libexec/ through the old libexec
+        symlink (kubelet-plugins/...): names not in that release's manifest. Moved into the real libexec
+        directory by the migration, never deleted."""
+        if not self.old_libexec_layout():
+            return []
+        cur = self.s.pointer(self.s.current_link)
+        if cur is None:
+            return []
+        d = os.path.join(self.s.release_dir(cur), "libexec")
+        if lstat_or_none(d) is None or not os.path.isdir(d):
+            return []
+        man = self.manifests.get(cur) or {"files": {}}
+        return [e for e in sorted(os.listdir(d)) if "libexec/" + e not in man["files"] and TMP_MARK not in e]
+
+    def exe_drift(self):
+        """Why <bin_dir>/k0s is no longer the release's executable (a manual copy or a full k0s written over
+        the link), or None. Content written over the release's own file shows in target_problems."""
+        st = lstat_or_none(self.s.exe_link)
+        if st is None:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(self.s.exe_link)
+            if target == self.s.exe_link_target:
+                return None
+            return "a symlink to %s, not to %s" % (target, self.s.exe_link_target)
+        if stat.S_ISREG(st.st_mode):
+            return "a regular file replaced the symlink to %s (a manual copy or an in-place update)" \
+                % self.s.exe_link_target
+        return "not a symlink"
 
     def _hash(self, path):
         if path not in self._hash_cache:
@@ -154,19 +202,23 @@ class Planner(object):
         problems = self.target_problems() if self.target_exists() else dict((r, "new") for r in self.items)
         out = []
         for rel, it in sorted(self.items.items(), key=lambda kv: kv[1].name):
-            if rel in problems and not self.host_sources(it, exclude_target=True):
+            if rel in problems and not problems[rel].startswith("mtime ") and \
+                    not self.host_sources(it, exclude_target=True):
                 out.append(it.name)
         return problems, sorted(out)
 
     def link_plan(self):
-        """[(kind, path, target, action)] for links that are not right; raises for foreign links we must not touch."""
+        """[(kind, path, target, action)] for links that are not right; raises for foreign links we must not touch.
+
+        libexec_dir is a real directory: one link per binary through `current` (so the rename of `current`
+        still switches them all), everything else in it belongs to k0s, the kubelet and CNI plugins and is
+        left alone (see docs/upgrade.md, "Runtime directories")."""
         plan = []
         st = lstat_or_none(self.s.exe_link)
         plan += self._leaf_plan(self.s.exe_link, self.s.exe_link_target, st)
-        st = lstat_or_none(self.s.libexec_dir)
-        plan += self._leaf_plan(self.s.libexec_dir, self.s.libexec_link_target, st)
+        names = set(it.name for it in self.items.values() if it.rel != EXE_REL)
+        plan += self._libexec_plan(names)
         if self.link_data_dir:
-            names = set(it.name for it in self.items.values() if it.rel != EXE_REL)
             prefix = self.s.libexec_dir.rstrip("/") + "/"
             for name in sorted(names):
                 path = os.path.join(self.s.data_bin, name)
@@ -187,16 +239,64 @@ class Planner(object):
                     plan.append(("data", path, target, "replace staged file"))
                 else:
                     raise ReleaseError("%s is in the way (not a file or symlink); remove it" % path)
-            # Our links to names this release no longer has.
-            if lstat_or_none(self.s.data_bin) is not None and os.path.isdir(self.s.data_bin):
-                for e in sorted(os.listdir(self.s.data_bin)):
-                    path = os.path.join(self.s.data_bin, e)
-                    if e in names or TMP_MARK in e:
-                        continue
-                    st = lstat_or_none(path)
-                    if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(path).startswith(prefix):
-                        plan.append(("data", path, None, "remove stale link"))
+            # Our links to names this release no longer has; k0s's own entries (its relative iptables*
+            # links to xtables-*-multi, files it staged) are not ours and never touched.
+            plan += self._stale_links(self.s.data_bin, names, prefix)
         return plan
+
+    def _libexec_plan(self, names):
+        path = self.s.libexec_dir
+        st = lstat_or_none(path)
+        plan = []
+        if st is None:
+            plan.append(("libexec", path, None, "create directory"))
+        elif self.old_libexec_layout():
+            # The per-binary links go into the new directory before it replaces the symlink.
+            links = [(n, os.path.join(self.s.libexec_link_target, n)) for n in sorted(names)]
+            plan = [("libexec", path, (self.runtime_entries(), links), "migrate to directory")]
+            cur = self.s.pointer(self.s.current_link)
+            man = self.manifests.get(cur) or {"files": {}} if cur else {"files": {}}
+            for rel in sorted(man["files"]):
+                name = rel.split("/", 1)[1] if rel.startswith("libexec/") else None
+                if name and name not in names:
+                    # The release still current needs it until the switch; removed after it.
+                    links.append((name, os.path.join(self.s.libexec_link_target, name)))
+                    plan.append(("data", os.path.join(path, name), None, "remove stale link"))
+            return plan
+        elif not stat.S_ISDIR(st.st_mode):
+            plan.append(("libexec", path, None, "move aside and create directory"))
+        else:
+            check_dir_stat(path, st)
+        real_dir = st is not None and stat.S_ISDIR(st.st_mode)
+        prefix = os.path.join(self.s.libexec_link_target, "")
+        for name in sorted(names):
+            link = os.path.join(path, name)
+            target = prefix + name
+            lst = lstat_or_none(link) if real_dir else None
+            if lst is None:
+                plan.append(("bin", link, target, "create"))
+            elif stat.S_ISLNK(lst.st_mode) and os.readlink(link) == target:
+                continue
+            else:
+                plan.append(("bin", link, target, "move aside and replace"))
+        if real_dir:
+            plan += self._stale_links(path, names, prefix)
+        return plan
+
+    @staticmethod
+    def _stale_links(d, names, prefix):
+        st = lstat_or_none(d)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return []
+        out = []
+        for e in sorted(os.listdir(d)):
+            path = os.path.join(d, e)
+            if e in names or TMP_MARK in e:
+                continue
+            est = lstat_or_none(path)
+            if est is not None and stat.S_ISLNK(est.st_mode) and os.readlink(path).startswith(prefix):
+                out.append(("data", path, None, "remove stale link"))
+        return out
 
     @staticmethod
     def _leaf_plan(path, target, st):

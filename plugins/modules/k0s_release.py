@@ -14,9 +14,18 @@ description:
   - C(<store_dir>/current) is a symlink to the active release and is switched with one C(rename), so a host never
     shows a mix of two versions, even if the play dies at any moment. C(<store_dir>/previous) records the release
     that was active before.
-  - C(<bin_dir>/k0s) is a symlink to C(<store_dir>/current/bin/k0s) and C(<libexec_dir>) is a symlink to
-    C(<store_dir>/current/libexec). With O(link_data_dir=true) every C(<data_dir>/bin/<name>) is a symlink to
-    C(<libexec_dir>/<name>), which is how a stripped k0s finds its binaries (both payload formats).
+  - C(<bin_dir>/k0s) is a symlink to C(<store_dir>/current/bin/k0s). C(<libexec_dir>) is a real directory with one
+    symlink per binary, C(<libexec_dir>/<name>) -> C(<store_dir>/current/libexec/<name>); everything else in it
+    (what k0s, the kubelet and CNI plugins write, for example C(kubelet-plugins/volume/exec/nodeagent~uds)) is not
+    the module's and is kept across upgrades and rollbacks. A C(<libexec_dir>) that is still the symlink to
+    C(<store_dir>/current/libexec) earlier versions made is replaced by that directory in one rename, with what
+    k0s wrote into the current release's C(libexec/) moved into it (RV(runtime_moved)). With
+    O(link_data_dir=true) every C(<data_dir>/bin/<name>) is a symlink to C(<libexec_dir>/<name>), which is how a
+    stripped k0s finds its binaries (both payload formats); k0s's own entries there (its relative C(iptables*)
+    links) are left alone.
+  - An executable that is no longer the release's (C(<bin_dir>/k0s) replaced by a file, or other content renamed
+    over the live release's C(bin/k0s) by k0s's autopilot) is reported in RV(drift); V(present) keeps it in
+    C(<store_dir>/backup/) and restores the release's file.
   - A release is built from content already on the host (verified copies, never hard links, so a write into the
     live release cannot change another release; C(copy_file_range) shares the blocks on file systems with reflinks)
     and from gzip streams uploaded into O(streams_dir). Every file is checked against its size, CRC-32 (streams)
@@ -28,8 +37,9 @@ description:
   - Every path parameter must be absolute and normal (no C(.), C(..), C(//), trailing C(/)) and free of control
     characters, and the paths must not contain each other (for example O(libexec_dir) = C(<data_dir>/bin), which
     would make every binary a symlink to itself). These checks also run for V(query).
-  - Existing files or directories at C(<bin_dir>/k0s) or C(<libexec_dir>) that this module did not create are moved
-    into C(<store_dir>/backup/) (never deleted) and listed in RV(backups).
+  - Existing files at C(<bin_dir>/k0s) or C(<libexec_dir>/<name>) that this module did not create, and entries of a
+    release that are not part of it, are moved into C(<store_dir>/backup/) (never deleted) and listed in
+    RV(backups).
   - Runs on the managed host with the Python standard library only.
 options:
   state:
@@ -114,7 +124,7 @@ options:
     type: path
     default: /usr/bin
   libexec_dir:
-    description: Path that becomes a symlink to the current release's C(libexec) directory.
+    description: Directory that gets one symlink per binary into the current release's C(libexec) directory.
     type: path
     default: /usr/libexec/k0s
   data_dir:
@@ -314,6 +324,18 @@ corrupt:
   description: Files of the target release that fail their check (query only reports them).
   returned: state is query or present
   type: dict
+drift:
+  description: Executables that are no longer the release's (path -> why), for example C(<bin_dir>/k0s) replaced
+    by a copy or the live release's C(bin/k0s) replaced by k0s's autopilot; V(present) moves them to RV(backups).
+  returned: state is query or present
+  type: dict
+  sample: {/usr/bin/k0s: a regular file replaced the symlink to /var/lib/fleetsplit-k0s/current/bin/k0s}
+runtime_moved:
+  description: Entries k0s wrote into the current release's C(libexec/) through the old C(<libexec_dir>) symlink,
+    moved into the real C(<libexec_dir>) directory.
+  returned: when C(<libexec_dir>) was migrated
+  type: list
+  elements: str
 backups:
   description: Paths that were in the way and were moved into C(<store_dir>/backup/) (original -> backup).
   returned: state is present or rollback

@@ -123,7 +123,12 @@ class Host(object):
             assert os.path.realpath(link) == os.path.realpath(f)
             st = os.stat(f)
             assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == 0 and st.st_gid == 0
-        assert sorted(os.listdir(self.libexec)) == sorted(n for n in content if n != "k0s")
+        # <libexec_dir> is a real directory with one link per binary through `current` (k0s's entries beside them).
+        assert not self.libexec.is_symlink()
+        for name in content:
+            if name != "k0s":
+                assert os.readlink(self.libexec / name) == str(self.store / "current/libexec" / name)
+        assert sorted(os.listdir(self.rdir(rid) / "libexec")) == sorted(n for n in content if n != "k0s")
 
     def snapshot(self):
         return tree_snapshot(self.root)
@@ -453,12 +458,43 @@ def test_existing_files_are_moved_aside_not_deleted(host, v1):
     host.upload(v1, q["missing"])
     r = host.run("present", v1)
     assert r["sources"]["runc"] == "copy"
-    assert set(r["backups"]) == {str(host.bin / "k0s"), str(host.libexec)}
+    assert set(r["backups"]) == {str(host.bin / "k0s")}
     assert Path(r["backups"][str(host.bin / "k0s")]).read_bytes() == b"an old full k0s"
-    assert (Path(r["backups"][str(host.libexec)]) / "mine").read_bytes() == b"user data"
+    # <libexec_dir> is a real directory: what is not one of the binaries stays (kubelet plugins and the like).
+    assert (host.libexec / "mine").read_bytes() == b"user data"
     assert r["replaced_staged"] == [str(host.data / "bin/runc")]
     host.assert_installed(v1, r["release_id"])
     assert host.run("present", v1)["changed"] is False
+
+
+def test_module_migrates_the_libexec_symlink_keeping_kubelet_plugins_and_repairs_drift(host, v1):
+    """Issue 13 through the module: a host of the old layout (<libexec_dir> a symlink into the current release)
+    with Calico's flex volume driver written through it, k0s's iptables links, then a copied /usr/bin/k0s."""
+    dummy, r = install(host, v1)
+    rid = r["release_id"]
+    shutil.rmtree(host.libexec)
+    host.libexec.symlink_to(host.store / "current/libexec")
+    plugin = host.libexec / "kubelet-plugins/volume/exec/nodeagent~uds/uds"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_bytes(b"driver")
+    for name in ("iptables", "ip6tables-save"):
+        (host.data / "bin" / name).symlink_to("xtables-nft-multi")
+    c = host.run("present", v1, check=True, diff=True)
+    assert c["changed"] and c["runtime_moved"] == ["kubelet-plugins"] and host.libexec.is_symlink()
+    r = host.run("present", v1)
+    assert r["changed"] and r["runtime_moved"] == ["kubelet-plugins"] and r["backups"] == {}
+    assert not host.libexec.is_symlink() and plugin.read_bytes() == b"driver"
+    host.assert_installed(v1, rid)
+    assert os.readlink(host.data / "bin/iptables") == "xtables-nft-multi"
+    assert host.run("present", v1)["changed"] is False
+    (host.bin / "k0s").unlink()
+    (host.bin / "k0s").write_bytes(b"copied by hand")
+    q = host.run("query", v1)
+    assert q["up_to_date"] is False and list(q["drift"]) == [str(host.bin / "k0s")]
+    r = host.run("present", v1)
+    assert Path(r["backups"][str(host.bin / "k0s")]).read_bytes() == b"copied by hand"
+    host.assert_installed(v1, rid)
+    assert plugin.read_bytes() == b"driver" and host.run("query", v1)["up_to_date"] is True
 
 
 # --------------------------------------------------------------------------- legacy mtime

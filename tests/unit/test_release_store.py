@@ -98,7 +98,13 @@ class Host(object):
             if name != "k0s":
                 assert _read(os.path.join(self.data, "bin", name)) == data, name
                 assert os.readlink(os.path.join(self.data, "bin", name)) == os.path.join(self.libexec, name)
-        assert sorted(os.listdir(self.libexec)) == sorted(n for n in rel["content"] if n != "k0s")
+        assert stat.S_ISDIR(os.lstat(self.libexec).st_mode), "a real directory, not a link into a release"
+        for name in rel["content"]:
+            if name != "k0s":
+                assert os.readlink(os.path.join(self.libexec, name)) == os.path.join(self.store, "current/libexec",
+                                                                                     name)
+        assert sorted(os.listdir(os.path.join(self.rdir(rid), "libexec"))) == \
+            sorted(n for n in rel["content"] if n != "k0s")
 
 
 @pytest.fixture
@@ -218,7 +224,8 @@ def test_planner_finds_content_already_on_the_host(host, v1, v2):
     pl = rp.Planner(s, items, "r1", None, False, True)
     assert pl.missing()[1] == ["k0s", "xtables-nft-multi"]
     assert pl.host_sources(items["libexec/runc"]) == [(os.path.join(host.data, "bin", "runc"), False)]
-    assert [a for dummy, p, t, a in pl.link_plan() if p.endswith("/runc")] == ["replace staged file"]
+    assert [a for dummy, p, t, a in pl.link_plan() if p == os.path.join(host.data, "bin", "runc")] == \
+        ["replace staged file"]
     # Content of a release in the store can be linked.
     r1 = host.install(v1)
     items2 = rs.build_items(v2["files"], v2["executable"])
@@ -393,10 +400,15 @@ def test_existing_files_are_moved_aside_not_deleted(host, v1):
     os.makedirs(host.libexec)
     with open(os.path.join(host.libexec, "mine"), "wb") as f:
         f.write(b"user data")
+    with open(os.path.join(host.libexec, "runc"), "wb") as f:
+        f.write(b"an old runc")
     r = host.install(v1)
-    assert set(r["backups"]) == {os.path.join(host.bin, "k0s"), host.libexec}
+    runc = os.path.join(host.libexec, "runc")
+    assert set(r["backups"]) == {os.path.join(host.bin, "k0s"), runc}
     assert _read(r["backups"][os.path.join(host.bin, "k0s")]) == b"an old full k0s"
-    assert _read(os.path.join(r["backups"][host.libexec], "mine")) == b"user data"
+    assert _read(r["backups"][runc]) == b"an old runc"
+    # The libexec directory is real: what is not one of our binaries stays where it is.
+    assert _read(os.path.join(host.libexec, "mine")) == b"user data"
     host.assert_installed(v1, r["release_id"])
 
 
