@@ -7,6 +7,9 @@ Over ssh to each container, with eth0's rx_bytes read inside it before and after
    the import of <data-dir>/images/apps-v1.tar with the stable mtime (fake-cluster/images-status.json);
 2. the same again: changed=0 on every host, nothing uploaded, rx below the stream size, no re-import;
 3. apps-v2.tar instead: it is sent, apps-v1.tar removed, the test k0s imports v2 and unpins v1;
+3b. upgrade_k0s (same k0s, hosts skip their restart) with apps-v3.tar: staged while k0s runs, then
+   apps-v2.tar removed once each host is through the upgrade (kept while staging, for a rollback), the
+   test k0s imports v3 and unpins v2;
 4. k0s_airgap_bundles=[]: the bundles fleetsplit placed are removed (a file it did not place stays).
 
 The tars are built here from real files (the fixtures' k0s executables and /bin/ls), never committed.
@@ -14,6 +17,7 @@ The tars are built here from real files (the fixtures' k0s executables and /bin/
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -21,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fleetlab import (FIXTURES, NO_JOINS, REPO, Failure, Host, log, measured_run, setup_ssh, task_results,  # noqa: E402
-                      write_inventory)
+from fleetlab import (FIXTURES, NO_JOINS, REPO, VENV_BIN, Failure, Host, ansible_env, failures, log,  # noqa: E402
+                      measured_run, setup_ssh, task_results, write_inventory)
 
 sys.path.insert(0, str(REPO / ".build" / "collections"))
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_images import stable_mtime_ns  # noqa: E402
@@ -32,6 +36,7 @@ PRESENT = "Send the image bundles the worker lacks and remove the ones no longer
 BUNDLES = "Bundle the image streams each worker lacks (on the controller, once for the play)"
 IMAGES = "/var/lib/k0s/images"
 STATUS = "/var/lib/k0s/fake-cluster/images-status.json"
+PRUNE = "Remove the image bundles only the previous release wanted"
 
 
 def make_tar(path, *members):
@@ -43,6 +48,34 @@ def make_tar(path, *members):
 
 def deploy(hosts, inv, bundles):
     return measured_run(hosts, inv, FIXTURES / "k0s-zip", NO_JOINS + ("-e", json.dumps({"k0s_airgap_bundles": bundles})))
+
+
+def upgrade(hosts, inv, bundles):
+    """upgrade_k0s.yml with the deployed k0s and another bundle set (no drain: these hosts form no cluster)."""
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / "upgrade_k0s.yml"),
+           "-e", "k0s_executable=%s" % (FIXTURES / "k0s-zip"), "-e", "k0s_upgrade_drain=false"] + list(NO_JOINS) \
+        + ["-e", json.dumps({"k0s_airgap_bundles": bundles})]
+    p = subprocess.run(cmd, env=ansible_env(), cwd=str(REPO), capture_output=True, text=True, check=False)
+    try:
+        out = json.loads(p.stdout)
+    except ValueError:
+        raise Failure("upgrade_k0s printed no JSON (rc %d):\n%s\n%s" % (p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
+    if p.returncode != 0:
+        raise Failure("upgrade_k0s failed (rc %d): %s" % (p.returncode, json.dumps(failures(out), indent=1)[:4000]))
+    return out
+
+
+def all_results(out, name):
+    """{host: result} of every run of the task called ``name`` (upgrade_k0s runs it once per batch play);
+    a skipped run never hides a real one."""
+    found = {}
+    for play in out.get("plays", []):
+        for task in play.get("tasks", []):
+            if task["task"]["name"] == name or task["task"]["name"].endswith(" : " + name):
+                for host, res in task["hosts"].items():
+                    if not res.get("skipped") or host not in found:
+                        found[host] = res
+    return found
 
 
 def sent(out, host):
@@ -134,6 +167,26 @@ def cmd_airgap(args):
         if "unpin " + path1 not in st["events"]:
             problems.append("%s: the test k0s did not unpin %s: %s" % (h.name, path1, st["events"]))
         report.append("%-28s %-14s test k0s: %s" % ("", h.name, [e for e in st["events"] if "apps-" in e]))
+
+    # 3b. the upgrade path: staged with the old set kept, the old set removed after the host's turn
+    v3 = make_tar(workdir / "apps-v3.tar", FIXTURES / "k0s-small-zip", "/bin/cat")
+    out = upgrade(hosts, inv, [v3])
+    path3 = IMAGES + "/apps-v3.tar"
+    staged = all_results(out, PRESENT)
+    pruned = all_results(out, PRUNE)
+    for h in workers:
+        kept = (staged.get(h.name) or {}).get("kept_stale")
+        report.append("%-28s %-14s staged kept %s, then removed %s; images/ %s"
+                      % ("airgap upgrade (apps-v3.tar)", h.name, kept, (pruned.get(h.name) or {}).get("stale"), listing(h)))
+        if kept != ["apps-v2.tar"] or (pruned.get(h.name) or {}).get("stale") != ["apps-v2.tar"]:
+            problems.append("%s: upgrade: staging kept %s, the prune removed %s; expected apps-v2.tar both times"
+                            % (h.name, kept, (pruned.get(h.name) or {}).get("stale")))
+        if listing(h) != ["apps-v3.tar", "operator.tar"]:
+            problems.append("%s: upgrade: images/ holds %s" % (h.name, listing(h)))
+    for h in workers:
+        st = worker_status(h, [path3, IMAGES + "/operator.tar"])
+        if "unpin " + path2 not in st["events"]:
+            problems.append("%s: the test k0s did not unpin %s after the upgrade: %s" % (h.name, path2, st["events"]))
 
     # 4. none wanted: what fleetsplit placed goes, the operator's file stays
     out, rx, secs = deploy(hosts, inv, [])
