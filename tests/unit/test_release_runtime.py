@@ -13,20 +13,11 @@ import stat
 import pytest
 
 from testlib import tree_snapshot
-from test_release_store import CAT, CP, LS, RUNC, XT, Host, _read  # noqa: F401 (fixtures below)
+# host and v1 are test_release_store's fixtures (the same host and first release), v2 differs here.
+from test_release_store import CAT, CP, LS, RUNC, XT, Host, _read, host, v1  # noqa: F401
 
 PLUGIN_REL = "kubelet-plugins/volume/exec/nodeagent~uds/uds"
 IPTABLES = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
-
-
-@pytest.fixture
-def host(tmp_path):
-    return Host(tmp_path / "root")
-
-
-@pytest.fixture
-def v1():
-    return Host.release("v1.0.0", {"runc": RUNC, "xtables-nft-multi": XT}, LS)
 
 
 @pytest.fixture
