@@ -14,7 +14,8 @@ import pytest
 
 from testlib import tree_snapshot
 # host and v1 are test_release_store's fixtures (the same host and first release), v2 differs here.
-from test_release_store import CAT, CP, LS, RUNC, XT, Host, _read, host, v1  # noqa: F401
+from test_release_store import CAT, CP, XT, Host, _read
+from test_release_store import host, v1  # noqa: F401 pylint: disable=unused-import
 
 PLUGIN_REL = "kubelet-plugins/volume/exec/nodeagent~uds/uds"
 IPTABLES = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
