@@ -17,7 +17,6 @@ The tars are built here from real files (the fixtures' k0s executables and /bin/
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -25,8 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fleetlab import (FIXTURES, NO_JOINS, REPO, VENV_BIN, Failure, Host, ansible_env, failures, log,  # noqa: E402
-                      measured_run, setup_ssh, task_results, write_inventory)
+from fleetlab import (FIXTURES, NO_JOINS, REPO, Failure, Host, log, measured_run, run_playbook,  # noqa: E402
+                      setup_ssh, task_results, write_inventory)
 
 sys.path.insert(0, str(REPO / ".build" / "collections"))
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_images import stable_mtime_ns  # noqa: E402
@@ -52,17 +51,8 @@ def deploy(hosts, inv, bundles):
 
 def upgrade(hosts, inv, bundles):
     """upgrade_k0s.yml with the deployed k0s and another bundle set (no drain: these hosts form no cluster)."""
-    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / "upgrade_k0s.yml"),
-           "-e", "k0s_executable=%s" % (FIXTURES / "k0s-zip"), "-e", "k0s_upgrade_drain=false"] + list(NO_JOINS) \
-        + ["-e", json.dumps({"k0s_airgap_bundles": bundles})]
-    p = subprocess.run(cmd, env=ansible_env(), cwd=str(REPO), capture_output=True, text=True, check=False)
-    try:
-        out = json.loads(p.stdout)
-    except ValueError:
-        raise Failure("upgrade_k0s printed no JSON (rc %d):\n%s\n%s" % (p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
-    if p.returncode != 0:
-        raise Failure("upgrade_k0s failed (rc %d): %s" % (p.returncode, json.dumps(failures(out), indent=1)[:4000]))
-    return out
+    return run_playbook(inv, FIXTURES / "k0s-zip", ("-e", "k0s_upgrade_drain=false") + NO_JOINS
+                        + ("-e", json.dumps({"k0s_airgap_bundles": bundles})), playbook="upgrade_k0s.yml")
 
 
 def all_results(out, name):

@@ -112,13 +112,13 @@ def ansible_env():
     return env
 
 
-def playbook_cmd(inventory, executable, extra=()):
-    return [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / "deploy_k0s.yml"),
+def playbook_cmd(inventory, executable, extra=(), playbook="deploy_k0s.yml"):
+    return [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook),
             "-e", "k0s_executable=%s" % executable] + list(extra)
 
 
-def run_playbook(inventory, executable, extra=()):
-    p = subprocess.run(playbook_cmd(inventory, executable, extra), env=ansible_env(), cwd=str(REPO),
+def run_playbook(inventory, executable, extra=(), playbook="deploy_k0s.yml"):
+    p = subprocess.run(playbook_cmd(inventory, executable, extra, playbook), env=ansible_env(), cwd=str(REPO),
                        capture_output=True, text=True, check=False)
     try:
         out = json.loads(p.stdout)
