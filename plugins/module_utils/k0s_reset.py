@@ -37,6 +37,7 @@ SYSTEM_DIRS = frozenset("/" + d for d in (
     "etc/systemd", "etc/systemd/system", "etc/init.d", "etc/conf.d", "etc/runlevels", "etc/default", "etc/ssl",
     "etc/ssh", "etc/cni", "etc/kubernetes", "run/systemd", "run/openrc", "lib/systemd", "usr/lib/systemd",
     "usr/lib/modules", "lib/modules", "home", "root", "opt"))
+EMPTY_DIRS = ("empty dir", "data-dir bin")   # removed only when empty
 RUNNING = ("active", "activating", "reloading", "deactivating")
 
 
@@ -273,8 +274,8 @@ class Reset(object):
         if self.result["k0s_reset"]["executable"] is not None:
             # What k0s reset leaves in the data dir (it empties a data dir that is a mount point itself).
             self.steps.append(("data-dir links", data_bin))
-            self.steps.append(("file", os.path.join(p["data_dir"], IMAGES_RECORD)))
-            self.steps.append(("empty dir", data_bin))
+            self.steps.append(("data-dir record", os.path.join(p["data_dir"], IMAGES_RECORD)))
+            self.steps.append(("data-dir bin", data_bin))
         self.plan_store(mounts)
         self.steps.append(("file", p["join_token_path"]))
         if p.get("keep_config"):
@@ -332,7 +333,7 @@ class Reset(object):
         for what, path in self.steps:
             if what == "data-dir links":
                 out += [(what, lk) for lk in self.data_links(path)]
-            elif what == "empty dir":
+            elif what in EMPTY_DIRS:
                 if os.path.isdir(path) and not os.path.islink(path) and not self.empty_dir_stays(path):
                     out.append((what, path))
             elif os.path.lexists(path):
@@ -352,7 +353,7 @@ class Reset(object):
 
     def empty_dir_stays(self, path):
         """A directory removed only when empty: it stays while it holds entries nobody removes."""
-        gone = set(p for w, p in self.steps if w != "empty dir")
+        gone = set(p for w, p in self.steps if w not in EMPTY_DIRS)
         gone.update(lk for w, p in self.steps if w == "data-dir links" for lk in self.data_links(p))
         return any(os.path.join(path, e) not in gone for e in os.listdir(path))
 
@@ -361,7 +362,7 @@ class Reset(object):
         st = lstat_or_none(path)
         if st is None:
             return
-        if what == "empty dir":
+        if what in EMPTY_DIRS:
             if self.empty_dir_stays(path) if self.check else os.listdir(path):
                 self.keep(path, "not empty")
                 return
@@ -424,6 +425,8 @@ class Reset(object):
         self.run_k0s_reset()
         units_removed = False
         for what, path in self.steps:
+            if what.startswith("data-dir") and self.check:
+                continue   # k0s reset removes the data dir: the plan names only what is left after it
             if what == "data-dir links":
                 for lk in self.data_links(path):
                     self.remove("data-dir link", lk)
