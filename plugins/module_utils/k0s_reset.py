@@ -20,6 +20,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_images import RECORD as IMAGES_RECORD
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_links import MIGRATE_SUFFIX
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_plan import service_manager
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import EXE, EXE_REL, check_layout
 
 UNITS = ("k0scontroller", "k0sworker")
@@ -163,14 +164,9 @@ class Reset(object):
 
     # ----- services
     def managers(self):
-        if not self.live:
-            return []
-        found = []
-        if os.path.isdir("/run/systemd/system"):
-            found.append("systemd")
-        if os.path.isdir("/run/openrc"):
-            found.append("openrc")
-        return found
+        """The running service manager (release_plan's detection, as the install query reports it), if k0s supports it."""
+        m = service_manager() if self.live else None
+        return [m] if m in ("systemd", "openrc") else []
 
     def service_files(self, unit):
         """Every file the service role, k0s_service or `k0s install` writes for ``unit`` (systemd and OpenRC)."""
@@ -201,7 +197,7 @@ class Reset(object):
         rc, out, err = self.run(["rc-service", unit, "status"])
         levels = [lv for lv in (os.listdir("/etc/runlevels") if os.path.isdir("/etc/runlevels") else [])
                   if os.path.lexists(os.path.join("/etc/runlevels", lv, unit))]
-        return rc == 0, levels
+        return rc == 0 or "crashed" in out, levels   # a crashed service may still have its supervisor
 
     def plan_services(self):
         managers = self.managers()
@@ -423,7 +419,9 @@ class Reset(object):
         self.result["changed"] = bool(self.result["services"] or self.result["k0s_reset"]["executable"] or pend)
         self.stop_services()
         self.run_k0s_reset()
-        units_removed = False
+        # systemd forgets a unit only on a reload, whoever removed its file (k0s reset uninstalls it too).
+        reload = any(w == "service file" and p.endswith(".service") for w, p in self.steps) or any(
+            s["manager"] == "systemd" for s in self.result["services"])
         for what, path in self.steps:
             if what.startswith("data-dir") and self.check:
                 continue   # k0s reset removes the data dir: the plan names only what is left after it
@@ -431,10 +429,8 @@ class Reset(object):
                 for lk in self.data_links(path):
                     self.remove("data-dir link", lk)
                 continue
-            had = os.path.lexists(path)
             self.remove(what, path)
-            units_removed = units_removed or (what == "service file" and had and path.endswith(".service"))
-        if units_removed and "systemd" in self.managers():
+        if reload and "systemd" in self.managers():
             self.command(["systemctl", "daemon-reload"])
             self.changes.append("reloaded systemd")
         return self.result
