@@ -296,9 +296,11 @@ class Reset(object):
         if st is None:
             return
         if not stat.S_ISDIR(st.st_mode):
-            raise ResetError("k0s_store_dir=%s is not a directory (%s); move it away or set k0s_store_dir to "
-                             "the store deploy_k0s used" % (root, "a symlink" if stat.S_ISLNK(st.st_mode)
-                                                             else "a file"))
+            if stat.S_ISLNK(st.st_mode):   # never reset through a link: the caller names the real store
+                raise ResetError("k0s_store_dir=%s is a symlink to %s; set k0s_store_dir to that directory"
+                                 % (root, os.path.realpath(root)))
+            raise ResetError("k0s_store_dir=%s is not a directory; move it away or set k0s_store_dir to the store "
+                             "deploy_k0s used" % root)
         below = mounts_in(root, mounts)
         if below:
             raise ResetError("refusing to remove the release store %s (k0s_store_dir): %s is mounted there; "

@@ -253,3 +253,24 @@ def test_the_test_k0s_reset_refuses_while_its_k0s_runs_and_reports_what_it_remov
     p = subprocess.run([exe, "reset", "--bogus"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        universal_newlines=True, check=False)
     assert p.returncode == 1 and "unknown flag: --bogus" in p.stderr
+
+
+def test_a_symlinked_store_or_a_foreign_k0s_is_not_followed(host, tmp_path):
+    host.deploy()
+    real = tmp_path / "disk" / "store"
+    real.parent.mkdir()
+    os.rename(host.store, str(real))
+    os.symlink(str(real), host.store)
+    before = tree_snapshot(tmp_path)
+    with pytest.raises(HostFsError) as e:
+        host.reset()
+    assert "k0s_store_dir=%s is a symlink to %s" % (host.store, real) in str(e.value)
+    assert tree_snapshot(tmp_path) == before
+    os.unlink(host.store)
+    os.rename(str(real), host.store)
+    exe = os.path.join(host.bin, "k0s")
+    os.unlink(exe)
+    with open(exe, "wb") as f:
+        f.write(LS)
+    r = host.reset()
+    assert exe in r["kept"] and _read(exe) == LS, "a k0s fleetsplit did not link stays"
