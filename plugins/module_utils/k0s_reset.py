@@ -46,9 +46,9 @@ class ResetError(HostFsError):
     """A value or a host state the reset refuses; the message names the variable or path and what to do."""
 
 
-def _inside(a, b):
-    """``a`` is ``b`` or below it."""
-    return a == b or a.startswith(b.rstrip("/") + "/")
+def _inside(path, top):
+    """``path`` is ``top`` or below it."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def dangerous_dir(path):
@@ -206,9 +206,9 @@ class Reset(object):
             for m in managers:
                 running, enabled = self.service_state(unit, m)
                 if running or enabled:
+                    levels = enabled if isinstance(enabled, list) else None
                     self.result["services"].append(dict(name=unit, manager=m, running=running,
-                                                         enabled=bool(enabled), levels=enabled
-                                                         if isinstance(enabled, list) else None))
+                                                        enabled=bool(enabled), levels=levels))
             for f in files:
                 self.steps.append(("service file", f))
 

@@ -109,9 +109,9 @@ def test_reset_removes_every_trace_and_a_second_run_changes_nothing(host):
     assert r["changed"] is True and r["k0s_reset"]["ran"] is True and r["k0s_reset"]["rc"] == 0
     out = r["k0s_reset"]["output"]
     assert "removed %s" % host.data in out and "removed %s" % host.path("run/k0s") in out, out
-    assert left(host) == sorted(fresh + ["etc", "etc/conf.d", "etc/init.d", "etc/runlevels", "etc/runlevels/default",
-                                  "etc/systemd", "etc/systemd/system", "etc/systemd/system/multi-user.target.wants",
-                                  "run", "usr/libexec"]), "only system directories (parents) remain"
+    parents = ["etc", "etc/conf.d", "etc/init.d", "etc/runlevels", "etc/runlevels/default", "etc/systemd",
+               "etc/systemd/system", "etc/systemd/system/multi-user.target.wants", "run", "usr/libexec"]
+    assert left(host) == sorted(fresh + parents), "only system directories (parents) remain"
     assert not os.path.lexists(host.store) and not os.path.lexists(host.libexec)
     snap = tree_snapshot(host.root)
     again = host.reset()
