@@ -64,9 +64,11 @@ def test_refuses_without_confirmation_and_changes_nothing(fleet, confirm):
 def test_check_mode_needs_no_confirmation_shows_the_plan_and_changes_nothing(fleet):
     hosts, inv, tmp = fleet
     before = tree_snapshot(tmp)
-    proc, out = play(inv, tmp, "--check")
+    proc, out = play(inv, tmp, "--check", "--diff")
     assert proc.returncode == 0, out
     assert tree_snapshot(tmp) == before
+    # The diff: what exists before (the removed paths), what stays after (nothing here).
+    assert "-%s/usr/libexec/k0s" % hosts["w1"].root in out and "-%s" % hosts["c1"].token in out, out
     for h in hosts.values():
         assert "%s/current/bin/k0s reset --data-dir=%s --config=%s" % (h.store, h.data, h.config) in out, out
         for p in (os.path.join(h.bin, "k0s"), h.libexec, os.path.join(h.store, "releases"), h.token, h.config):
@@ -109,3 +111,14 @@ def test_no_inventory_hosts_is_nothing_to_reset(tmp_path):
     assert proc.returncode == 0, out
     assert "Nothing to reset on this machine" in out and "delete that directory" in out, out
     assert tree_snapshot(tmp_path) == before
+
+
+def test_a_refusal_on_one_host_stops_every_host_before_any_change(fleet):
+    hosts, inv, tmp = fleet
+    data = json.loads(inv.read_text())
+    data["all"]["children"]["k0s_controllers"]["hosts"]["c1"]["k0s_libexec_dir"] = "/usr"
+    inv.write_text(json.dumps(data))
+    before = tree_snapshot(tmp)
+    proc, out = play(inv, tmp, "-e", "k0s_reset_confirm=true")
+    assert proc.returncode != 0 and "k0s_libexec_dir=/usr: it is a top-level directory" in out, out
+    assert "PLAY [Reset the workers]" not in out and tree_snapshot(tmp) == before, "the worker w1 is untouched too"
