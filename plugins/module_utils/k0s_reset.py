@@ -434,6 +434,8 @@ class Reset(object):
             self.remove(what, path)
         if reload and "systemd" in self.managers():
             self.command(["systemctl", "daemon-reload"])
+            if not self.check:   # a unit that failed stays listed until this (rc 1 when none is known: fine)
+                self.run(["systemctl", "reset-failed"] + ["%s.service" % u for u in UNITS], None)
             self.changes.append("reloaded systemd")
         return self.result
 
