@@ -179,3 +179,17 @@ def test_role_refuses_bad_settings_before_reading(fixtures, tmp_path):
         assert proc.returncode != 0 and message in out, out[-3000:]
         assert "Wait for k0s to run on the leader" not in out, "refused in the check entry point, before anything runs"
     assert not (tmp_path / "kubeconfig").exists() and not (tmp_path / "missing").exists()
+
+
+def test_role_reports_k0s_error_without_controller_state(fixtures, tmp_path):
+    """The reading task has no_log; k0s's own error (no credential in it) still reaches the user."""
+    exe_dir = tmp_path / "bin"
+    exe_dir.mkdir()
+    os.symlink(fixtures["k0s-small-zip"]["path"], exe_dir / "k0s")
+    # Check mode with a leader said to be a member: the wait is skipped and k0s kubeconfig admin runs read-only.
+    proc, out = role_run(tmp_path, exe_dir, tmp_path / "empty", dict(FAKE_K0S_STATUS_FILE=str(tmp_path / "s.json")),
+                         "-e", "k0s_kubeconfig_path=%s" % (tmp_path / "kubeconfig"), "--check")
+    assert proc.returncode != 0, out[-3000:]
+    assert "k0s kubeconfig admin failed on leader (rc 1): Error: admin PKI file" in out
+    assert "check if the control plane is initialized on this node" in out and "k0s_fetch_kubeconfig=false" in out
+    assert not (tmp_path / "kubeconfig").exists()

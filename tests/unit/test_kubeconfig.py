@@ -115,10 +115,12 @@ def test_redaction_keeps_structure_and_hides_every_credential(k0s_admin):
     assert "server: https://10.0.0.5:6443" in shown and "name: admin" in shown
     assert doc["users"][0]["user"]["client-key-data"] == key, "redact works on a copy"
     # An existing file with credentials elsewhere, or one that is not YAML, shows nothing secret.
-    foreign = {"users": [{"name": "u", "user": {"password": "pw-secret", "exec": {"env": [{"value": "s3"}]}}}],
+    foreign = {"users": [{"name": "u", "user": {"password": "pw-secret", "exec": {"env": [{"value": "s3"}]},
+                                                "some-future-credential": "fc-secret"}}],
                "extra": {"token": "tok-secret"}}
     before = redacted_text(yaml.safe_dump(foreign).encode())
-    assert "pw-secret" not in before and "tok-secret" not in before and "s3" not in before
+    assert not any(s in before for s in ("pw-secret", "tok-secret", "s3", "fc-secret"))
+    assert "some-future-credential: <redacted>" in before
     assert "client-key" not in redacted_text(b"client-key-data: [unclosed")
 
 
