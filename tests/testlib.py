@@ -162,7 +162,10 @@ def admin_kubeconfig(server="https://172.17.0.2:6443"):
     admin_pem = cert(admin_name, ca_name, admin_key, ca_key, False)
     key_pem = admin_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                       serialization.NoEncryption())
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+
+    def b64(data):
+        return base64.b64encode(data).decode()
+
     text = ("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: %s\n    server: %s\n  name: local\n"
             "contexts:\n- context:\n    cluster: local\n    user: user\n  name: Default\ncurrent-context: Default\n"
             "kind: Config\npreferences: {}\nusers:\n- name: user\n  user:\n    client-certificate-data: %s\n"

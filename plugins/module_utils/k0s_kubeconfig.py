@@ -11,15 +11,24 @@ external address (pkg/apis/k0sctl.k0sproject.io/v1beta1/cluster/spec.go, KubeAPI
 library does the same: parse and check, choose the server host, rewrite, render deterministically, and redact
 the credentials for a diff.
 
-No Ansible import. Controller side only (PyYAML, which ansible-core brings). No error message carries any value
-from the kubeconfig text, so a credential can never reach a log through an error."""
+No Ansible import. Controller side only. PyYAML (which ansible-core brings) is optional at import time: without it
+``HAS_YAML`` is false and callers report ``YAML_IMPORT_ERROR`` (missing_required_lib). No error message carries any
+value from the kubeconfig text, so a credential can never reach a log through an error."""
 
 import copy
 import ipaddress
 import os
 import re
+import traceback
 
-import yaml
+try:
+    import yaml
+except ImportError:
+    yaml = None
+    YAML_IMPORT_ERROR = traceback.format_exc()
+else:
+    YAML_IMPORT_ERROR = None
+HAS_YAML = YAML_IMPORT_ERROR is None
 
 REDACTED = "<redacted>"
 # Credential-named keys (client-go's AuthInfo fields), blanked wherever they appear in a diff.

@@ -16,7 +16,7 @@ description:
     host k0s printed unless it is a loopback address, then O(server_fallback). An IPv6 address is put in brackets.
   - The rendering is deterministic (sorted keys), so the task reports a change only when the bytes differ or the
     file's mode is not 0600 (a wrong mode is repaired).
-  - Runs on the controller (delegate it to C(localhost)); needs PyYAML, which ansible-core brings.
+  - Runs on the controller (delegate it to C(localhost)).
 options:
   content:
     description: The kubeconfig text C(k0s kubeconfig admin) printed. Never shown in results, logs or diffs.
@@ -40,6 +40,8 @@ options:
     description: Name of the one cluster and of the one context written.
     type: str
     default: k0s
+requirements:
+  - PyYAML (ansible-core's own dependency) in the Python that runs the module on the controller
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -99,9 +101,11 @@ changes:
 import os
 import stat
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import atomic_write, lstat_or_none, os_error_message
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_kubeconfig import (
+    HAS_YAML,
+    YAML_IMPORT_ERROR,
     KubeconfigError,
     address_problem,
     build,
@@ -134,6 +138,8 @@ def main():
         ),
         supports_check_mode=True,
     )
+    if not HAS_YAML:
+        module.fail_json(msg=missing_required_lib("PyYAML"), exception=YAML_IMPORT_ERROR)
     p = module.params
     path, changes = p["path"], []
     result = dict(path=path, changes=changes)
