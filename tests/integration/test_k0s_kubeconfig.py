@@ -149,6 +149,8 @@ def test_role_fetches_from_the_fixture_controller(fixtures, tmp_path):
         assert doc["clusters"][0]["cluster"]["server"] == "https://leader:%d" % c.api_port
         assert doc["users"] == [{"name": "admin", "user": {"token": secret}}]
         assert stat.S_IMODE(dest.stat().st_mode) == 0o600 and secret not in out
+        # Pipelined: the module and its arguments never went into a file of Ansible's temp dirs.
+        assert "k0s_kubeconfig.py" in out and "PUT " in out and "AnsiballZ_k0s_kubeconfig" not in out
 
         proc, out = role_run(tmp_path, exe_dir, data_dir, c.env, *rel)
         assert proc.returncode == 0 and recap(out)["leader"]["changed"] == 0, out[-3000:]
