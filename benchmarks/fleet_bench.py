@@ -225,7 +225,9 @@ class Ansible:
         inv = {"all": {
             "vars": {"ansible_user": "root", "ansible_connection": "ssh",
                      "ansible_ssh_private_key_file": self.fleet.key,
-                     "ansible_python_interpreter": "/usr/bin/python3"},
+                     "ansible_python_interpreter": "/usr/bin/python3",
+                     # deploy_k0s's admin kubeconfig: into the workdir, not the repository (cwd)
+                     "k0s_kubeconfig_path": os.path.join(self.workdir, "kubeconfig")},
             "children": {"k0s_controllers": {"hosts": {names[0]: host(names[0])}},
                          "k0s_workers": {"hosts": dict((n, host(n)) for n in names[1:])}}}}
         with open(path, "w") as f:

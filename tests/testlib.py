@@ -133,3 +133,80 @@ def make_join_token(ca, user="kubelet-bootstrap", token="abcdef.0123456789abcdef
     import gzip
     text = JOIN_KUBECONFIG.format(ca=base64.b64encode(ca).decode(), server=server, user=user, token=token)
     return base64.b64encode(gzip.compress(text.encode())).decode()
+
+
+def admin_kubeconfig(server="https://172.17.0.2:6443"):
+    """(text, key PEM) of a kubeconfig as k0s kubeconfig admin prints it (k0s cmd/kubeconfig/admin.go: cluster
+    local, context Default, user user, CA and admin client certificate and key inlined), with a real CA and a
+    real client certificate and key made for this call."""
+    import base64
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def cert(subject, issuer, key, sign_key, ca):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now)
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        return b.sign(sign_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    ca_key, admin_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-ca")])
+    admin_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                            x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes-admin")])
+    ca_pem = cert(ca_name, ca_name, ca_key, ca_key, True)
+    admin_pem = cert(admin_name, ca_name, admin_key, ca_key, False)
+    key_pem = admin_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption())
+
+    def b64(data):
+        return base64.b64encode(data).decode()
+
+    text = ("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: %s\n    server: %s\n  name: local\n"
+            "contexts:\n- context:\n    cluster: local\n    user: user\n  name: Default\ncurrent-context: Default\n"
+            "kind: Config\npreferences: {}\nusers:\n- name: user\n  user:\n    client-certificate-data: %s\n"
+            "    client-key-data: %s\n" % (b64(ca_pem), server, b64(admin_pem), b64(key_pem)))
+    return text, b64(key_pem)
+
+
+class FakeController:
+    """The fixture k0s running `k0s controller` on loopback (free ports, its own status file), as
+    tests/fixtures/check_fixtures.py starts it; killed on exit."""
+
+    def __init__(self, exe, data_dir, api_address="127.0.0.1"):
+        self.exe, self.data_dir = Path(exe), Path(data_dir)
+        self.env = {k: v for k, v in os.environ.items() if k not in ("K0S_TOKEN", "K0S_JOIN_TOKEN")}
+        self.env.update(FAKE_K0S_STATUS_FILE=str(self.data_dir) + ".status.json", FAKE_K0S_API_ADDRESS=api_address,
+                        FAKE_K0S_API_PORT="0", FAKE_K0S_JOIN_PORT="0")
+        self.proc, self.api_port = None, None
+
+    def __enter__(self):
+        import time
+        status = Path(self.env["FAKE_K0S_STATUS_FILE"])
+        self.proc = subprocess.Popen([str(self.exe), "controller", "--data-dir", str(self.data_dir)], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                st = json.loads(status.read_text())
+                if st["pid"] == self.proc.pid:
+                    self.api_port = st["api_port"]
+                    return self
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        self.__exit__()
+        raise RuntimeError("the fake k0s controller did not start in %s" % self.data_dir)
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def kubeconfig_admin(self):
+        return subprocess.run([str(self.exe), "kubeconfig", "admin", "--data-dir=%s" % self.data_dir], env=self.env,
+                              capture_output=True, text=True, check=True, timeout=60).stdout

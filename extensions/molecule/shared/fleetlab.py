@@ -81,7 +81,9 @@ def setup_ssh(hosts, workdir):
 
 
 def write_inventory(hosts, workdir, connection, key=None):
-    lines = ["all:", "  vars:", "    ansible_python_interpreter: /usr/bin/python3"]
+    # The admin kubeconfig deploy_k0s writes on the controller goes to the workdir, not the repository (cwd).
+    lines = ["all:", "  vars:", "    ansible_python_interpreter: /usr/bin/python3",
+             "    k0s_kubeconfig_path: %s" % (workdir / "kubeconfig")]
     if connection == "ssh":
         hostnet.ensure_routes([h.address for h in hosts], log=log)
         lines += ["    ansible_user: root",
