@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print what a test host holds, one sorted line per entry, for comparing a host before deploy_k0s and
 after reset_k0s (the lifecycle scenario).
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What the lifecycle scenario asks of the kubeconfig deploy_k0s fetched, without ever printing a credential.
 
     use_kubeconfig.py check <kubeconfig> <server>     # mode 0600, one cluster/user/context, the server named
@@ -94,7 +93,7 @@ def get(path, api_path):
 
 
 def absent(path, files):
-    _, user = structure(path)
+    user = structure(path)[1]
     secrets = credentials(user)
     for name in files:
         with open(name, encoding="utf-8", errors="replace") as f:
