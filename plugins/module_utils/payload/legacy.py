@@ -5,7 +5,7 @@
 
 There is no directory: names come from ``bin/<name>.gz`` strings in ``.rodata`` (in that sorted order),
 the blob length from ``BinDataSize`` in ``.noptrdata``, and each member is inflated (not written) to find
-where it ends. Controller side only.
+where it ends. Controller side only; ``engine`` is the deflate engine (``payload.engines``), zlib by default.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -101,7 +101,7 @@ def gzip_header_length(mm, pos, size, what):
     return cur - pos
 
 
-def _scan_member(mm, pos, size, name, what, out=None):
+def _scan_member(mm, pos, size, name, what, out=None, engine=zlib):
     """Inflate the member at ``pos`` once, check its trailer; returns its Entry.
 
     The same pass hashes the bytes and (``out``: a Sink on a new file) writes them, in a second thread
@@ -109,7 +109,7 @@ def _scan_member(mm, pos, size, name, what, out=None):
     """
     data_offset = pos + gzip_header_length(mm, pos, size, what)
     piped = PipedSink(out if out is not None else Sink())
-    inflater = zlib.decompressobj(-15)
+    inflater = engine.decompressobj(-15)
     cur = data_offset
     try:
         while not inflater.eof:
@@ -118,7 +118,7 @@ def _scan_member(mm, pos, size, name, what, out=None):
             block = mm[cur:min(size, cur + CHUNK)]
             feed(inflater, block, piped)
             cur += len(block) - len(inflater.unused_data)
-    except zlib.error as e:
+    except engine.error as e:
         piped.abort()
         raise CorruptPayloadError("%s: compressed data is corrupt (%s)" % (what, e))
     except BaseException:
@@ -137,7 +137,7 @@ def _scan_member(mm, pos, size, name, what, out=None):
                  member_offset=pos, member_size=end - pos, sha256=sink.hash.hexdigest())
 
 
-def scan_legacy(mm, path, start, size, names, sink_for=None):
+def scan_legacy(mm, path, start, size, names, sink_for=None, engine=zlib):
     """Walk the gzip members back to back from ``start``; inflate each once to find its end and hash it.
 
     ``sink_for(name)`` may return a Sink on a new file: that member is written in the same pass (the
@@ -153,7 +153,7 @@ def scan_legacy(mm, path, start, size, names, sink_for=None):
         what = "%s: gzip member %d (%s)" % (path, index + 1, names[index])
         out = sink_for(names[index]) if sink_for else None
         try:
-            entries.append(_scan_member(mm, pos, size, names[index], what, out))
+            entries.append(_scan_member(mm, pos, size, names[index], what, out, engine))
             if out is not None:
                 out.close(fsync=False)
         except BaseException:
@@ -167,7 +167,7 @@ def scan_legacy(mm, path, start, size, names, sink_for=None):
     return entries
 
 
-def read_legacy(elf, mm, path, start, size, sink_for=None):
+def read_legacy(elf, mm, path, start, size, sink_for=None, engine=zlib):
     """Names, BinDataSize and entries of a legacy payload at ``start``: (entries, recorded BinDataSize)."""
     names = legacy_names(elf)
     if not names:
@@ -181,4 +181,4 @@ def read_legacy(elf, mm, path, start, size, sink_for=None):
     if recorded != blob_size:
         raise CorruptPayloadError("%s: BinDataSize records %d bytes but %d follow the ELF end"
                                   % (path, recorded, blob_size))
-    return scan_legacy(mm, path, start, size, names, sink_for), recorded
+    return scan_legacy(mm, path, start, size, names, sink_for, engine), recorded
