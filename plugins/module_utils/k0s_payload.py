@@ -61,11 +61,12 @@ __all__ = [
 ]
 
 
-def inspect(path, sink_for=None, engine=None):
+def inspect(path, sink_for=None, engine=None, workers=2):
     """Detect the payload format of ``path`` and list its entries. Raises PayloadError on anything odd.
 
     ``engine`` names the deflate engine (default: ``engines.select()``, the fastest installed or
     ``$FLEETSPLIT_DEFLATE_ENGINE``); the Payload keeps it for every later inflate and compression.
+    ``workers``: legacy members are scanned that many at a time (``payload.legacy``).
 
     Legacy payloads have no directory, so their members are inflated to find where each ends; their
     entries come back with ``sha256`` set, and ``sink_for(name)`` (a Sink on a new file, or None) lets
@@ -91,7 +92,7 @@ def inspect(path, sink_for=None, engine=None):
                 return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64,
                                images=images, engine=engine)
             if head[:2] == b"\x1f\x8b":
-                entries, recorded = read_legacy(elf, mm, path, end, size, sink_for, engine)
+                entries, recorded = read_legacy(elf, mm, path, end, size, sink_for, engine, workers)
                 return Payload(path, size, FORMAT_LEGACY, end, entries, machine, version, st.st_mtime_ns,
                                bin_data_size=recorded, engine=engine)
         raise PayloadError("%s: %d bytes follow the ELF end at offset %d but they start with %r, neither a zip local "
@@ -407,7 +408,7 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
         return Sink(prewritten[name], mode)
 
     try:
-        payload = require_payload(inspect(src, sink_for if write and dest else None, engine))
+        payload = require_payload(inspect(src, sink_for if write and dest else None, engine, workers))
         return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
                            images_dest)
     finally:

@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import zipfile
 import zlib
 
@@ -367,6 +368,71 @@ def test_legacy_scan_damage(small, deflate_engine):
         legacy.scan_legacy(bytes(garbage), "k0s", start, len(data), names, engine=deflate_engine)
     with pytest.raises(errors.CorruptPayloadError, match="no gzip member header at offset %d" % (start + 1)):
         legacy.scan_legacy(data, "k0s", start + 1, len(data), names)
+
+
+def _inflating_threads(fn):
+    """(threads that created an inflater, how many were created) while ``fn`` runs, every thread (profiler hook)."""
+    threads, calls = set(), []
+    targets = (zlib.decompressobj,) + tuple(m.decompressobj for m in _fast_modules())
+
+    def hook(frame, event, arg):
+        if event == "c_call" and arg in targets:
+            threads.add(threading.get_ident())
+            calls.append(1)
+    sys.setprofile(hook)
+    threading.setprofile(hook)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    return threads, len(calls)
+
+
+def _fast_modules():
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload import engines
+    return [e.module for e in (engines.get(n, strict=False) for n in engines.ORDER) if isinstance(e, engines.Engine)]
+
+
+def test_legacy_members_scanned_in_parallel_from_guessed_starts(small, tmp_path, deflate_engine):
+    """workers=2: the members are inflated by two threads at once, each exactly once, with the very entries and
+    files of the one-by-one scan."""
+    fixture = small["legacy"]
+    data = read(fixture["path"])
+    start, names = fixture["payload_offset"], sorted(fixture["binaries"])
+    one_by_one = legacy.scan_legacy(data, "k0s", start, len(data), names, engine=deflate_engine, workers=1)
+
+    def sink_for(name):
+        return fsio.Sink(str(tmp_path / name), 0o755)
+    result = []
+    threads, calls = _inflating_threads(lambda: result.extend(
+        legacy.scan_legacy(data, "k0s", start, len(data), names, sink_for, deflate_engine, workers=2)))
+    assert len(threads) == 2 and calls == len(names)
+    assert [e.as_dict() for e in result] == [e.as_dict() for e in one_by_one]
+    for name in names:
+        assert sha256(read(tmp_path / name)) == fixture["binaries"][name]["sha256"]
+
+
+def test_legacy_wrong_guesses_fall_back_to_the_one_by_one_scan(tmp_path, deflate_engine):
+    """A member whose bytes contain the first member's header (a stored member: its data is verbatim) makes a wrong
+    guess; the guesses are dropped (their files too) and the one-by-one scan gives the right entries."""
+    first = gzip.compress(b"first member " * 1000, 9, mtime=0)
+    decoy = b"x" * 5000 + first[:10] + b"y" * 5000
+    second = gzip.compress(decoy, 0, mtime=0)          # level 0: stored blocks, another XFL byte in its header
+    blob = b"ELF" + first + second
+    assert blob.count(first[:10]) == 2
+    written = []
+
+    def sink_for(name):
+        written.append(str(tmp_path / ("%s-%d" % (name, len(written)))))
+        return fsio.Sink(written[-1], 0o755)
+    threads, dummy = _inflating_threads(lambda: written.append(
+        legacy.scan_legacy(blob, "k0s", 3, len(blob), ["a", "b"], sink_for, deflate_engine, workers=2)))
+    entries = written.pop()
+    assert [(e.name, e.member_offset, e.member_size, e.sha256) for e in entries] == [
+        ("a", 3, len(first), sha256(b"first member " * 1000)), ("b", 3 + len(first), len(second), sha256(decoy))]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in written[2:]]   # the guesses' files are gone
+    assert read(written[-1]) == decoy
 
 
 def test_gzip_header_length_with_optional_fields():
