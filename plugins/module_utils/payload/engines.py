@@ -88,8 +88,9 @@ def get(name, strict=True):
         _cache[name] = _load(name)
     found = _cache[name]
     if strict and not isinstance(found, Engine):
-        raise PayloadError("deflate engine %r %s: install it on the controller (pip install -r requirements.txt; "
-                           "isal and zlib-ng are on PyPI) or set %s to auto (the fastest installed)" % (name, found, ENV))
+        raise PayloadError("deflate engine %r %s: install it on the controller (pip install isal zlib-ng; "
+                           "meta/ee-requirements.txt lists them for execution environments) or set %s to auto "
+                           "(the fastest installed)" % (name, found, ENV))
     return found
 
 
