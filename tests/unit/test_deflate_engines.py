@@ -125,3 +125,22 @@ def test_cli_verbose_names_the_engine(fixtures, monkeypatch):
     proc = subprocess.run([sys.executable, CLI, "info", exe, "-v"], capture_output=True, text=True, env=env, timeout=120,
                           check=False)
     assert proc.returncode == 0 and "deflate engine zlib" in proc.stderr and "FLEETSPLIT_DEFLATE_ENGINE=zlib" in proc.stderr
+
+
+def test_a_cache_written_by_another_engine_is_kept(tmp_path, fixtures):
+    """bin/k0s.gz differs by encoder; a re-run under another engine verifies it by inflating and writes nothing."""
+    names = _installed()
+    if len(names) < 2:
+        pytest.skip("one deflate engine installed here: %s" % names)
+    fx = fixtures["k0s-small-zip"]
+    first = kp.split(fx["path"], dest=str(tmp_path / "libexec"), stripped_executable=str(tmp_path / "k0s"),
+                     streams_dest=str(tmp_path / "streams"), engine=names[0])
+    stream = first["stripped_executable"]["stream"]
+    before = os.stat(stream)
+    for name in names[1:]:
+        again = kp.split(fx["path"], dest=str(tmp_path / "libexec"), stripped_executable=str(tmp_path / "k0s"),
+                         streams_dest=str(tmp_path / "streams"), engine=name)
+        assert again["deflate_engine"]["name"] == name and again["healed"] == []
+        assert not again["stripped_executable"]["changed"] and not any(f["changed"] for f in again["files"])
+        assert again["stripped_executable"]["stream_sha256"] == first["stripped_executable"]["stream_sha256"]
+    assert os.stat(stream).st_ino == before.st_ino
