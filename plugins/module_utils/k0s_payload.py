@@ -55,7 +55,8 @@ __all__ = [
     "BUNDLE_FORMAT", "CHUNK", "FORMAT_BARE", "FORMAT_LEGACY", "FORMAT_ZIP", "GZIP_HEADER", "HAS_PYELFTOOLS",
     "MAX_OUTPUT", "METHOD_DEFLATE", "METHOD_STORE", "PYELFTOOLS_IMPORT_ERROR", "CorruptPayloadError", "Entry",
     "Payload", "PayloadError", "bundle_id", "check_bundle_members", "check_name", "check_output_dir",
-    "check_output_file", "describe", "elf_end", "engine_of", "engines", "ensure_output_dir", "ensure_private_dir", "extract", "go_build_info", "inflate_gzip_member",
+    "check_output_file", "describe", "elf_end", "engine_of", "engines", "ensure_output_dir", "ensure_private_dir",
+    "extract", "go_build_info", "inflate_gzip_member",
     "inspect", "mark_used", "prune_cache", "require_payload", "sha256_file", "split", "stripped_digest", "write_bundle",
     "write_executable_stream", "write_streams", "write_stripped",
 ]

@@ -7,7 +7,6 @@ directory's mtime, so an output directory whose mtime is unchanged had nothing c
 import os
 import sys
 import threading
-import zlib
 
 import pytest
 
