@@ -55,7 +55,7 @@ def time_split(exe, work, workers, ours, rss):
     for engine in CONTENDERS:
         out = fresh(os.path.join(work, "ours"))
         t, m, cpu = run([sys.executable, CLI, "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
-                    "--workers", str(workers)], env=dict(os.environ, **{engines.ENV: engine}))
+                         "--workers", str(workers)], env=dict(os.environ, **{engines.ENV: engine}))
         ours.setdefault(engine, []).append(t)
         rss.setdefault(engine, []).append(m)
         CPU.setdefault((exe, engine), []).append(cpu)
