@@ -32,3 +32,19 @@ def installed_collection(galaxy_tarball, tmp_path_factory):
     dest = tmp_path_factory.mktemp("galaxy-installed")
     testlib.ansible_galaxy(["collection", "install", "--offline", "--force", "-p", str(dest), str(galaxy_tarball)])
     return dest
+
+
+DEFLATE_ENGINES = ("isal", "zlib-ng", "zlib")   # payload/engines.py ORDER; zlib always runs
+
+
+@pytest.fixture(params=DEFLATE_ENGINES)
+def deflate_engine(request, monkeypatch):
+    """Runs a test once per deflate engine the controller may use (the Engine is returned), selected the way users
+    select it (FLEETSPLIT_DEFLATE_ENGINE). An engine not installed here is skipped; zlib alone always runs."""
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload import engines
+    assert engines.ORDER == DEFLATE_ENGINES
+    found = engines.get(request.param, strict=False)
+    if not isinstance(found, engines.Engine):
+        pytest.skip("deflate engine %s not installed here: %s" % (request.param, found))
+    monkeypatch.setenv(engines.ENV, request.param)
+    return found

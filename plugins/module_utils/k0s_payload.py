@@ -11,6 +11,7 @@ facade (``inspect``, ``extract``, ``split``, the output writers, and the names c
 * ``payload.model``: Entry and Payload, the format and method names.
 * ``payload.fsio``: embedded-name checks, output directory and file checks, temporary files and their commit, sha256.
 * ``payload.streams``: bounded-memory inflating and verifying, gzip members (``inflate_gzip_member`` runs on hosts).
+* ``payload.engines``: the deflate engine of the controller (isal, zlib-ng or zlib; ``FLEETSPLIT_DEFLATE_ENGINE``).
 * ``payload.bundles``: stream bundles (``write_bundle`` on the controller, ``check_bundle_members`` on hosts).
 * ``payload.elf``: ELF headers through pyelftools (optional: ``HAS_PYELFTOOLS``), k0s version, Go build info.
 * ``payload.zipfmt``: the zip archive k0s >= v1.36.1 appends (directory read by the standard library's zipfile).
@@ -36,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .k0s_hostfs import atomic_write
 from .payload.bundles import BUNDLE_FORMAT, bundle_id, check_bundle_members, write_bundle
+from .payload import engines
 from .payload.elf import (HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, elf_end, elf_machine, go_build_info, k0s_version,
                           open_elf, open_executable)
 from .payload.errors import CorruptPayloadError, PayloadError
@@ -53,19 +55,25 @@ __all__ = [
     "BUNDLE_FORMAT", "CHUNK", "FORMAT_BARE", "FORMAT_LEGACY", "FORMAT_ZIP", "GZIP_HEADER", "HAS_PYELFTOOLS",
     "MAX_OUTPUT", "METHOD_DEFLATE", "METHOD_STORE", "PYELFTOOLS_IMPORT_ERROR", "CorruptPayloadError", "Entry",
     "Payload", "PayloadError", "bundle_id", "check_bundle_members", "check_name", "check_output_dir",
-    "check_output_file", "describe", "elf_end", "ensure_output_dir", "ensure_private_dir", "extract", "go_build_info", "inflate_gzip_member",
+    "check_output_file", "describe", "elf_end", "engine_of", "engines", "ensure_output_dir", "ensure_private_dir",
+    "extract", "go_build_info", "inflate_gzip_member",
     "inspect", "mark_used", "prune_cache", "require_payload", "sha256_file", "split", "stripped_digest", "write_bundle",
     "write_executable_stream", "write_streams", "write_stripped",
 ]
 
 
-def inspect(path, sink_for=None):
+def inspect(path, sink_for=None, engine=None, workers=2):
     """Detect the payload format of ``path`` and list its entries. Raises PayloadError on anything odd.
+
+    ``engine`` names the deflate engine (default: ``engines.select()``, the fastest installed or
+    ``$FLEETSPLIT_DEFLATE_ENGINE``); the Payload keeps it for every later inflate and compression.
+    ``workers``: legacy members are scanned that many at a time (``payload.legacy``).
 
     Legacy payloads have no directory, so their members are inflated to find where each ends; their
     entries come back with ``sha256`` set, and ``sink_for(name)`` (a Sink on a new file, or None) lets
     that one pass write them too. Zip entries get ``sha256`` on extraction.
     """
+    engine = engines.select(engine)
     f, st = open_executable(path)
     with f:
         elf = open_elf(f, path)
@@ -77,19 +85,26 @@ def inspect(path, sink_for=None):
             raise CorruptPayloadError("%s: the ELF headers describe %d bytes but the file has only %d: truncated executable"
                                       % (path, end, size))
         if end == size:
-            return Payload(path, size, FORMAT_BARE, end, [], machine, version, st.st_mtime_ns)
+            return Payload(path, size, FORMAT_BARE, end, [], machine, version, st.st_mtime_ns, engine=engine)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             head = bytes(mm[end:end + 4])
             if head == LOCAL_HEADER:
                 entries, images, zip64 = read_zip(f, mm, path, end, size)
                 return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64,
-                               images=images)
+                               images=images, engine=engine)
             if head[:2] == b"\x1f\x8b":
-                entries, recorded = read_legacy(elf, mm, path, end, size, sink_for)
+                entries, recorded = read_legacy(elf, mm, path, end, size, sink_for, engine, workers)
                 return Payload(path, size, FORMAT_LEGACY, end, entries, machine, version, st.st_mtime_ns,
-                               bin_data_size=recorded)
+                               bin_data_size=recorded, engine=engine)
         raise PayloadError("%s: %d bytes follow the ELF end at offset %d but they start with %r, neither a zip local "
                            "header nor a gzip member" % (path, size - end, end, head))
+
+
+def engine_of(payload):
+    """The deflate engine ``payload`` was inspected with (a Payload built by hand: the selected one)."""
+    if payload.engine is None:
+        payload.engine = engines.select()
+    return payload.engine
 
 
 def require_payload(payload):
@@ -131,6 +146,7 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
         for entry in entries:
             check_output_file(os.path.join(dest, entry.name))
     temps = dict(prewritten)
+    engine = engine_of(payload)
     fd = os.open(payload.path, os.O_RDONLY)
     try:
         def work(entry):
@@ -143,7 +159,8 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
             temp = temp_path(final) if final is not None and write else None
             if temp:
                 temps[entry.name] = temp
-            digest = inflate_entry(fd, entry, temp, mode, "%s: entry %s" % (payload.path, entry.name), fsync and write)
+            digest = inflate_entry(fd, entry, temp, mode, "%s: entry %s" % (payload.path, entry.name), fsync and write,
+                                   engine)
             return digest, final is not None and (temp is not None or not _same_file(final, entry.size, digest))
 
         # Largest first: with two workers the longest inflate starts at once.
@@ -233,13 +250,14 @@ def write_streams(payload, streams_dest, write=True):
     """
     require_payload(payload)
     return dict((entry.name, _write_stream(payload, streams_dest, "libexec", entry.name, write,
-                                           entry_stream(payload.format, entry)))
+                                           entry_stream(payload.format, entry, engine_of(payload))))
                 for entry in payload.entries)
 
 
 def write_executable_stream(payload, streams_dest, write=True, level=6):
     """``streams_dest/bin/k0s.gz``: the stripped executable as one deterministic gzip member."""
-    return _write_stream(payload, streams_dest, "bin", "k0s", write, executable_stream(payload.stripped_size, level))
+    return _write_stream(payload, streams_dest, "bin", "k0s", write,
+                         executable_stream(payload.stripped_size, level, engine_of(payload)))
 
 
 # --------------------------------------------------------------------------- one call for the modules
@@ -257,10 +275,11 @@ def describe(payload):
         "pinned_mtime_ns": payload.mtime_ns,
         "zip64": payload.zip64,
         "bin_data_size": payload.bin_data_size,
+        "deflate_engine": engine_of(payload).describe(),
     }
 
 
-def _executable_stream_holds(path, stripped):
+def _executable_stream_holds(path, stripped, engine):
     """An existing ``bin/k0s.gz`` that is one gzip member (our header) inflating to exactly the stripped
     executable, as its stream dict, else None: inflating it costs a fraction of compressing it again."""
     st = check_output_file(path)
@@ -272,7 +291,7 @@ def _executable_stream_holds(path, stripped):
         if os.pread(fd, 10, 0) != GZIP_HEADER or os.pread(fd, 8, st.st_size - 8) != trailer:
             return None
         sink = Sink()
-        inflate_range(fd, 10, st.st_size - 18, METHOD_DEFLATE, sink, path)
+        inflate_range(fd, 10, st.st_size - 18, METHOD_DEFLATE, sink, path, engine)
         verify_sink(sink, stripped["size"], stripped["crc32"], stripped["sha256"], path)
         whole = Sink()      # the sha256 of the very bytes just verified (same descriptor)
         copy_range(fd, 0, st.st_size, whole)
@@ -304,7 +323,8 @@ def _split(payload, dest, stripped_executable, streams_dest, mode, workers, prew
                 differ.append(stream["stream"])
             item["changed"] = item["changed"] or stream.pop("changed")
             item.update(stream)
-        exe_stream = None if write else _executable_stream_holds(os.path.join(streams_dest, "bin", "k0s.gz"), stripped)
+        exe_stream = None if write else _executable_stream_holds(os.path.join(streams_dest, "bin", "k0s.gz"), stripped,
+                                                                 engine_of(payload))
         exe_stream = exe_stream or write_executable_stream(payload, streams_dest, write=write)
         if exe_stream["changed"]:
             differ.append(exe_stream["stream"])
@@ -351,7 +371,7 @@ def _write_differing(payload, result, differ, args, mtime_ns):
     if stripped_executable and stripped_executable in differ:
         write_stripped(payload, stripped_executable, mode=mode, write=True, mtime_ns=mtime_ns)
     if streams_dest:
-        producers = dict((e.name, entry_stream(payload.format, e)) for e in payload.entries)
+        producers = dict((e.name, entry_stream(payload.format, e, engine_of(payload))) for e in payload.entries)
         for item in result["files"]:
             if item.get("stream") in differ:
                 _write_stream(payload, streams_dest, "libexec", item["name"], True, producers[item["name"]])
@@ -360,7 +380,7 @@ def _write_differing(payload, result, differ, args, mtime_ns):
 
 
 def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o755, workers=2, write=True,
-          pin_mtime=False, images_dest=None):
+          pin_mtime=False, images_dest=None, engine=None):
     """Everything payload_split does, minus Ansible: returns the module's result (without ``changed``).
 
     Every fact in the result (sha256, size, CRC-32 of each file, of each gzip stream and of the stripped
@@ -375,7 +395,7 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
     with the right content and another mtime is re-timed (not rewritten) and listed in ``retimed``.
 
     Image bundles (zip ``images/<name>``) are listed in ``images`` and written to ``images_dest`` when
-    given (mode 0644, same checks as binaries), never with the binaries.
+    given (mode 0644, same checks as binaries), never with the binaries. ``engine``: as for ``inspect``.
     """
     prewritten = {}
 
@@ -389,7 +409,7 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
         return Sink(prewritten[name], mode)
 
     try:
-        payload = require_payload(inspect(src, sink_for if write and dest else None))
+        payload = require_payload(inspect(src, sink_for if write and dest else None, engine, workers))
         return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
                            images_dest)
     finally:

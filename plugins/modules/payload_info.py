@@ -85,6 +85,15 @@ pinned_mtime_ns:
   description: The executable's mtime in nanoseconds (what a stripped legacy k0s requires of staged binaries).
   returned: success
   type: int
+deflate_engine:
+  description:
+    - The deflate engine that inflated (and compressed) on the controller, C(name) (C(isal), C(zlib-ng) or
+      C(zlib)) and C(version). The fastest installed is used; the environment variable
+      C(FLEETSPLIT_DEFLATE_ENGINE) (C(auto), C(isal), C(zlib-ng), C(zlib)) overrides it. Results are the same
+      with any engine; hosts always use the standard library's zlib.
+  returned: success
+  type: dict
+  sample: {name: isal, version: 1.9.1}
 files:
   description: One item per embedded binary.
   returned: success

@@ -175,6 +175,15 @@ pinned_mtime_ns:
   description: The same, in nanoseconds.
   returned: success
   type: int
+deflate_engine:
+  description:
+    - The deflate engine that inflated (and compressed) on the controller, C(name) (C(isal), C(zlib-ng) or
+      C(zlib)) and C(version). The fastest installed is used; the environment variable
+      C(FLEETSPLIT_DEFLATE_ENGINE) (C(auto), C(isal), C(zlib-ng), C(zlib)) overrides it. Results are the same
+      with any engine; hosts always use the standard library's zlib.
+  returned: success
+  type: dict
+  sample: {name: isal, version: 1.9.1}
 files:
   description: One item per embedded binary.
   returned: success
@@ -362,8 +371,9 @@ def main():
         result['legacy_note'] = LEGACY_NOTE
     if p['streams_dest'] and not module.check_mode:
         manifest = os.path.join(p['streams_dest'], 'manifest.json')
-        # Written for people and tools; never read back as a source of facts. Per-run flags stay out.
-        stable = dict((k, v) for k, v in result.items() if k not in ('healed', 'retimed'))
+        # Written for people and tools; never read back as a source of facts. Per-run flags (and the engine
+        # this run used: any engine gives the same files) stay out.
+        stable = dict((k, v) for k, v in result.items() if k not in ('healed', 'retimed', 'deflate_engine'))
         stable.update(files=[dict((k, v) for k, v in f.items() if k != 'changed') for f in result['files']],
                       images=[dict((k, v) for k, v in i.items() if k != 'changed') for i in result['images']],
                       stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items()

@@ -2,6 +2,7 @@
 import json
 import os
 
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload import engines
 from testlib import REPO, local_inventory, recap, run_playbook, sha256
 
 PLAY = """
@@ -223,3 +224,39 @@ def test_overlay_playbook_takes_a_next_layout_k0s(tmp_path, fixtures):
     proc, out = _overlay(tmp_path, fixture["path"], root)
     assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
     assert placed.stat().st_mtime_ns == mtime   # same file, same mtime: k0s does not import it again
+
+
+def test_modules_report_the_deflate_engine(tmp_path, fixtures):
+    """payload_info and payload_split return the engine that inflated (issue 19); the task's environment chooses it
+    (FLEETSPLIT_DEFLATE_ENGINE); the split manifest leaves it out (any engine gives the same files)."""
+    fixture = fixtures["k0s-small-legacy"]
+    (tmp_path / "play.yml").write_text("""
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - fleetsplit.k0s.payload_info: {src: "{{ src }}", build_info: false}
+      register: auto
+    - fleetsplit.k0s.payload_info: {src: "{{ src }}", build_info: false}
+      environment: {FLEETSPLIT_DEFLATE_ENGINE: zlib}
+      register: plain
+    - fleetsplit.k0s.payload_split: {src: "{{ src }}", streams_dest: "{{ streams }}"}
+      environment: {FLEETSPLIT_DEFLATE_ENGINE: zlib}
+      register: split
+    - ansible.builtin.copy: {content: "{{ [auto, plain, split] | to_json }}", dest: "{{ out }}"}
+""")
+    evars = json.dumps(dict(src=fixture["path"], streams=str(tmp_path / "streams"), out=str(tmp_path / "r.json")))
+    env_before = os.environ.pop(engines.ENV, None)
+    try:
+        proc, out = run_playbook(local_inventory() + [tmp_path / "play.yml", "-e", evars], cwd=tmp_path)
+    finally:
+        if env_before is not None:
+            os.environ[engines.ENV] = env_before
+    assert proc.returncode == 0, out
+    auto, plain, split_ = json.loads((tmp_path / "r.json").read_text())
+    assert auto["deflate_engine"]["name"] == engines.select("auto").name
+    assert plain["deflate_engine"] == {"name": "zlib", "version": engines.get("zlib").version}
+    assert split_["deflate_engine"]["name"] == "zlib"
+    assert [f["sha256"] for f in auto["files"]] == [f["sha256"] for f in plain["files"]] == \
+        [fixture["binaries"][n]["sha256"] for n in sorted(fixture["binaries"])]
+    manifest = json.loads((tmp_path / "streams" / "manifest.json").read_text())
+    assert "deflate_engine" not in manifest and manifest["format"] == "legacy"

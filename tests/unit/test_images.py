@@ -14,6 +14,10 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils import k0s_images a
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import write_bundle
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.image_cache import image_stream, prune, prune_bundles
 
+# The controller compresses each tar with every deflate engine installed and with zlib alone (tests/conftest.py);
+# the host side inflates it with zlib either way.
+pytestmark = pytest.mark.usefixtures("deflate_engine")
+
 
 def make_tar(path, *members):
     """A real tar of real files (as an image bundle is a tar of an OCI layout)."""

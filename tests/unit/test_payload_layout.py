@@ -16,6 +16,9 @@ import pytest
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils import k0s_payload as kp
 
+# Every test here runs under each deflate engine installed (isal, zlib-ng) and under zlib alone (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("deflate_engine")
+
 
 @pytest.fixture
 def nxt(fixtures):

@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import zipfile
 import zlib
 
@@ -77,9 +78,9 @@ def test_host_parts_import_neither_elf_code_nor_ansible():
     """payload/__init__.py is empty: the host-side parts come without pyelftools, the ELF code, zipfile or Ansible."""
     code = ("import sys\nsys.path.insert(0, sys.argv[1])\n"
             "from module_utils.payload import bundles, errors, fsio, model, streams\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('elftools', 'ansible', 'zipfile')\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('elftools', 'ansible', 'zipfile', 'isal', 'zlib_ng')\n"
             "             or m in ('module_utils.payload.elf', 'module_utils.payload.zipfmt', 'module_utils.payload.legacy',\n"
-            "                      'module_utils.k0s_payload'))\n"
+            "                      'module_utils.payload.engines', 'module_utils.k0s_payload'))\n"
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-I", "-c", code, PLUGINS], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -344,12 +345,12 @@ def test_legacy_member_scan(small):
     assert pos == len(data)
 
 
-def test_legacy_scan_damage(small):
+def test_legacy_scan_damage(small, deflate_engine):
     fixture = small["legacy"]
     data = read(fixture["path"])
     start = fixture["payload_offset"]
     names = sorted(fixture["binaries"])
-    entries = legacy.scan_legacy(data, "k0s", start, len(data), names)
+    entries = legacy.scan_legacy(data, "k0s", start, len(data), names, engine=deflate_engine)
     with pytest.raises(errors.PayloadError, match="more gzip members than the 2"):
         legacy.scan_legacy(data, "k0s", start, len(data), names[:2])
     with pytest.raises(errors.PayloadError, match="names 4 embedded binaries .* holds 3 gzip members"):
@@ -360,9 +361,78 @@ def test_legacy_scan_damage(small):
     flipped = bytearray(data)
     flipped[entries[0].data_offset + entries[0].compressed_size // 2] ^= 0x40
     with pytest.raises(errors.CorruptPayloadError, match="gzip member 1 .*(corrupt|CRC-32 mismatch|size mismatch)"):
-        legacy.scan_legacy(bytes(flipped), "k0s", start, len(data), names)
+        legacy.scan_legacy(bytes(flipped), "k0s", start, len(data), names, engine=deflate_engine)
+    garbage = bytearray(data)   # not deflate at all: the engine's own error class becomes a CorruptPayloadError
+    garbage[entries[0].data_offset:entries[0].data_offset + 64] = b"\xff" * 64
+    with pytest.raises(errors.CorruptPayloadError, match=r"gzip member 1 .*compressed data is corrupt"):
+        legacy.scan_legacy(bytes(garbage), "k0s", start, len(data), names, engine=deflate_engine)
     with pytest.raises(errors.CorruptPayloadError, match="no gzip member header at offset %d" % (start + 1)):
         legacy.scan_legacy(data, "k0s", start + 1, len(data), names)
+
+
+def _inflating_threads(fn):
+    """(threads that created an inflater, how many were created) while ``fn`` runs, every thread (profiler hook)."""
+    threads, calls = set(), []
+    targets = (zlib.decompressobj,) + tuple(m.decompressobj for m in _fast_modules())
+
+    def hook(frame, event, arg):
+        if event == "c_call" and arg in targets:
+            threads.add(threading.get_ident())
+            calls.append(1)
+    sys.setprofile(hook)
+    threading.setprofile(hook)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    return threads, len(calls)
+
+
+def _fast_modules():
+    from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload import engines
+    return [e.module for e in (engines.get(n, strict=False) for n in engines.ORDER) if isinstance(e, engines.Engine)]
+
+
+def test_legacy_members_scanned_in_parallel_from_guessed_starts(small, tmp_path, deflate_engine):
+    """workers=2: the members are inflated by two threads at once, each exactly once, with the very entries and
+    files of the one-by-one scan."""
+    fixture = small["legacy"]
+    data = read(fixture["path"])
+    start, names = fixture["payload_offset"], sorted(fixture["binaries"])
+    one_by_one = legacy.scan_legacy(data, "k0s", start, len(data), names, engine=deflate_engine, workers=1)
+
+    def sink_for(name):
+        return fsio.Sink(str(tmp_path / name), 0o755)
+    result = []
+    threads, calls = _inflating_threads(lambda: result.extend(
+        legacy.scan_legacy(data, "k0s", start, len(data), names, sink_for, deflate_engine, workers=2)))
+    assert len(threads) == 2 and calls == len(names)
+    assert [e.as_dict() for e in result] == [e.as_dict() for e in one_by_one]
+    for name in names:
+        assert sha256(read(tmp_path / name)) == fixture["binaries"][name]["sha256"]
+
+
+def test_legacy_wrong_guesses_fall_back_to_the_one_by_one_scan(tmp_path, deflate_engine):
+    """A member whose bytes contain the first member's header (a stored member: its data is verbatim) makes a wrong
+    guess; the guesses are dropped (their files too) and the one-by-one scan gives the right entries."""
+    first = gzip.compress(b"first member " * 1000, 9, mtime=0)
+    decoy = b"x" * 5000 + first[:10] + b"y" * 5000
+    second = gzip.compress(decoy, 0, mtime=0)          # level 0: stored blocks, another XFL byte in its header
+    blob = b"ELF" + first + second
+    assert blob.count(first[:10]) == 2
+    written = []
+
+    def sink_for(name):
+        written.append(str(tmp_path / ("%s-%d" % (name, len(written)))))
+        return fsio.Sink(written[-1], 0o755)
+    threads, dummy = _inflating_threads(lambda: written.append(
+        legacy.scan_legacy(blob, "k0s", 3, len(blob), ["a", "b"], sink_for, deflate_engine, workers=2)))
+    entries = written.pop()
+    assert [(e.name, e.member_offset, e.member_size, e.sha256) for e in entries] == [
+        ("a", 3, len(first), sha256(b"first member " * 1000)), ("b", 3 + len(first), len(second), sha256(decoy))]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in written[2:]]   # the guesses' files are gone
+    assert read(written[-1]) == decoy
 
 
 def test_gzip_header_length_with_optional_fields():
@@ -378,21 +448,24 @@ def test_gzip_header_length_with_optional_fields():
 
 # --------------------------------------------------------------------------- streams
 
-def test_inflate_range_and_verify(small):
+def test_inflate_range_and_verify(small, deflate_engine):
     fixture = small["zip"]
     entries, dummy = zip_entries(fixture["path"])
     entry = [e for e in entries if e.name == "runc"][0]
     fd = os.open(fixture["path"], os.O_RDONLY)
     try:
         sink = fsio.Sink()
-        streams.inflate_range(fd, entry.data_offset, entry.compressed_size, entry.method, sink, "runc")
+        streams.inflate_range(fd, entry.data_offset, entry.compressed_size, entry.method, sink, "runc", deflate_engine)
         assert streams.verify_sink(sink, entry.size, entry.crc32, None, "runc") == fixture["binaries"]["runc"]["sha256"]
         with pytest.raises(errors.CorruptPayloadError, match="runc: CRC-32 mismatch"):
             streams.verify_sink(sink, entry.size, entry.crc32 ^ 1, None, "runc")
         with pytest.raises(errors.CorruptPayloadError, match="runc: inflated to %d bytes, the payload records 1" % entry.size):
             streams.verify_sink(sink, 1, entry.crc32, None, "runc")
         with pytest.raises(errors.CorruptPayloadError, match="ends before the deflate stream does"):
-            streams.inflate_range(fd, entry.data_offset, entry.compressed_size - 100, entry.method, fsio.Sink(), "runc")
+            streams.inflate_range(fd, entry.data_offset, entry.compressed_size - 100, entry.method, fsio.Sink(), "runc",
+                                  deflate_engine)
+        with pytest.raises(errors.CorruptPayloadError, match="runc: compressed data is corrupt"):
+            streams.inflate_range(fd, 0, 4096, entry.method, fsio.Sink(), "runc", deflate_engine)   # ELF header: not deflate
         with pytest.raises(errors.CorruptPayloadError, match="file ends inside the compressed data"):
             streams.inflate_range(fd, fixture["size"] - 10, 100, model.METHOD_STORE, fsio.Sink(), "tail")
         with pytest.raises(errors.CorruptPayloadError, match="unexpected end of file"):
@@ -401,7 +474,7 @@ def test_inflate_range_and_verify(small):
         os.close(fd)
 
 
-def test_flipped_byte_is_detected_by_inflate_entry(small, tmp_path):
+def test_flipped_byte_is_detected_by_inflate_entry(small, tmp_path, deflate_engine):
     fixture = small["zip"]
     entries, dummy = zip_entries(fixture["path"])
     entry = [e for e in entries if e.name == "runc"][0]
@@ -411,45 +484,46 @@ def test_flipped_byte_is_detected_by_inflate_entry(small, tmp_path):
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(errors.CorruptPayloadError, match="runc: (compressed data is corrupt|CRC-32 mismatch)"):
-            streams.inflate_entry(fd, entry, str(tmp_path / "runc.tmp"), 0o755, "runc", False)
+            streams.inflate_entry(fd, entry, str(tmp_path / "runc.tmp"), 0o755, "runc", False, deflate_engine)
     finally:
         os.close(fd)
     assert not (tmp_path / "runc.tmp").exists()
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
-def test_entry_and_executable_streams(small, fmt, tmp_path):
+def test_entry_and_executable_streams(small, fmt, tmp_path, deflate_engine):
     fixture = small[fmt]
     with mapped(fixture["path"]) as (f, mm, end, size):
         if fmt == "zip":
             entries = zipfmt.read_zip(f, mm, fixture["path"], end, size)[0]
         else:
-            entries = legacy.read_legacy(elf.open_elf(f, fixture["path"]), mm, fixture["path"], end, size)[0]
+            entries = legacy.read_legacy(elf.open_elf(f, fixture["path"]), mm, fixture["path"], end, size,
+                                         engine=deflate_engine)[0]
     data = read(fixture["path"])
     fd = os.open(fixture["path"], os.O_RDONLY)
     try:
         for entry in entries:
             sink = fsio.Sink(str(tmp_path / (entry.name + ".gz")), 0o644)
-            streams.entry_stream(fmt, entry)(fd, sink)
+            streams.entry_stream(fmt, entry, deflate_engine)(fd, sink)
             sink.close()
             stream = read(tmp_path / (entry.name + ".gz"))
             assert stream[10:-8] == data[entry.data_offset:entry.data_offset + entry.compressed_size]   # not recompressed
             assert sha256(gzip.decompress(stream)) == fixture["binaries"][entry.name]["sha256"]
         sink = fsio.Sink(str(tmp_path / "k0s.gz"), 0o644)
-        streams.executable_stream(fixture["payload_offset"])(fd, sink)
+        streams.executable_stream(fixture["payload_offset"], engine=deflate_engine)(fd, sink)
         sink.close()
     finally:
         os.close(fd)
     assert gzip.decompress(read(tmp_path / "k0s.gz")) == read(fixture["bare_path"])
 
 
-def test_stored_entry_stream_is_compressed_once(small, tmp_path):
+def test_stored_entry_stream_is_compressed_once(small, tmp_path, deflate_engine):
     path = exe_with_zip(tmp_path, small["zip"]["bare_path"], [("a", b"alpha" * 1000)], compression=zipfile.ZIP_STORED)
     (entry,), dummy = zip_entries(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         sink = fsio.Sink()
-        streams.entry_stream(model.FORMAT_ZIP, entry)(fd, sink)
+        streams.entry_stream(model.FORMAT_ZIP, entry, deflate_engine)(fd, sink)
     finally:
         os.close(fd)
     assert sink.size < 200

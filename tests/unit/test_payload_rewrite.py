@@ -7,11 +7,13 @@ directory's mtime, so an output directory whose mtime is unchanged had nothing c
 import os
 import sys
 import threading
-import zlib
 
 import pytest
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils import k0s_payload as kp
+
+# Every test here runs under each deflate engine installed (isal, zlib-ng) and under zlib alone (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("deflate_engine")
 
 
 def _split(fixture, root, **kw):
@@ -97,11 +99,13 @@ def test_without_pinning_mtime_is_not_a_change(tmp_path, fixtures):
 
 
 def _count_inflaters(fn):
-    """How many zlib inflaters ``fn`` creates, in every thread (a profiler hook: the real zlib still runs)."""
+    """How many inflaters of the selected engine ``fn`` creates, in every thread (a profiler hook: the real engine
+    still runs)."""
     calls = []
+    decompressobj = kp.engines.select().module.decompressobj
 
     def hook(frame, event, arg):
-        if event == "c_call" and arg is zlib.decompressobj:
+        if event == "c_call" and arg is decompressobj:
             calls.append(1)
     sys.setprofile(hook)
     threading.setprofile(hook)

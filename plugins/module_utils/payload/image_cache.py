@@ -18,6 +18,7 @@ import shutil
 import zlib
 
 from ..k0s_hostfs import atomic_write
+from . import engines
 from .errors import PayloadError
 from .fsio import CHUNK, Sink, check_output_file, ensure_private_dir, temp_path
 
@@ -38,10 +39,10 @@ def _describe(src):
     return sink.size, sink.crc32, sink.hash.hexdigest()
 
 
-def _compress(src, dest, level):
+def _compress(src, dest, level, engine):
     sink = Sink(temp_path(dest), 0o600)
     try:
-        z = zlib.compressobj(level, zlib.DEFLATED, 31)   # gzip framing: what inflate_gzip_member reads
+        z = engine.compressobj(level, zlib.DEFLATED, 31)   # gzip framing: what inflate_gzip_member reads
         with open(src, "rb") as f:
             for block in iter(lambda: f.read(CHUNK), b""):
                 sink.write(z.compress(block))
@@ -54,10 +55,11 @@ def _compress(src, dest, level):
     return sink.size, sink.hash.hexdigest()
 
 
-def image_stream(src, cache_dir, name=None, level=6, write=True):
+def image_stream(src, cache_dir, name=None, level=6, write=True, engine=None):
     """``{name, src, size, crc32, sha256, stream, stream_size, stream_sha256, changed}`` for one tar.
 
-    The stream is reused when its entry holds one of the recorded size; otherwise it is (re)written.
+    The stream is reused when its entry holds one of the recorded size; otherwise it is (re)written,
+    compressed by ``engine`` (``engines.select``: the fastest installed unless named).
     """
     size, crc32, sha256 = _describe(src)
     entry = os.path.join(cache_dir, sha256)
@@ -75,7 +77,7 @@ def image_stream(src, cache_dir, name=None, level=6, write=True):
     if not write:
         return out
     ensure_private_dir(entry)
-    out["stream_size"], out["stream_sha256"] = _compress(src, stream, level)
+    out["stream_size"], out["stream_sha256"] = _compress(src, stream, level, engines.select(engine))
     body = {"sha256": sha256, "size": size, "crc32": crc32, "stream_size": out["stream_size"],
             "stream_sha256": out["stream_sha256"]}
     atomic_write(os.path.join(entry, INFO), (json.dumps(body, sort_keys=True) + "\n").encode(), 0o600)

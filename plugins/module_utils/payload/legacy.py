@@ -4,8 +4,15 @@
 """The legacy payload (k0s <= v1.35): gzip members appended back to back after the ELF image.
 
 There is no directory: names come from ``bin/<name>.gz`` strings in ``.rodata`` (in that sorted order),
-the blob length from ``BinDataSize`` in ``.noptrdata``, and each member is inflated (not written) to find
-where it ends. Controller side only.
+the blob length from ``BinDataSize`` in ``.noptrdata``, and each member is inflated once to find where it
+ends (hashing and, when asked, writing it in the same pass). Controller side only; ``engine`` is the deflate
+engine (``payload.engines``), zlib by default.
+
+With ``workers`` > 1 the members are inflated in parallel from guessed starts: every member k0s appends
+comes from the same gzip writer, so it begins with the first member's 10-byte header. The guesses are only
+used when there is one per name and every member, fully inflated and checked (CRC-32, size), ends exactly
+where the next guess starts and the last at the end of the file; otherwise all of it is dropped and the
+members are scanned one after the other, as if nothing had been guessed.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -13,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 import re
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 from .elf import section_bytes
 from .errors import CorruptPayloadError, PayloadError
@@ -101,7 +109,7 @@ def gzip_header_length(mm, pos, size, what):
     return cur - pos
 
 
-def _scan_member(mm, pos, size, name, what, out=None):
+def _scan_member(mm, pos, size, name, what, out=None, engine=zlib):
     """Inflate the member at ``pos`` once, check its trailer; returns its Entry.
 
     The same pass hashes the bytes and (``out``: a Sink on a new file) writes them, in a second thread
@@ -109,7 +117,7 @@ def _scan_member(mm, pos, size, name, what, out=None):
     """
     data_offset = pos + gzip_header_length(mm, pos, size, what)
     piped = PipedSink(out if out is not None else Sink())
-    inflater = zlib.decompressobj(-15)
+    inflater = engine.decompressobj(-15)
     cur = data_offset
     try:
         while not inflater.eof:
@@ -118,7 +126,7 @@ def _scan_member(mm, pos, size, name, what, out=None):
             block = mm[cur:min(size, cur + CHUNK)]
             feed(inflater, block, piped)
             cur += len(block) - len(inflater.unused_data)
-    except zlib.error as e:
+    except engine.error as e:
         piped.abort()
         raise CorruptPayloadError("%s: compressed data is corrupt (%s)" % (what, e))
     except BaseException:
@@ -137,12 +145,64 @@ def _scan_member(mm, pos, size, name, what, out=None):
                  member_offset=pos, member_size=end - pos, sha256=sink.hash.hexdigest())
 
 
-def scan_legacy(mm, path, start, size, names, sink_for=None):
+def _guessed_starts(mm, start, size, count):
+    """Offsets that begin with the first member's header (FLG 0: a fixed 10 bytes), at most ``count`` + 1."""
+    header = bytes(mm[start:start + 10])
+    if len(header) < 10 or header[:3] != b"\x1f\x8b\x08" or header[3] != 0:
+        return []
+    found = [start]
+    pos = mm.find(header, start + 10, size)
+    while pos != -1 and len(found) <= count:
+        found.append(pos)
+        pos = mm.find(header, pos + 10, size)
+    return found
+
+
+def _scan_guessed(mm, path, start, size, names, sink_for, engine, workers):
+    """The members inflated in parallel from ``_guessed_starts``; None when the guesses do not hold."""
+    starts = _guessed_starts(mm, start, size, len(names))
+    if len(starts) != len(names):
+        return None
+    bounds = starts[1:] + [size]
+    outs = {}
+
+    def one(index):
+        out = outs[index] = sink_for(names[index]) if sink_for else None
+        what = "%s: gzip member %d (%s)" % (path, index + 1, names[index])
+        return _scan_member(mm, starts[index], bounds[index], names[index], what, out, engine)
+
+    # Longest first (the distance to the next guess), so the longest inflate starts at once.
+    order = sorted(range(len(names)), key=lambda i: starts[i] - bounds[i])
+    found = {}
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for index, entry in zip(order, pool.map(one, order)):
+                found[index] = entry
+        entries = [found[i] for i in range(len(names))]
+        if any(e.member_offset + e.member_size != bounds[i] for i, e in enumerate(entries)):
+            raise CorruptPayloadError("a guessed member start is not where the previous member ends")
+    except (PayloadError, engine.error):
+        for out in outs.values():
+            if out is not None:
+                out.discard()
+        return None
+    for out in outs.values():
+        if out is not None:
+            out.close(fsync=False)
+    return entries
+
+
+def scan_legacy(mm, path, start, size, names, sink_for=None, engine=zlib, workers=1):
     """Walk the gzip members back to back from ``start``; inflate each once to find its end and hash it.
 
     ``sink_for(name)`` may return a Sink on a new file: that member is written in the same pass (the
     caller closes or discards it; on an error here every sink handed out so far is discarded).
+    ``workers`` > 1: in parallel from guessed starts when they hold (see the module's docstring).
     """
+    if workers > 1 and len(names) > 1:
+        entries = _scan_guessed(mm, path, start, size, names, sink_for, engine, workers)
+        if entries is not None:
+            return entries
     entries = []
     pos = start
     while pos < size:
@@ -153,7 +213,7 @@ def scan_legacy(mm, path, start, size, names, sink_for=None):
         what = "%s: gzip member %d (%s)" % (path, index + 1, names[index])
         out = sink_for(names[index]) if sink_for else None
         try:
-            entries.append(_scan_member(mm, pos, size, names[index], what, out))
+            entries.append(_scan_member(mm, pos, size, names[index], what, out, engine))
             if out is not None:
                 out.close(fsync=False)
         except BaseException:
@@ -167,7 +227,7 @@ def scan_legacy(mm, path, start, size, names, sink_for=None):
     return entries
 
 
-def read_legacy(elf, mm, path, start, size, sink_for=None):
+def read_legacy(elf, mm, path, start, size, sink_for=None, engine=zlib, workers=1):
     """Names, BinDataSize and entries of a legacy payload at ``start``: (entries, recorded BinDataSize)."""
     names = legacy_names(elf)
     if not names:
@@ -181,4 +241,4 @@ def read_legacy(elf, mm, path, start, size, sink_for=None):
     if recorded != blob_size:
         raise CorruptPayloadError("%s: BinDataSize records %d bytes but %d follow the ELF end"
                                   % (path, recorded, blob_size))
-    return scan_legacy(mm, path, start, size, names, sink_for), recorded
+    return scan_legacy(mm, path, start, size, names, sink_for, engine, workers), recorded

@@ -39,7 +39,7 @@ class Payload(object):
     """What ``inspect`` found in one executable."""
 
     def __init__(self, path, file_size, fmt, elf_end, entries, elf_machine, k0s_version,
-                 mtime_ns, bin_data_size=None, zip64=False, images=None):
+                 mtime_ns, bin_data_size=None, zip64=False, images=None, engine=None):
         self.path = path
         self.file_size = file_size
         self.format = fmt
@@ -53,6 +53,7 @@ class Payload(object):
         self.mtime_ns = mtime_ns
         self.bin_data_size = bin_data_size
         self.zip64 = zip64
+        self.engine = engine                 # controller: the deflate engine inspect chose (payload.engines)
 
     @property
     def stripped_size(self):

@@ -4,7 +4,9 @@
 """Compressed bytes in bounded memory: inflate and verify, re-frame as gzip members, inflate a gzip member.
 
 Host side too (Python 3.6, standard library only): hosts call ``inflate_gzip_member`` on the streams the
-controller wrote with ``entry_stream`` / ``executable_stream``.
+controller wrote with ``entry_stream`` / ``executable_stream``. The controller passes its deflate engine
+(``payload.engines``: isal, zlib-ng or zlib, each shaped like the ``zlib`` module) as ``engine``; the default
+is the standard library's zlib, the only one hosts use.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -83,11 +85,11 @@ class PipedSink(object):
         self._thread.join()
 
 
-def inflate_range(fd, offset, length, method, sink, what):
+def inflate_range(fd, offset, length, method, sink, what, engine=zlib):
     """Stream ``length`` compressed bytes at ``offset`` of ``fd`` into ``sink``, bounded memory."""
     end = offset + length
     pos = offset
-    inflater = zlib.decompressobj(-15) if method == METHOD_DEFLATE else None
+    inflater = engine.decompressobj(-15) if method == METHOD_DEFLATE else None
     try:
         while pos < end:
             block = os.pread(fd, min(CHUNK, end - pos), pos)
@@ -104,7 +106,7 @@ def inflate_range(fd, offset, length, method, sink, what):
             if inflater.unused_data:
                 raise CorruptPayloadError("%s: %d bytes follow the end of the deflate stream inside the entry"
                                           % (what, len(inflater.unused_data)))
-    except zlib.error as e:
+    except engine.error as e:
         raise CorruptPayloadError("%s: compressed data is corrupt (%s)" % (what, e))
 
 
@@ -120,11 +122,11 @@ def verify_sink(sink, size, crc32, sha256, what):
     return digest
 
 
-def inflate_entry(src_fd, entry, temp, mode, what, fsync):
+def inflate_entry(src_fd, entry, temp, mode, what, fsync, engine=zlib):
     """Inflate one payload entry into the new file ``temp`` (or only hash it: ``temp`` None); returns its sha256."""
     sink = Sink(temp, mode)
     try:
-        inflate_range(src_fd, entry.data_offset, entry.compressed_size, entry.method, sink, what)
+        inflate_range(src_fd, entry.data_offset, entry.compressed_size, entry.method, sink, what, engine)
         digest = verify_sink(sink, entry.size, entry.crc32, entry.sha256, what)
         sink.close(fsync=fsync)
     except BaseException:
@@ -148,7 +150,7 @@ def _gzip_trailer(sink, crc32, size):
     sink.write(struct.pack("<II", crc32 & 0xFFFFFFFF, size & 0xFFFFFFFF))
 
 
-def entry_stream(payload_format, entry):
+def entry_stream(payload_format, entry, engine=zlib):
     """produce(fd, sink) for one entry's gzip member: legacy members as they are, zip deflate data re-framed."""
     def produce(fd, sink):
         if payload_format == FORMAT_LEGACY:
@@ -158,22 +160,22 @@ def entry_stream(payload_format, entry):
         if entry.method == METHOD_DEFLATE:
             copy_range(fd, entry.data_offset, entry.compressed_size, sink)
         else:   # stored entry: compress it once so hosts still receive a gzip member
-            compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+            compressor = engine.compressobj(9, zlib.DEFLATED, -15)
             copy_range(fd, entry.data_offset, entry.compressed_size, sink, compressor.compress)
             sink.write(compressor.flush())
         _gzip_trailer(sink, entry.crc32, entry.size)
     return produce
 
 
-def executable_stream(size, level=6):
+def executable_stream(size, level=6, engine=zlib):
     """produce(fd, sink) for the first ``size`` bytes of the file as one deterministic gzip member."""
     def produce(fd, sink):
         sink.write(GZIP_HEADER)
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        compressor = engine.compressobj(level, zlib.DEFLATED, -15)
         state = {"crc": 0}
 
         def compress(block):
-            state["crc"] = zlib.crc32(block, state["crc"])
+            state["crc"] = engine.crc32(block, state["crc"])
             return compressor.compress(block)
 
         copy_range(fd, 0, size, sink, compress)
