@@ -279,7 +279,22 @@ class Reset(object):
                 self.keep(p["config_path"], "k0s_reset_keep_config")
         else:
             self.steps.append(("file", p["config_path"]))
-            self.plan_tree(os.path.dirname(p["config_path"]), "config_path", mounts)
+            self.plan_config_dir(os.path.dirname(p["config_path"]))
+
+    def plan_config_dir(self, conf_dir):
+        """The configuration directory (/etc/k0s) goes when what fleetsplit wrote there is gone: the config, the
+        env files and the token (steps already), temporary names of killed writes. Anything else (containerd.d
+        drop-ins, files of yours) is kept with the directory, as k0s_store_dir's foreign entries are."""
+        if not os.path.isdir(conf_dir) or os.path.islink(conf_dir):
+            return
+        ours = set(path for _, path in self.steps)
+        for e in sorted(os.listdir(conf_dir)):
+            path = os.path.join(conf_dir, e)
+            if TMP_MARK in e:
+                self.steps.append(("file", path))
+            elif path not in ours:
+                self.keep(path, "not written by fleetsplit (a drop-in or a file of yours): never touched")
+        self.steps.append(("empty dir", conf_dir))
 
     def plan_tree(self, path, key, mounts):
         if lstat_or_none(path) is None:

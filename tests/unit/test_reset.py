@@ -144,9 +144,11 @@ def test_symlinks_below_removed_trees_are_removed_not_followed(host, tmp_path):
     os.symlink(str(outside), os.path.join(host.libexec, "kubelet-plugins", "evil"))
     os.symlink(str(outside), os.path.join(host.store, "releases", host.rid, "libexec", "evil"))
     os.symlink(str(outside / "data"), host.path("etc/k0s/evil"))
-    host.reset()
+    r = host.reset()
     assert (outside / "data").read_text() == "keep me\n"
-    assert not os.path.lexists(host.libexec) and not os.path.lexists(host.path("etc/k0s"))
+    assert not os.path.lexists(host.libexec)
+    # Not ours, so kept (never followed): /etc/k0s stays with it alone.
+    assert os.listdir(host.path("etc/k0s")) == ["evil"] and host.path("etc/k0s/evil") in r["kept"]
 
 
 def test_old_libexec_symlink_is_unlinked_not_followed(host):
@@ -228,6 +230,22 @@ def test_keep_config_keeps_the_configuration_and_removes_the_token(host):
     assert host.config in r["kept"] and host.path("etc/k0s/k0sworker.env") in r["kept"]
     assert host.token in r["removed"] and not os.path.lexists(host.token)
     assert not host.reset(keep_config=True)["changed"]
+
+
+def test_config_dir_goes_only_with_what_fleetsplit_wrote_there(host):
+    # A containerd drop-in (k0s reads /etc/k0s/containerd.d) is the user's: it and /etc/k0s stay. A temporary
+    # name of a killed atomic write is ours and goes.
+    host.deploy()
+    os.makedirs(host.path("etc/k0s/containerd.d"))
+    with open(host.path("etc/k0s/containerd.d/mirror.toml"), "w") as f:
+        f.write("[plugins]\n")
+    leftover = host.path("etc/k0s/.k0s.yaml" + kr.TMP_MARK + "x1")
+    open(leftover, "w").close()
+    r = host.reset()
+    assert os.listdir(host.path("etc/k0s")) == ["containerd.d"]
+    assert host.path("etc/k0s/containerd.d") in r["kept"] and host.path("etc/k0s") in r["kept"]
+    assert leftover in r["removed"] and host.config in r["removed"] and host.token in r["removed"]
+    assert not host.reset()["changed"]
 
 
 def test_the_test_k0s_reset_refuses_while_its_k0s_runs_and_reports_what_it_removed(tmp_path, monkeypatch):
