@@ -287,7 +287,7 @@ class Reset(object):
         drop-ins, files of yours) is kept with the directory, as k0s_store_dir's foreign entries are."""
         if not os.path.isdir(conf_dir) or os.path.islink(conf_dir):
             return
-        ours = set(path for _, path in self.steps)
+        ours = set(step[1] for step in self.steps)
         for e in sorted(os.listdir(conf_dir)):
             path = os.path.join(conf_dir, e)
             if TMP_MARK in e:
