@@ -154,6 +154,10 @@ BAD = {
                               "names an image file, but k0s_overlay_format is dir"),
     "root with format": (dict(k0s_overlay_format="tar", k0s_overlay_root="{tmp}/overlay"),
                          "k0s_overlay_root ({tmp}/overlay) is the directory of a dir overlay"),
+    "epoch": (dict(k0s_overlay_format="cpio", k0s_overlay_epoch="yesterday"),
+              'k0s_overlay_epoch (or SOURCE_DATE_EPOCH) "yesterday" is not a number of seconds'),
+    "sysext filesystem": (dict(k0s_overlay_format="sysext", k0s_sysext_filesystem="ext4"),
+                          'k0s_sysext_filesystem "ext4" is not squashfs or erofs'),
 }
 
 
@@ -173,14 +177,19 @@ def test_bad_settings_stop_before_the_split(tmp_path, case):
 
 
 def test_failure_after_staging_removes_the_staging(tmp_path):
-    """A sysext build that cannot succeed (an unknown filesystem; or the sysext writer not present) fails after
-    the overlay was staged: the staging directory goes all the same and no image is written."""
-    (tmp_path / "images").mkdir()
-    evars = dict(k0s_executable=str(FIXTURES / "k0s-small-zip"), k0s_controller_cache_dir=str(tmp_path / "cache"),
-                 k0s_overlay_format="sysext", k0s_overlay_output=str(tmp_path / "images" / "k0s.raw"),
-                 k0s_sysext_filesystem="no-such-filesystem")
-    proc, out = play(tmp_path, evars)
+    """The output directory made immutable (chattr +i: even root cannot create the temporary image there): the
+    packing fails after the overlay was staged; the staging directory goes all the same and nothing is written."""
+    images = tmp_path / "images"
+    images.mkdir()
+    if subprocess.run(["chattr", "+i", str(images)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i not possible here")
+    try:
+        evars = dict(k0s_executable=str(FIXTURES / "k0s-small-zip"), k0s_controller_cache_dir=str(tmp_path / "cache"),
+                     k0s_overlay_format="tar", k0s_overlay_output=str(images / "k0s.tar"))
+        proc, out = play(tmp_path, evars)
+    finally:
+        subprocess.run(["chattr", "-i", str(images)], check=True)
     assert proc.returncode != 0, out
-    assert "Pack the staged overlay" in out and "sysext" in out, out
+    assert re.search(r"Pack the staged overlay.*\n.*cannot create .*k0s\.tar.*Operation not permitted", out), out
     assert "Remove the staging directory" in out, out
-    assert staging_left(tmp_path) == [] and os.listdir(str(tmp_path / "images")) == []
+    assert staging_left(tmp_path) == [] and os.listdir(str(images)) == []
