@@ -28,7 +28,7 @@ import os
 import stat
 import tarfile
 
-from .image_tree import DIR, FILE, SYMLINK, TreeError
+from .image_tree import DIR, SYMLINK, TreeError
 from .payload.errors import PayloadError
 from .payload.fsio import CHUNK, Sink, commit, remove_quietly, sha256_file, temp_path
 
