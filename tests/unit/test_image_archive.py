@@ -182,3 +182,18 @@ def test_refused_destinations(tmp_path):
         with pytest.raises(PayloadError, match=message):
             ia.check_dest(dest, str(root))
     assert ia.check_dest(str(tmp_path / "k0s.tar"), str(root)) == str(tmp_path / "k0s.tar")
+
+
+def test_apply_tree_puts_the_entries_times_on_disk(two_trees):
+    """For writers that pack a directory with an external tool: after apply_tree the tree says what the entries say."""
+    a, dummy = two_trees
+    os.chmod(os.path.join(a, "usr/bin"), 0o700)
+    entries = it.scan(a, EPOCH, KEEP)
+    entries = [e._replace(mode=0o755) if e.path == "usr/bin" else e for e in entries]
+    it.apply_tree(entries)
+    for e in entries:
+        st = os.lstat(e.source)
+        assert st.st_mtime_ns == e.mtime * 10**9, e.path
+        if e.kind != "symlink":
+            assert stat.S_IMODE(st.st_mode) == e.mode, e.path
+    assert it.scan(a, EPOCH, KEEP) == entries
