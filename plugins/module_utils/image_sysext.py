@@ -401,5 +401,6 @@ def build_sysext(entries, root, dest_tmp, options):
     return dict(name=opts["name"], filesystem=opts["filesystem"], compression=opts["compression"],
                 architecture=opts["architecture"], extension_release=layout["extension_release"],
                 tmpfiles=layout["tmpfiles"], mapping=layout["mapping"], dropped=layout["dropped"],
-                data_dir=layout["data_dir"], size=size, sha256=digest.hexdigest(), command=cmd,
+                data_dir=layout["data_dir"], size=size, sha256=digest.hexdigest(),
+                command=[a.replace(tree, "<tree>") for a in cmd],
                 uuid=fs_uuid if opts["filesystem"] == "erofs" else None)

@@ -149,6 +149,13 @@ def test_image_content_is_the_overlay_after_the_mapping(overlays, tmp_path, fixt
                                  text=True, check=True).stdout
         owners = {line.split()[1] for line in listing.splitlines() if line[:1] in "-dl" and "squashfs-root" in line}
         assert owners == {"0/0"}
+    else:
+        owners = set()
+        for path in (p for p, v in got.items() if v[0] != "dir"):
+            info = subprocess.run(["dump.erofs", "--path=/" + path, str(tmp_path / "k0s.raw")], capture_output=True,
+                                  text=True, check=True).stdout
+            owners.add(" ".join(info.split("Uid:")[1].split()[:3]))
+        assert owners == {"0 Gid: 0"}
 
 
 def sha256_text(text):
