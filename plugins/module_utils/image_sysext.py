@@ -25,13 +25,11 @@ temporary directory with every mode and mtime set, and packs it with mksquashfs 
 
 from __future__ import absolute_import, division, print_function
 
-import errno
 import hashlib
 import json
 import os
 import re
 import shutil
-import stat
 import struct
 import subprocess
 import tempfile
@@ -108,9 +106,10 @@ def check_options(options):
         # VERSION_ID must be matched; an image with neither is refused on every host that has version info.
         raise SysextError("sysext os_id=%s needs sysext_level or version_id (systemd refuses an extension for a "
                           "specific OS without one); use os_id=_any for any OS" % os_id)
-    arch = options.get("architecture")
+    arch = options.get("architecture") or options.get("elf_machine")
     if not arch:
-        raise SysextError("sysext option architecture is required (systemd spelling, e.g. x86-64, arm64)")
+        raise SysextError("sysext option architecture (systemd spelling, e.g. x86-64, arm64) or elf_machine "
+                          "(the k0s executable's, e.g. x86_64) is required")
     arch = arch if arch in SYSTEMD_ARCHITECTURES else systemd_architecture(arch)
     fs = options.get("filesystem") or "squashfs"
     if fs not in FILESYSTEMS:
@@ -193,8 +192,8 @@ def plan(entries, opts):
                 dropped.append(p)
         elif p.startswith("etc/systemd/system/multi-user.target.wants/") and e.kind == "symlink":
             unit = p.rsplit("/", 1)[1]
-            drop_in = "%s/multi-user.target.d/10-%s.conf" % (UNIT_DIR, unit[:-len(".service")]
-                                                              if unit.endswith(".service") else unit)
+            stem = unit[:-len(".service")] if unit.endswith(".service") else unit
+            drop_in = "%s/multi-user.target.d/10-%s.conf" % (UNIT_DIR, stem)
             add(drop_in, "file", 0o644, content=("[Unit]\nUpholds=%s\n" % unit).encode("ascii"))
             mapping[p] = drop_in
         elif re.match(r"\Aetc/systemd/system/[^/]+\.service\Z", p) and e.kind == "file":
@@ -312,7 +311,7 @@ def _crc32c(data, crc=0xffffffff):
         table = _crc32c.table = []
         for i in range(256):
             c = i
-            for _ in range(8):
+            for dummy in range(8):
                 c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
             table.append(c)
     for b in bytearray(data):

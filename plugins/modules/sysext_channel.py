@@ -73,9 +73,10 @@ notes:
     downloaded image against it. Sign it (C(SHA256SUMS.gpg)) and set C(Verify=true) for a trusted channel.
 seealso:
   - name: sysupdate.d(5)
+    description: The transfer definition format systemd-sysupdate reads.
     link: https://www.freedesktop.org/software/systemd/man/latest/sysupdate.d.html
 author:
-  - fleetsplit.k0s maintainers
+  - fleetsplit.k0s maintainers (@fleetsplit)
 """
 
 EXAMPLES = r"""

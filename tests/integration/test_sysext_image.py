@@ -346,9 +346,13 @@ def test_missing_tool_names_the_debian_package(overlays, tmp_path, monkeypatch):
 
 
 def test_extension_release_fields_and_architectures():
+    # image_output passes the payload's elf_machine (uname spelling) instead of an architecture.
+    assert sx.check_options(dict(elf_machine="aarch64"))["architecture"] == "arm64"
+    with pytest.raises(sx.SysextError, match="architecture .* or elf_machine"):
+        sx.check_options(dict(name="k0s"))
     opts = sx.check_options(dict(name="k0s", os_id="flatcar", sysext_level="1.0", architecture="EM_AARCH64",
                                  reload_manager=True, epoch=0))
     assert sx.extension_release(opts) == "ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=arm64\nEXTENSION_RELOAD_MANAGER=1\n"
-    assert [sx.systemd_architecture(m) for m in ("EM_X86_64", "EM_AARCH64", "EM_ARM", "EM_RISCV", "EM_PPC64",
-                                                  "EM_S390", "x86_64", "aarch64", "armv7l")] == \
+    machines = ("EM_X86_64", "EM_AARCH64", "EM_ARM", "EM_RISCV", "EM_PPC64", "EM_S390", "x86_64", "aarch64", "armv7l")
+    assert [sx.systemd_architecture(m) for m in machines] == \
         ["x86-64", "arm64", "arm", "riscv64", "ppc64-le", "s390x", "x86-64", "arm64", "arm"]
