@@ -291,7 +291,7 @@ def test_loop_mount_equals_extraction(overlays, tmp_path, fs):
     (tmp_path / "mnt").mkdir()
     run = in_namespace('mount -t "$3" -o loop,ro "$1" "$2" && cd "$2" && find . -printf "%P\\t%m\\t%T@\\t%y\\n"',
                        tmp_path / "k0s.raw", tmp_path / "mnt", fs)
-    if run.returncode != 0 and "loop" in run.stderr:
+    if run.returncode != 0 and ("failed to setup loop device" in run.stderr or "free loop device" in run.stderr):
         pytest.skip("no loop devices here: " + run.stderr)
     assert run.returncode == 0, run.stderr
     mounted = {}
