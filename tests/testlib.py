@@ -6,10 +6,13 @@ oldest supported ansible-core when pytest runs from .venv-compat (see `make test
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = REPO / ".build" / "collections"
@@ -103,6 +106,36 @@ def recap(output):
     for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
         out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
     return out
+
+
+def in_namespace(script, *args):
+    """``script`` (sh) as root in a private mount and pid namespace; skips where mounting is not allowed."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare")
+    run = subprocess.run(["unshare", "--fork", "--pid", "--mount", "--propagation", "private", "sh", "-ec", script,
+                          "sh"] + [str(a) for a in args], capture_output=True, text=True, timeout=300, check=False)
+    if run.returncode != 0 and "mount" in run.stderr and "ermission" in run.stderr:
+        pytest.skip("cannot mount here: " + run.stderr)
+    return run
+
+
+def assert_staged(run, fmt, binaries):
+    """The fixture k0s's `stage` output: every binary (name -> {sha256}) found at /usr/libexec/k0s/<name>."""
+    assert run.returncode == 0, run.stdout + run.stderr
+    staged = json.loads(run.stdout[run.stdout.index("{"):])
+    assert staged["format"] == fmt
+    assert sorted(staged["binaries"]) == sorted(binaries)
+    for name, info in staged["binaries"].items():
+        assert info["realpath"] == "/usr/libexec/k0s/" + name
+        assert info["sha256"] == binaries[name]["sha256"]
+
+
+def stage_in_chroot(tree, fmt, binaries):
+    """The stripped fixture k0s in ``tree`` (an image root) resolves every binary through the data-dir links."""
+    Path(tree, "proc").mkdir(exist_ok=True)
+    run = in_namespace('mount -t proc proc "$1/proc" && exec chroot "$1" /usr/bin/k0s stage --data-dir /var/lib/k0s',
+                       tree)
+    assert_staged(run, fmt, binaries)
 
 
 # A k0s join token as `k0s token create` prints it: base64 of a gzip of a kubeconfig (k0s

@@ -68,8 +68,8 @@ attributes:
     details:
       - V(tar) and V(cpio) compute the exact sha256 the file would have without writing anything and report
         whether O(dest) would change.
-      - V(sysext) builds nothing; it reports a change when O(dest) is missing and otherwise says in
-        RV(check_mode_note) that it cannot tell without building.
+      - V(sysext) builds the image in a private temporary directory, compares its sha256 with O(dest) and
+        removes it (the build tool leaves no other way to know the bytes).
   diff_mode:
     support: full
     details: Shows the sha256 and size of O(dest) before and after (not the content).
@@ -122,19 +122,18 @@ entries:
   type: int
 sysext:
   description: What the sysext library returned (image layout, extension-release, ...).
-  returned: with O(format=sysext), not in check mode
+  returned: with O(format=sysext)
   type: dict
-check_mode_note:
-  description: Why check mode could not decide whether O(dest) changes.
-  returned: in check mode with O(format=sysext) and an existing O(dest)
-  type: str
 '''
 
 import os
+import shutil
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.image_archive import (
     check_dest, commit_file, write_archive)
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.image_sysext import SysextError, build_sysext
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.image_tree import TreeError, scan
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import (
@@ -149,18 +148,16 @@ def _state(path):
 
 
 def _sysext(module, entries, root, dest, options, mode):
-    """The sysext image through engineer B's library; imported only here (tar/cpio need nothing of it)."""
-    try:
-        from ansible_collections.fleetsplit.k0s.plugins.module_utils.image_sysext import build_sysext
-    except ImportError as e:
-        module.fail_json(msg="format=sysext is not available in this version of fleetsplit.k0s (the sysext image "
-                             "writer plugins/module_utils/image_sysext.py is missing: %s); use tar or cpio" % e)
+    """The sysext image (image_sysext library). Check mode builds it in a private temp dir to compare, then
+    removes it: the only way to know whether dest would change."""
     if module.check_mode:
-        if not os.path.lexists(dest):
-            return dict(sha256=None, size=None, changed=True)
-        return dict(sha256=None, size=None, changed=False,
-                    check_mode_note="check mode does not build the sysext image, so it cannot tell whether %s "
-                                    "would change; a real run rewrites it only when the bytes differ" % dest)
+        scratch = tempfile.mkdtemp(prefix="fleetsplit-k0s-sysext-check.")
+        try:
+            built = build_sysext(entries, root, os.path.join(scratch, "image.raw"), options)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        same = os.path.isfile(dest) and not os.path.islink(dest) and sha256_file(dest) == built["sha256"]
+        return dict(sha256=built["sha256"], size=built["size"], changed=not same, sysext=built)
     tmp = temp_path(dest)   # a fresh name the library creates
     try:
         built = build_sysext(entries, root, tmp, options)
@@ -202,7 +199,7 @@ def main():
             result = _sysext(module, entries, root, dest, options, mode)
         else:
             result = write_archive(p['format'], entries, dest, mode, write=not module.check_mode)
-    except (PayloadError, TreeError) as e:
+    except (PayloadError, TreeError, SysextError) as e:
         module.fail_json(msg=str(e))
     except (IOError, OSError) as e:
         module.fail_json(msg="writing %s (%s of %s) failed: %s" % (p['dest'], p['format'], root, e))
@@ -213,8 +210,7 @@ def main():
         changed = module.set_fs_attributes_if_different(file_args, changed)
     result.update(format=p['format'], dest=dest, entries=len(entries))
     if module._diff:
-        after = "sha256 %s\nsize %d\n" % (result['sha256'], result['size']) if result['sha256'] else \
-            ("(sysext image, not built in check mode)\n" if changed else before)
+        after = "sha256 %s\nsize %d\n" % (result['sha256'], result['size'])
         result['diff'] = dict(before=before, after=after, before_header=dest, after_header=dest)
     module.exit_json(changed=changed, **result)
 

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from imagelib import extract_cpio, extract_tar, listing, newc_headers, strip_cpio_times
-from testlib import FIXTURES, REPO, ansible_env, recap, run_playbook, sha256
+from testlib import FIXTURES, REPO, ansible_env, recap, run_playbook, sha256, stage_in_chroot
 
 EPOCH = 1700000000
 PLAYBOOK = str(REPO / "playbooks/deploy_k0s.yml")
@@ -30,27 +30,6 @@ def play(tmp_path, evars, *extra):
 
 def staging_left(tmp_path):
     return [n for n in os.listdir(str(tmp_path / "tmpdir")) if n.startswith("fleetsplit-k0s-image.")]
-
-
-def can_chroot():
-    return os.geteuid() == 0 and shutil.which("unshare") and shutil.which("chroot")
-
-
-def stage_in_chroot(tree, binaries, fmt):
-    """The fixture k0s, stripped, resolves every binary of the image through the data-dir links (chroot)."""
-    (tree / "proc").mkdir()
-    run = subprocess.run(["unshare", "--fork", "--pid", "--mount", "sh", "-c",
-                          'mount -t proc proc "$1/proc" && exec chroot "$1" /usr/bin/k0s stage --data-dir /var/lib/k0s',
-                          "sh", str(tree)], capture_output=True, text=True, timeout=120, check=False)
-    if run.returncode != 0 and "mount" in run.stderr and "permission" in run.stderr.lower():
-        pytest.skip("cannot mount /proc here: " + run.stderr)
-    assert run.returncode == 0, run.stdout + run.stderr
-    staged = json.loads(run.stdout)
-    assert staged["format"] == fmt
-    assert sorted(staged["binaries"]) == sorted(binaries)
-    for name, info in staged["binaries"].items():
-        assert info["realpath"] == "/usr/libexec/k0s/" + name
-        assert info["sha256"] == binaries[name]["sha256"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="extracting owners 0/0 needs root")
@@ -113,31 +92,39 @@ def test_image_equals_directory_overlay(tmp_path, fixture_index, fixture, fmt, i
     assert recap(out)["localhost"]["changed"] == 0, out
     assert sorted(os.listdir(str(tmp_path / "images"))) == [output.name] and staging_left(tmp_path) == []
 
-    if can_chroot():
-        stage_in_chroot(tree, fixture_index[fixture]["binaries"], fmt)
+    stage_in_chroot(tree, fmt, fixture_index[fixture]["binaries"])
 
 
-def test_default_output_and_format_change_is_reported(tmp_path):
-    """No k0s_overlay_output: ./out/k0s.cpio in the working directory (out/ created); a changed epoch is a change."""
+@pytest.mark.parametrize("image", ["cpio", "sysext"])
+def test_default_output_and_format_change_is_reported(tmp_path, image):
+    """No k0s_overlay_output: ./out/k0s.cpio or ./out/k0s-<version>-<arch>.raw in the working directory (out/
+    created); check mode knows the exact bytes (the sysext is built in a private temp dir and removed), so an
+    unchanged input is no change and a changed epoch is one, shown as sha256 before/after."""
     exe = tmp_path / "k0s"
     shutil.copy2(str(FIXTURES / "k0s-small-zip"), str(exe))
-    evars = dict(k0s_executable=str(exe), k0s_controller_cache_dir=str(tmp_path / "cache"), k0s_overlay_format="cpio")
+    evars = dict(k0s_executable=str(exe), k0s_controller_cache_dir=str(tmp_path / "cache"), k0s_overlay_format=image)
     proc, out = play(tmp_path, evars, "--check")
     assert proc.returncode == 0, out
     assert not (tmp_path / "out").exists()
     proc, out = play(tmp_path, evars)
     assert proc.returncode == 0, out
-    output = tmp_path / "out" / "k0s.cpio"
+    [output] = (tmp_path / "out").iterdir()
+    assert output.name == ("k0s.cpio" if image == "cpio" else "k0s-v1.36.3+k0s.0-x86-64.raw")
     first = sha256(output)
+    proc, out = play(tmp_path, evars, "--check", "--diff")
+    assert proc.returncode == 0, out
+    assert recap(out)["localhost"]["changed"] == 0, out
     proc, out = play(tmp_path, dict(evars, k0s_overlay_epoch=EPOCH + 1), "--check", "--diff")
     assert proc.returncode == 0, out
     assert recap(out)["localhost"]["changed"] == 1, out
     assert "-sha256 %s" % first in out, "the diff shows the sha256 before and after"
-    assert sha256(output) == first
+    assert sha256(output) == first and not staging_left(tmp_path)
+    assert not [n for n in os.listdir(str(tmp_path / "tmpdir")) if n.startswith("fleetsplit-k0s-sysext-check.")]
     proc, out = play(tmp_path, dict(evars, k0s_overlay_epoch=EPOCH + 1))
     assert proc.returncode == 0, out
     assert recap(out)["localhost"]["changed"] == 1 and sha256(output) != first, out
-    assert {h[5] for h in newc_headers(output)} >= {EPOCH + 1}
+    if image == "cpio":
+        assert {h[5] for h in newc_headers(output)} >= {EPOCH + 1}
 
 
 BAD = {

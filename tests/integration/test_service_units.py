@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from systemd_syntax import env_file as parse_env_file, exec_words, unit_words
-from testlib import FIXTURES, REPO, recap, run_playbook, sha256
+from testlib import FIXTURES, REPO, recap, run_playbook, sha256, stage_in_chroot
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -240,10 +240,6 @@ def test_unmanaged_writes_nothing_and_rerun_is_unchanged(rendered):
     assert recap(rendered["second"])["localhost"]["changed"] == 0, rendered["second"]
 
 
-def can_chroot():
-    return os.geteuid() == 0 and shutil.which("unshare") and shutil.which("chroot")
-
-
 @pytest.mark.parametrize("fixture,fmt", [("k0s-small-zip", "zip"), ("k0s-small-legacy", "legacy")])
 def test_overlay_play(tmp_path, fixture_index, fixture, fmt):
     exe = tmp_path / fixture
@@ -287,24 +283,10 @@ def test_overlay_play(tmp_path, fixture_index, fixture, fmt):
     assert proc.returncode == 0, out
     assert recap(out)["localhost"]["changed"] == 0, out
 
-    if not can_chroot():
-        return
     # The image as a running system would see it: k0s resolves each binary through the data-dir links.
     image = tmp_path / "image"
     shutil.copytree(root, image, symlinks=True)
-    (image / "proc").mkdir()
-    run = subprocess.run(["unshare", "--fork", "--pid", "--mount", "sh", "-c",
-                          'mount -t proc proc "$1/proc" && exec chroot "$1" /usr/bin/k0s stage --data-dir /var/lib/k0s',
-                          "sh", str(image)], capture_output=True, text=True, timeout=120, check=False)
-    if run.returncode != 0 and "mount" in run.stderr and "permission" in run.stderr.lower():
-        pytest.skip("cannot mount /proc here: " + run.stderr)
-    assert run.returncode == 0, run.stdout + run.stderr
-    staged = json.loads(run.stdout)
-    assert staged["format"] == fmt
-    for name, info in staged["binaries"].items():
-        assert info["realpath"] == "/usr/libexec/k0s/" + name
-        assert info["sha256"] == binaries[name]["sha256"]
-    assert sorted(staged["binaries"]) == sorted(binaries)
+    stage_in_chroot(image, fmt, binaries)
 
 
 INJECTIONS = {

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from testlib import FIXTURES, REPO, run_playbook, sha256
+from testlib import FIXTURES, REPO, assert_staged, in_namespace, run_playbook, sha256, stage_in_chroot
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils import image_sysext as sx
 
@@ -184,28 +184,6 @@ def test_two_builds_from_moved_and_retimed_inputs_are_byte_identical(overlays, t
     assert third["sha256"] != first["sha256"]
 
 
-def in_namespace(script, *args):
-    """``script`` (sh) as root in a private mount and pid namespace; skips where mounting is not allowed."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and unshare")
-    run = subprocess.run(["unshare", "--fork", "--pid", "--mount", "--propagation", "private", "sh", "-ec", script,
-                          "sh"] + [str(a) for a in args], capture_output=True, text=True, timeout=300, check=False)
-    if run.returncode != 0 and "mount" in run.stderr and "ermission" in run.stderr:
-        pytest.skip("cannot mount here: " + run.stderr)
-    return run
-
-
-def staged_ok(run, fixture_index, fixture, fmt):
-    assert run.returncode == 0, run.stdout + run.stderr
-    staged = json.loads(run.stdout[run.stdout.index("{"):])
-    binaries = fixture_index[fixture]["binaries"]
-    assert staged["format"] == fmt
-    assert sorted(staged["binaries"]) == sorted(binaries)
-    for name, info in staged["binaries"].items():
-        assert info["realpath"] == "/usr/libexec/k0s/" + name
-        assert info["sha256"] == binaries[name]["sha256"]
-
-
 @pytest.mark.parametrize("fs", FILESYSTEMS)
 @pytest.mark.parametrize("fixture,fmt", FIXTURE_FORMATS)
 def test_extracted_image_stages_k0s_after_systemd_tmpfiles(overlays, fixture_index, tmp_path, fixture, fmt, fs):
@@ -223,10 +201,7 @@ def test_extracted_image_stages_k0s_after_systemd_tmpfiles(overlays, fixture_ind
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
     assert env.read_bytes() == (overlays[fixture] / "etc/k0s/k0scontroller.env").read_bytes()
     assert (root / "etc/k0s/k0s.yaml").read_bytes() == (overlays[fixture] / "etc/k0s/k0s.yaml").read_bytes()
-    (root / "proc").mkdir()
-    run = in_namespace('mount -t proc proc "$1/proc" && exec chroot "$1" /usr/bin/k0s stage --data-dir /var/lib/k0s',
-                       root)
-    staged_ok(run, fixture_index, fixture, fmt)
+    stage_in_chroot(root, fmt, fixture_index[fixture]["binaries"])
     # k0s's volumePluginDir (/usr/libexec/k0s/kubelet-plugins/volume/exec) resolves, inside the image, to a
     # writable directory of the data dir.
     link = os.readlink(str(root / sx.KUBELET_PLUGINS))
@@ -262,7 +237,7 @@ def test_systemd_sysext_merges_the_image_and_k0s_stages_from_it(overlays, fixtur
     build(overlays[fixture], tmp_path / "k0s.raw", filesystem=fs)
     root = sysext_root(tmp_path, tmp_path / "k0s.raw")
     run = in_namespace(MERGE, root)
-    staged_ok(run, fixture_index, fixture, fmt)
+    assert_staged(run, fmt, fixture_index[fixture]["binaries"])
 
 
 @pytest.mark.parametrize("opts,os_release,merged", [
