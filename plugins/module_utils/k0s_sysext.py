@@ -355,7 +355,11 @@ def activate(host, name, unit, restart, refresh=True):
         rc, out, err = host.run(argv)
         steps.append(" ".join(argv))
         if rc != 0:
-            raise SysextError("%s failed (rc %d): %s" % (" ".join(argv), rc, (err or out).strip()))
+            hint = ""
+            if "resource busy" in err + out:
+                hint = (" (no free loop device it can open: inside a container /dev may lack the node of a loop "
+                        "device the kernel added later; see docs/sysext-hosts.md)")
+            raise SysextError("%s failed (rc %d): %s%s" % (" ".join(argv), rc, (err or out).strip(), hint))
     if name not in sysext_status(host).get("/usr", []):
         raise SysextError("systemd-sysext refresh did not merge %s on /usr (systemd-sysext status does not list it). "
                           "In a container the root mount must be shared (mount --make-rshared /) and loop devices "
