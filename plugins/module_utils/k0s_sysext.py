@@ -402,7 +402,7 @@ def present(host, image, unit, bundle, check_mode):
     svc = unit_state(host, unit) if unit else None
     start = bool(unit) and svc["active"] != "active"
     changed = plan["transfer"] or plan["switch"] or plan["refresh"] or start
-    result = dict(plan, changed=changed, steps=[], removed=[], before=plan["current"])
+    result = dict(plan, changed=changed, steps=[], removed=[], before=plan["current"], image_changed=plan["switch"])
     if check_mode or not changed:
         result["service"] = svc
         return result
@@ -432,7 +432,8 @@ def rollback(host, image_name, unit, check_mode):
         raise SysextError("; ".join(plan["problems"]))
     if not plan["previous"]:
         raise SysextError("no previous image of %s in %s to roll back to" % (image_name, host.store_dir))
-    result = dict(plan, changed=True, steps=[], removed=[], wanted=plan["previous"], before=plan["current"])
+    result = dict(plan, changed=True, steps=[], removed=[], wanted=plan["previous"], before=plan["current"],
+                  image_changed=True)
     result["current"], result["previous"] = plan["previous"], plan["current"]
     if check_mode:
         return result

@@ -12,7 +12,7 @@ description:
   - Keeps k0s sysext images (built by C(fleetsplit.k0s.deploy_k0s) with C(k0s_overlay_format=sysext)) in a root-owned
     store C(<store_dir>/<name>-<sha256 prefix>.raw) and points C(<extensions_dir>/<name>.raw) at the current one;
     C(systemd-sysext) names the extension after that link.
-  - V(query) changes nothing and reports every refusal in RV(problems) and what V(present) would do. Refusals:
+  - V(query) changes nothing and reports every refusal in RV(problems) and what V(present) would do. The refusals are
     no C(systemd-sysext); an image built for another architecture; C(<extensions_dir>/<name>.raw) that is not this
     module's link (never overwritten); an image of the same name in C(/etc/extensions) or C(/run/extensions) (it would
     shadow ours); k0s installed by the release store (C(fleetsplit.k0s.deploy_k0s); remove it with
@@ -87,7 +87,7 @@ attributes:
     platforms: posix
 notes:
   - Inside a container, C(systemd-sysext refresh) needs loop devices (privileged) and a shared root mount
-    (C(mount --make-rshared /)); systemd makes C(/) shared at boot only outside containers
+    (C(mount --make-rshared /)), and systemd makes C(/) shared at boot only outside containers
     (C(src/shared/mount-setup.c), C(mount_setup())). See docs/sysext-hosts.md.
 author:
   - fleetsplit.k0s maintainers (@fleetsplit)
@@ -140,7 +140,7 @@ problems:
   type: list
   elements: str
 transfer:
-  description: The store lacks the image: it has to be uploaded.
+  description: The store lacks the image, so it has to be uploaded.
   returned: always
   type: bool
 switch:
@@ -150,6 +150,10 @@ switch:
 refresh:
   description: C(systemd-sysext refresh) has to run (switch, not merged, or merged from another image).
   returned: always
+  type: bool
+image_changed:
+  description: The link now names another image than before the run (an upgrade, a first deploy or a rollback).
+  returned: when O(state=present) or O(state=rollback)
   type: bool
 merged:
   description: C(systemd-sysext status) lists the extension on C(/usr).
