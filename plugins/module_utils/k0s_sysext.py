@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 
@@ -262,7 +261,7 @@ def query(host, image, unit, merged_check=True):
     merged_mark = _store_image(host, _readlink(host.mark_path(name, "merged"))) if name else None
     result = {"problems": problems, "current": current, "previous": previous, "wanted": want,
               "transfer": bool(want) and not have_image, "architecture": have_arch, "merged": False,
-              "merged_image": merged_mark, "extension_release": None}
+              "merged_image": merged_mark}
     if tool is not None and merged_check and name and not check_image_args(image):
         try:
             result["merged"] = name in sysext_status(host).get("/usr", [])

@@ -81,7 +81,7 @@ def test_first_image_is_stored_by_content_and_linked(lab):
 
 
 def test_upgrade_keeps_previous_and_prunes_older(lab):
-    one, _, _ = lab.store("one")
+    one = lab.store("one")[0]
     two, plan2, removed2 = lab.store("two")
     f1, f2 = ("k0s-%s.raw" % i["sha256"][:16] for i in (one, two))
     assert plan2["current"] == f1 and removed2 == []
@@ -96,7 +96,7 @@ def test_upgrade_keeps_previous_and_prunes_older(lab):
 
 
 def test_back_to_the_previous_image_needs_no_transfer(lab):
-    one, _, _ = lab.store("one")
+    one = lab.store("one")[0]
     lab.store("two")
     plan = ks.query(lab.host, one, "k0scontroller", merged_check=False)
     assert not plan["transfer"] and plan["switch"]
@@ -127,7 +127,7 @@ def test_broken_upload_is_refused_and_leaves_nothing(lab):
 
 
 def test_tampered_store_is_refused_before_switching(lab):
-    one, _, _ = lab.store("one")
+    one = lab.store("one")[0]
     lab.store("two")
     path = os.path.join(lab.host.store_dir, "k0s-%s.raw" % one["sha256"][:16])
     with open(path, "r+b") as f:
