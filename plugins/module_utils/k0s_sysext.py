@@ -168,17 +168,24 @@ def sysext_status(host):
     rc, out, err = host.run(["systemd-sysext", "status", "--json=short"])
     if rc == 0:
         try:
-            data = json.loads(out)
-            return dict((d.get("hierarchy"), [e for e in (d.get("extensions") or []) if e != "none"]
-                         if isinstance(d.get("extensions"), list) else
-                         ([] if d.get("extensions") in (None, "none") else [d.get("extensions")]))
-                        for d in data)
+            return parse_status_json(out)
         except (ValueError, AttributeError, TypeError):
             pass
     rc, out, err = host.run(["systemd-sysext", "status", "--no-legend"])
     if rc != 0:
         raise SysextError("systemd-sysext status failed (rc %d): %s" % (rc, (err or out).strip()))
     return parse_status_table(out)
+
+
+def parse_status_json(text):
+    """`status --json=short`: a list of {hierarchy, extensions, since}; systemd 252 writes "none" (a string)
+    for a hierarchy without extensions and a list of names otherwise."""
+    result = {}
+    for d in json.loads(text):
+        ext = d.get("extensions")
+        names = ext if isinstance(ext, list) else ([] if ext in (None, "none") else [ext])
+        result[d["hierarchy"]] = [str(e) for e in names if e != "none"]
+    return result
 
 
 def parse_status_table(text):

@@ -82,3 +82,10 @@ def test_refuses_a_bad_role_and_state(inv, tmp_path):
     assert proc.returncode != 0 and "k0s_role must be one of" in out, out
     proc, out = play(inv[0], "-e", "k0s_sysext_image=%s" % img, "-e", "k0s_sysext_state=absent")
     assert proc.returncode != 0 and "k0s_sysext_state must be one of" in out, out
+
+
+def test_refuses_a_name_that_is_no_extension_name(inv, tmp_path):
+    img = squashfs(tmp_path, "k0s", ["k0sworker"])
+    proc, out = play(inv[0], "-e", "k0s_sysext_image=%s" % img, "-e", "k0s_sysext_name=../k0s")
+    assert proc.returncode != 0 and "k0s_sysext_name ../k0s is not a plain extension name" in out, out
+    assert "Hash the image" not in out

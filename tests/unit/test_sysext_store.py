@@ -214,6 +214,14 @@ def test_query_reports_every_refusal_at_once(lab):
     assert len(plan["problems"]) == 3 and plan["wanted"] is None and not plan["transfer"]
 
 
+def test_status_json_of_systemd_252():
+    # Captured from the molecule scenario's host (Debian bookworm, systemd 252) with the image merged.
+    text = ('[{"hierarchy":"/opt","extensions":"none","since":null},'
+            '{"hierarchy":"/usr","extensions":["k0s"],"since":1795760255215294}]')
+    assert ks.parse_status_json(text) == {"/opt": [], "/usr": ["k0s"]}
+    assert ks.parse_status_json('[{"hierarchy":"/usr","extensions":"none","since":null}]') == {"/usr": []}
+
+
 def test_status_table_of_systemd_252():
     # `systemd-sysext status --no-legend` as systemd 252 prints it (one extension per line of a hierarchy).
     text = ("/opt none -\n"
