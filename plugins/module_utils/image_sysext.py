@@ -74,8 +74,8 @@ def systemd_architecture(elf_machine):
     """systemd's spelling (x86-64, arm64, ...) of an ELF machine (EM_X86_64 or payload.elf's x86_64)."""
     name = ARCHITECTURES.get(str(elf_machine))
     if name is None:
-        raise SysextError("no systemd architecture known for the ELF machine %r (known: %s): set the sysext "
-                          "architecture explicitly in systemd's spelling (systemd src/basic/architecture.c)"
+        raise SysextError("no systemd architecture known for the ELF machine %r (known: %s): set "
+                          "k0s_sysext_architecture (sysext option architecture) to one of them (systemd src/basic/architecture.c)"
                           % (elf_machine, ", ".join(sorted(SYSTEMD_ARCHITECTURES))))
     return name
 
