@@ -357,7 +357,10 @@ def pack(tree, dest_tmp, opts, fs_uuid, newest_mtime):
         if opts["compression"] != "none":
             cmd.append("-z%s" % opts["compression"])
         cmd += [dest_tmp, tree]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The epoch is passed explicitly (deploy_k0s defaults it from SOURCE_DATE_EPOCH); with that variable set as
+    # well, mksquashfs 4.5 refuses -mkfs-time and mkfs.erofs would re-stamp the inodes.
+    env = dict((k, v) for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     out = proc.communicate()[0].decode("utf-8", "replace")
     if proc.returncode != 0:
         raise SysextError("%s failed (exit %d): %s" % (" ".join(cmd), proc.returncode, out.strip()[-2000:]))

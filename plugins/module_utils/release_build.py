@@ -135,6 +135,7 @@ class Runner(LinkOps):
             dirs.append(self.s.streams_dir)
         for d in dirs:
             check_dir_chain(d)
+        self.check_writable([self.s.bin_dir, os.path.dirname(self.s.libexec_dir.rstrip("/"))])
         for d in (self.s.releases, self.s.backup):
             st = lstat_or_none(d)
             if st is not None and not stat.S_ISDIR(st.st_mode):
@@ -153,6 +154,18 @@ class Runner(LinkOps):
                 if st is not None and stat.S_ISLNK(st.st_mode) and not e.startswith("."):
                     raise ReleaseError("refusing to use %s: it is a symlink fleetsplit did not create"
                                        % os.path.join(self.s.releases, e))
+
+    @staticmethod
+    def check_writable(dirs):
+        """Refused before any change: a link directory on a read-only mount, above all a /usr that a merged
+        systemd-sysext image covers (fleetsplit.k0s.deploy_sysext; its /usr/bin/k0s cannot be replaced)."""
+        for d in dirs:
+            while lstat_or_none(d) is None and d != "/":
+                d = os.path.dirname(d)
+            if os.statvfs(d).f_flag & os.ST_RDONLY:
+                raise ReleaseError("refusing to install into %s: it is on a read-only mount (k0s from a merged "
+                                   "systemd-sysext image? `systemd-sysext status`; such a host is managed by "
+                                   "fleetsplit.k0s.deploy_sysext, docs/sysext-hosts.md)" % d)
 
     def lock(self):
         if self.check:

@@ -77,7 +77,7 @@ class Host(object):
             if names is None or name in names:
                 (self.streams / ("%s.gz" % name)).write_bytes(gzip.compress(data, 6))
 
-    def run(self, state="present", rel=None, check=False, diff=False, expect_fail=False, **extra):
+    def run(self, state="present", rel=None, check=False, diff=False, expect_fail=False, wrap=(), **extra):
         args = dict(state=state, store_dir=str(self.store), bin_dir=str(self.bin), libexec_dir=str(self.libexec),
                     data_dir=str(self.data), streams_dir=str(self.streams), _ansible_check_mode=check,
                     _ansible_diff=diff)
@@ -88,7 +88,8 @@ class Host(object):
         argfile = self.root / (".args-%d.json" % self.n)
         argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
         env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
-        p = subprocess.run([sys.executable, str(MODULE), str(argfile)], capture_output=True, text=True, env=env, check=False)
+        p = subprocess.run(list(wrap) + [sys.executable, str(MODULE), str(argfile)], capture_output=True, text=True,
+                           env=env, check=False)
         argfile.unlink()
         try:
             res = json.loads(p.stdout)
@@ -962,3 +963,18 @@ def test_upgrade_recovery_decides_from_the_hosts_current(host, tmp_path, switch)
     # Either way the host ends on the release it ran before.
     assert os.readlink(host.store / "current") == before
     assert _stage(host)["format"] == "zip"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a private mount)")
+def test_read_only_bin_dir_is_refused_before_any_change(host, v1):
+    """A merged sysext makes /usr read-only: query and present refuse it, naming the directory, and nothing is
+    written (the release store included)."""
+    host.bin.mkdir(parents=True, exist_ok=True)
+    ro = ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+          'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"', "sh", str(host.bin)]
+    before = host.snapshot()
+    for state in ("query", "present"):
+        res = host.run(state, v1, expect_fail=True, wrap=ro)
+        assert "read-only mount" in res["msg"] and str(host.bin) in res["msg"], res["msg"]
+    assert host.snapshot() == before
+    assert not host.store.exists()
