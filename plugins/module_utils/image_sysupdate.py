@@ -50,22 +50,19 @@ def strverscmp_improved(a, b):
         while j < len(b) and not valid(b[j]):
             j += 1
         ca, cb = a[i:i + 1], b[j:j + 1]
-        for mark in "~":
-            if ca == mark or cb == mark:
-                r = _segments_cmp(ca != mark, cb != mark)
-                if r:
-                    return r
-                i, j = i + 1, j + 1
-                ca, cb = a[i:i + 1], b[j:j + 1]
-        if not ca or not cb:
-            return _segments_cmp(ca != "", cb != "")
-        for mark in "-^.":
-            if ca == mark or cb == mark:
-                r = _segments_cmp(ca != mark, cb != mark)
-                if r:
-                    return r
-                i, j = i + 1, j + 1
-                ca, cb = a[i:i + 1], b[j:j + 1]
+        # "~" sorts before everything, even the end; then the end; then "-", "^", "." in that order
+        # (systemd src/fundamental/string-util-fundamental.c): each restarts the loop after both advance.
+        mark = "~" if "~" in (ca, cb) else None
+        if mark is None:
+            if not ca or not cb:
+                return _segments_cmp(ca != "", cb != "")
+            mark = next((m for m in "-^." if m in (ca, cb)), None)
+        if mark is not None:
+            r = _segments_cmp(ca != mark, cb != mark)
+            if r:
+                return r
+            i, j = i + 1, j + 1
+            continue
         if ca.isdigit() or cb.isdigit():
             ea, eb = i, j
             while ea < len(a) and a[ea].isdigit():

@@ -164,8 +164,7 @@ def sha256_text(text):
 
 @pytest.mark.parametrize("fs", FILESYSTEMS)
 @pytest.mark.parametrize("fixture,fmt", FIXTURE_FORMATS)
-def test_two_builds_from_moved_and_retimed_inputs_are_byte_identical(overlays, tmp_path, monkeypatch, fixture, fmt,
-                                                                      fs):
+def test_two_builds_from_moved_and_retimed_inputs_are_byte_identical(overlays, tmp_path, monkeypatch, fixture, fmt, fs):
     first = build(overlays[fixture], tmp_path / "a.raw", filesystem=fs)
     # A reproducible-build environment exports SOURCE_DATE_EPOCH (mksquashfs 4.5 then refuses -mkfs-time):
     # the epoch passed in decides, the variable changes nothing.
