@@ -392,7 +392,12 @@ def build_sysext(entries, root, dest_tmp, options):
         materialize(nodes, tree)
         os.chmod(tree, 0o755)
         os.utime(tree, ns=(opts["epoch"] * 1000000000,) * 2)
-        cmd = pack(tree, dest_tmp, opts, fs_uuid, max(n["mtime"] for n in nodes.values()))
+        # Built inside the 0700 work dir and made 0600 before it leaves it: the image may carry private files
+        # (factory copies of a 0600 k0s.yaml or env file); the caller sets the final mode.
+        image = os.path.join(workdir, "image.raw")
+        cmd = pack(tree, image, opts, fs_uuid, max(n["mtime"] for n in nodes.values()))
+        os.chmod(image, 0o600)
+        os.rename(image, dest_tmp)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     size = os.stat(dest_tmp).st_size
@@ -404,5 +409,5 @@ def build_sysext(entries, root, dest_tmp, options):
                 architecture=opts["architecture"], extension_release=layout["extension_release"],
                 tmpfiles=layout["tmpfiles"], mapping=layout["mapping"], dropped=layout["dropped"],
                 data_dir=layout["data_dir"], size=size, sha256=digest.hexdigest(),
-                command=[a.replace(tree, "<tree>") for a in cmd],
+                command=[a.replace(tree, "<tree>").replace(image, "<image>") for a in cmd],
                 uuid=fs_uuid if opts["filesystem"] == "erofs" else None)

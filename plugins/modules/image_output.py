@@ -50,7 +50,11 @@ options:
     elements: str
     default: []
   mode:
-    description: Mode of O(dest).
+    description:
+      - Mode of O(dest). When the tree holds a file others may not read (the controller config C(k0s.yaml) and the
+        unit's environment file are 0600, as they may carry tokens, passwords, C(k0s_env) secrets), the group and
+        other bits are cleared (C(0644) becomes C(0600)), since whoever can read the image can extract them.
+        RV(private_entries) names those files.
     type: raw
     default: '0644'
   sysext:
@@ -116,6 +120,15 @@ size:
   description: Size of the output in bytes (null for sysext in check mode).
   returned: success
   type: int
+private_entries:
+  description: Files in the image that others may not read (their presence makes O(dest) private, see O(mode)).
+  returned: success
+  type: list
+  elements: str
+mode:
+  description: The mode O(dest) has (or would have in check mode).
+  returned: success
+  type: str
 entries:
   description: Number of entries packed (directories, files and symlinks below O(root)).
   returned: success
@@ -147,9 +160,15 @@ def _state(path):
     return "sha256 %s\nsize %d\n" % (sha256_file(path), os.path.getsize(path))
 
 
-def _sysext(module, entries, root, dest, options, mode):
+def private_mode(mode, private):
+    """Whoever reads the image reads every file in it: one file others may not read makes the image 0600-like."""
+    return mode & ~0o077 if private else mode
+
+
+def _sysext(module, entries, root, dest, options, mode, private):
     """The sysext image (image_sysext library). Check mode builds it in a private temp dir to compare, then
-    removes it: the only way to know whether dest would change."""
+    removes it: the only way to know whether dest would change. Private files the image drops (OpenRC's conf.d)
+    do not count."""
     if module.check_mode:
         scratch = tempfile.mkdtemp(prefix="fleetsplit-k0s-sysext-check.")
         try:
@@ -157,15 +176,17 @@ def _sysext(module, entries, root, dest, options, mode):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         same = os.path.isfile(dest) and not os.path.islink(dest) and sha256_file(dest) == built["sha256"]
-        return dict(sha256=built["sha256"], size=built["size"], changed=not same, sysext=built)
-    tmp = temp_path(dest)   # a fresh name the library creates
-    try:
-        built = build_sysext(entries, root, tmp, options)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-    result = commit_file(tmp, dest, mode)
-    result['sysext'] = built
+        result = dict(sha256=built["sha256"], size=built["size"], changed=not same)
+    else:
+        tmp = temp_path(dest)   # a fresh name the library creates
+        try:
+            built = build_sysext(entries, root, tmp, options)
+            private = [path for path in private if path in built["mapping"]]
+        except BaseException:
+            remove_quietly(tmp)
+            raise
+        result = commit_file(tmp, dest, private_mode(mode, private))
+    result.update(sysext=built, private_entries=[path for path in private if path in built["mapping"]])
     return result
 
 
@@ -194,21 +215,25 @@ def main():
         dest = check_dest(p['dest'], root)
         before = _state(dest) if module._diff else ""
         entries = scan(root, epoch=p['epoch'], keep_mtime=p['keep_mtime'])
+        private = [e.path for e in entries if e.kind == 'file' and not e.mode & 0o004]
         if p['format'] == 'sysext':
             options = dict(p['sysext'], epoch=p['epoch'])
-            result = _sysext(module, entries, root, dest, options, mode)
+            result = _sysext(module, entries, root, dest, options, mode, private)
         else:
-            result = write_archive(p['format'], entries, dest, mode, write=not module.check_mode)
+            result = write_archive(p['format'], entries, dest, private_mode(mode, private),
+                                   write=not module.check_mode)
+            result['private_entries'] = private
     except (PayloadError, TreeError, SysextError) as e:
         module.fail_json(msg=str(e))
     except (IOError, OSError) as e:
         module.fail_json(msg="writing %s (%s of %s) failed: %s" % (p['dest'], p['format'], root, e))
 
     changed = result.pop('changed')
+    mode = private_mode(mode, result['private_entries'])
     if os.path.isfile(dest) and not (module.check_mode and changed):
         file_args = module.load_file_common_arguments(dict(path=dest, mode=mode))
         changed = module.set_fs_attributes_if_different(file_args, changed)
-    result.update(format=p['format'], dest=dest, entries=len(entries))
+    result.update(format=p['format'], dest=dest, entries=len(entries), mode='%04o' % mode)
     if module._diff:
         after = "sha256 %s\nsize %d\n" % (result['sha256'], result['size'])
         result['diff'] = dict(before=before, after=after, before_header=dest, after_header=dest)

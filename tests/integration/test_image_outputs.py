@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 
 import pytest
@@ -181,3 +182,40 @@ def test_failure_after_staging_removes_the_staging(tmp_path):
     assert re.search(r"Pack the staged overlay.*\n.*cannot create .*k0s\.tar.*Operation not permitted", out), out
     assert "Remove the staging directory" in out, out
     assert staging_left(tmp_path) == [] and os.listdir(str(images)) == []
+
+
+def private_entries(out):
+    """image_output's private_entries from a -v run's output."""
+    [found] = re.findall(r'"private_entries": \[([^\]]*)\]', out)
+    return json.loads("[%s]" % found)
+
+
+@pytest.mark.parametrize("image", ["tar", "sysext"])
+def test_image_with_private_files_is_private_and_never_published(tmp_path, image):
+    """A 0600 file in the image (k0s.yaml from k0s_config, the env file from k0s_env; OpenRC's conf.d in an
+    archive) makes the image 0600 and is named; a sysext without one stays 0644 (conf.d is dropped from it).
+    Publishing a private sysext in an update channel is refused, and the channel stays empty."""
+    exe = tmp_path / "k0s"
+    shutil.copy2(str(FIXTURES / "k0s-small-zip"), str(exe))
+    (tmp_path / "images").mkdir()
+    output = tmp_path / "images" / ("k0s." + ("tar" if image == "tar" else "raw"))
+    base = dict(k0s_executable=str(exe), k0s_controller_cache_dir=str(tmp_path / "cache"), k0s_overlay_format=image,
+                k0s_overlay_output=str(output))
+    proc, out = play(tmp_path, base, "-v")
+    assert proc.returncode == 0, out
+    mode = stat.S_IMODE(output.stat().st_mode)
+    assert mode == (0o600 if image == "tar" else 0o644), oct(mode)
+    assert private_entries(out) == (["etc/conf.d/k0scontroller"] if image == "tar" else []), out
+
+    secret = dict(base, k0s_config={"spec": {"api": {"port": 6443}}}, k0s_env={"HTTPS_PROXY": "http://proxy:3128"})
+    proc, out = play(tmp_path, secret, "-v")
+    assert proc.returncode == 0, out
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+    assert {"etc/k0s/k0s.yaml", "etc/k0s/k0scontroller.env"} <= set(private_entries(out)), out
+    if image == "sysext":
+        channel = tmp_path / "channel"
+        channel.mkdir()
+        proc, out = play(tmp_path, dict(secret, k0s_sysext_channel_dir=str(channel),
+                                        k0s_sysext_channel_url="http://127.0.0.1:1/k0s/"))
+        assert proc.returncode != 0 and "must hold no private file" in out and "etc/k0s/k0s.yaml" in out, out
+        assert os.listdir(str(channel)) == []
