@@ -6,6 +6,12 @@ import testlib
 testlib.ensure_collection_link()
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "newest_core_only: no ansible-core-specific behaviour beyond what the rest of the run covers (pure "
+                   "library and system tools, or one more variant of a playbook test); `make test-compat` deselects it")
+
+
 @pytest.fixture(scope="session")
 def fixtures():
     """{fixture id: {path, bare_path, version, format, binaries: {name: {size, sha256}}}}."""
