@@ -176,11 +176,12 @@ def write_archive(fmt, entries, dest, mode=0o644, write=True):
     return dict(sha256=out.hash.hexdigest(), size=out.size, changed=changed)
 
 
-def commit_file(tmp, dest, mode=0o644):
-    """A file another writer made at ``tmp`` (the sysext image): replaces ``dest`` only when the bytes differ."""
+def commit_file(tmp, dest, mode=0o644, digest=None):
+    """A file another writer made at ``tmp`` (the sysext image): replaces ``dest`` only when the bytes differ.
+    ``digest``: the sha256 the writer already computed of ``tmp`` (not read again)."""
     try:
         os.chmod(tmp, mode)
-        digest, size = sha256_file(tmp), os.path.getsize(tmp)
+        digest, size = digest or sha256_file(tmp), os.path.getsize(tmp)
         changed = commit(tmp, dest, digest)
     except BaseException:
         remove_quietly(tmp)

@@ -36,6 +36,8 @@ import tempfile
 import time
 import uuid
 
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
+
 MANIFEST = "usr/share/fleetsplit-k0s/manifest.json"
 FACTORY = "usr/share/fleetsplit-k0s/factory"
 TMPFILES = "usr/lib/tmpfiles.d/fleetsplit-k0s.conf"
@@ -401,13 +403,9 @@ def build_sysext(entries, root, dest_tmp, options):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     size = os.stat(dest_tmp).st_size
-    digest = hashlib.sha256()
-    with open(dest_tmp, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     return dict(name=opts["name"], filesystem=opts["filesystem"], compression=opts["compression"],
                 architecture=opts["architecture"], extension_release=layout["extension_release"],
                 tmpfiles=layout["tmpfiles"], mapping=layout["mapping"], dropped=layout["dropped"],
-                data_dir=layout["data_dir"], size=size, sha256=digest.hexdigest(),
+                data_dir=layout["data_dir"], size=size, sha256=sha256_file(dest_tmp),
                 command=[a.replace(tree, "<tree>").replace(image, "<image>") for a in cmd],
                 uuid=fs_uuid if opts["filesystem"] == "erofs" else None)

@@ -27,6 +27,7 @@ import subprocess
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     HostFsError, atomic_symlink, check_dir_chain, fsync_dir, lstat_or_none, make_dirs, set_owner_mode,
     tmp_name, unlink_quietly)
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 
 # Where systemd-sysext looks for images, highest priority first (systemd-sysext(8)); one of the same
 # name in a directory before ours shadows it.
@@ -52,14 +53,6 @@ def image_file(name, sha256):
 
 def _own_image_re(name):
     return re.compile(r"^%s-[0-9a-f]{16}\.raw$" % re.escape(name))
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _readlink(path):
@@ -325,7 +318,7 @@ def put_image(host, image, src):
 def verify_stored(host, image):
     """The stored image still has the wanted sha256 (before it is merged again)."""
     path = os.path.join(host.store_dir, image_file(image["name"], image["sha256"]))
-    got = file_sha256(path)
+    got = sha256_file(path)
     if got != image["sha256"]:
         raise SysextError("%s has sha256 %s, not %s: the store was modified; remove the file and run again"
                           % (path, got, image["sha256"]))

@@ -175,18 +175,20 @@ def _sysext(module, entries, root, dest, options, mode, private):
             built = build_sysext(entries, root, os.path.join(scratch, "image.raw"), options)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        same = os.path.isfile(dest) and not os.path.islink(dest) and sha256_file(dest) == built["sha256"]
-        result = dict(sha256=built["sha256"], size=built["size"], changed=not same)
     else:
         tmp = temp_path(dest)   # a fresh name the library creates
         try:
             built = build_sysext(entries, root, tmp, options)
-            private = [path for path in private if path in built["mapping"]]
         except BaseException:
             remove_quietly(tmp)
             raise
-        result = commit_file(tmp, dest, private_mode(mode, private))
-    result.update(sysext=built, private_entries=[path for path in private if path in built["mapping"]])
+    kept = [path for path in private if path in built["mapping"]]
+    if module.check_mode:
+        same = os.path.isfile(dest) and not os.path.islink(dest) and sha256_file(dest) == built["sha256"]
+        result = dict(sha256=built["sha256"], size=built["size"], changed=not same)
+    else:
+        result = commit_file(tmp, dest, private_mode(mode, kept), digest=built["sha256"])
+    result.update(sysext=built, private_entries=kept)
     return result
 
 
