@@ -20,6 +20,7 @@ import posixpath
 import re
 
 ROLES = ("controller", "worker", "controller+worker")
+K3S_ROLES = ("server", "agent")   # the k3s role: `k3s server` / `k3s agent`
 MANAGERS = ("systemd", "openrc")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Path components safe unquoted in a unit (ConditionFileIsExecutable= takes no quotes), in PATH (no ":")
@@ -28,9 +29,12 @@ PLAIN_COMPONENT = re.compile(r"[A-Za-z0-9._+@-]+")
 CONTROL = re.compile(u"[\x00-\x1f\x7f-\x9f]")   # C0, DEL and C1
 
 # Variables holding one absolute path that reaches a unit, script or command line.
-PATH_VARS = ("k0s_bin_dir", "k0s_libexec_dir", "k0s_data_dir", "k0s_config_path", "k0s_join_token_path")
+PATH_VARS = ("k0s_bin_dir", "k0s_libexec_dir", "k0s_data_dir", "k0s_config_path", "k0s_join_token_path",
+             "k3s_bin_dir", "k3s_data_dir", "k3s_store_dir")
 # Variables whose names and values go to an environment or conf.d file.
-ENV_VARS = ("k0s_env", "k0s_openrc_conf")
+ENV_VARS = ("k0s_env", "k0s_openrc_conf", "k3s_env")
+# Variables holding extra command-line arguments of the service.
+ARGS_VARS = ("k0s_extra_args", "k3s_extra_args")
 
 
 def control_char(value):
@@ -77,20 +81,35 @@ def env_problems(name, env):
     return out
 
 
-def extra_args_problems(args):
+def extra_args_problems(args, name="k0s_extra_args"):
     items = [args] if isinstance(args, str) else args
     if not isinstance(items, list):
-        return ["k0s_extra_args must be a list of strings or one string, got %s" % type(args).__name__]
+        return ["%s must be a list of strings or one string, got %s" % (name, type(args).__name__)]
     out = []
     for i, arg in enumerate(items):
         if isinstance(arg, (dict, list)) or arg is None:
-            out.append("k0s_extra_args[%d] must be a string, got %s" % (i, type(arg).__name__))
+            out.append("%s[%d] must be a string, got %s" % (name, i, type(arg).__name__))
             continue
         bad = control_char(str(arg))
         if bad:
-            where = "k0s_extra_args" if isinstance(args, str) else "k0s_extra_args[%d]" % i
+            where = name if isinstance(args, str) else "%s[%d]" % (name, i)
             out.append("%s contains the control character %s: %r" % (where, bad, str(arg)))
     return out
+
+
+def server_url_problems(url, role=None):
+    """k3s_server_url (K3S_URL): empty, or https:// as k3s's install.sh demands (verify_k3s_url); an agent
+    needs one."""
+    if not isinstance(url, str):
+        return ["k3s_server_url must be a string, got %s" % type(url).__name__]
+    bad = control_char(url)
+    if bad:
+        return ["k3s_server_url contains the control character %s: %r" % (bad, url)]
+    if url and (not url.startswith("https://") or re.search(r"\s", url) or len(url) == len("https://")):
+        return ["k3s_server_url must be an https:// URL without spaces (as k3s's install.sh requires), got %r" % url]
+    if not url and role == "agent":
+        return ["k3s_server_url is empty: an agent needs the server's URL, e.g. https://<server>:6443"]
+    return []
 
 
 def problems(settings):
@@ -100,6 +119,11 @@ def problems(settings):
     if "k0s_role" in settings and settings["k0s_role"] not in ROLES:
         out.append("k0s_role is %r: set it to one of %s, or put the host in the k0s_controllers and/or"
                    " k0s_workers group" % (settings["k0s_role"], ", ".join(ROLES)))
+    if "k3s_role" in settings and settings["k3s_role"] not in K3S_ROLES:
+        out.append("k3s_role is %r: set it to server or agent, or put the host in the k3s_servers or k3s_agents"
+                   " group" % (settings["k3s_role"],))
+    if "k3s_server_url" in settings:
+        out.extend(server_url_problems(settings["k3s_server_url"], settings.get("k3s_role")))
     for name in PATH_VARS:
         if name in settings:
             msg = path_problem(name, settings[name])
@@ -119,12 +143,13 @@ def problems(settings):
     for name in ENV_VARS:
         if name in settings:
             out.extend(env_problems(name, settings[name]))
-    if "k0s_extra_args" in settings:
-        out.extend(extra_args_problems(settings["k0s_extra_args"]))
-    managers = settings.get("k0s_service_managers") or []
-    wrong = [m for m in managers if m not in MANAGERS]
-    if wrong:
-        out.append("k0s_service_managers: %s not supported (systemd, openrc)" % ", ".join(map(str, wrong)))
+    for name in ARGS_VARS:
+        if name in settings:
+            out.extend(extra_args_problems(settings[name], name))
+    for name in ("k0s_service_managers", "k3s_service_managers"):
+        wrong = [m for m in settings.get(name) or [] if m not in MANAGERS]
+        if wrong:
+            out.append("%s: %s not supported (systemd, openrc)" % (name, ", ".join(map(str, wrong))))
     return out
 
 

@@ -47,6 +47,12 @@ options:
         so that both systemd's C(EnvironmentFile=) parser and C(/bin/sh) read them back exactly.
     type: dict
     default: {}
+  env_path:
+    description:
+      - Write O(env) to this file instead (mode 0600, both managers, no C(export) lines; empty O(env) removes it).
+        The unit or script must read it - k3s's units name C(/etc/systemd/system/<name>.service.env) in
+        C(EnvironmentFile=) and source C(/etc/rancher/k3s/<name>.env) with C(set -o allexport) (OpenRC).
+    type: path
   settings:
     description:
       - The role variables the unit was rendered from (C(k0s_bin_dir), C(k0s_libexec_dir), C(k0s_data_dir),
@@ -363,8 +369,12 @@ class Service(object):
         r["path"] = self.path(self.unit_rel)
         r["unit_changed"] = self.ensure_file(self.unit_rel, p["unit"], self.unit_mode,
                                              "unit" if p["manager"] == "systemd" else "init script")
-        env_text = k0s_settings.env_file(p["env"], export=p["manager"] == "openrc")
-        if p["manager"] == "openrc":
+        env_text = k0s_settings.env_file(p["env"], export=p["manager"] == "openrc" and not p["env_path"])
+        if p["env_path"]:
+            r["conf_changed"] = self.ensure_file(p["env_path"], env_text or None, 0o600, "environment file", secret=True)
+            if p["conf"] is not None:
+                r["conf_changed"] |= self.ensure_file(self.conf_rel, p["conf"], 0o600, "conf.d file", secret=True)
+        elif p["manager"] == "openrc":
             if p["conf"] is not None or env_text:
                 r["conf_changed"] = self.ensure_file(self.conf_rel, (p["conf"] or "") + env_text, 0o600,
                                                      "conf.d file", secret=True)
@@ -396,6 +406,7 @@ def main():
             unit=dict(type="str", required=True),
             conf=dict(type="str"),
             env=dict(type="dict", default={}, no_log=True),
+            env_path=dict(type="path"),
             settings=dict(type="dict", default={}),
             binary=dict(type="path"),
             root=dict(type="path", default="/"),
@@ -415,6 +426,7 @@ def main():
         module.fail_json(msg="root must be an absolute path, got %r" % p["root"])
     # The role checked these already (its check entry point); a direct module user gets the same refusals.
     problems = k0s_settings.problems(p["settings"]) + k0s_settings.env_problems("k0s_env", p["env"])
+    problems += [m for m in [p["env_path"] and k0s_settings.path_problem("env_path", p["env_path"])] if m]
     bad = k0s_settings.control_char(p["unit"].replace("\n", "").replace("\t", ""))
     if bad:
         problems.append("unit contains the control character %s" % bad)

@@ -128,6 +128,25 @@ def test_systemd_environment_file_is_0600_and_never_shown(tmp_path, root):
     assert r["conf_changed"] and not env.exists() and "removed environment file %s" % env in r["changes"]
 
 
+@pytest.mark.parametrize("manager", ["systemd", "openrc"])
+def test_env_path_gets_the_environment_for_both_managers(tmp_path, root, manager):
+    """k3s's units read their env from a file of their own (install.sh FILE_K3S_ENV), not /etc/k0s or conf.d."""
+    env_path = "/etc/systemd/system/k3s.service.env" if manager == "systemd" else "/etc/rancher/k3s/k3s.env"
+    args = dict(name="k3s", manager=manager, unit=UNIT, root=str(root), env_path=env_path,
+                env={"K3S_TOKEN": "T0k'en$x", "K3S_URL": "https://10.0.0.1:6443"})
+    r = run(tmp_path, diff=True, **args)
+    path = root / env_path.lstrip("/")
+    assert r["conf_changed"] and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert parse_env_file(path.read_text()) == args["env"] and "export" not in path.read_text()
+    assert "T0k" not in json.dumps(r)
+    assert not (root / "etc/k0s").exists() and not (root / "etc/conf.d").exists()
+    assert not run(tmp_path, **args)["changed"]
+    r = run(tmp_path, **{**args, "env": {}})
+    assert r["conf_changed"] and not path.exists()
+    r = run(tmp_path, expect_fail=True, **{**args, "env_path": "/etc/rancher/../k3s.env"})
+    assert "env_path must not contain" in r["msg"]
+
+
 @pytest.mark.parametrize("args, message", [
     (dict(env={"A": "1\nExecStartPre=/bin/true"}), "k0s_env.A contains the control character \\n"),
     (dict(env={"A\n[Service]": "1"}), "k0s_env: 'A\\n[Service]' is not a variable name"),

@@ -59,6 +59,36 @@ def test_refusals_name_the_variable(var, value, part):
     assert len(got) == 1 and part in got[0], got
 
 
+K3S = dict(k3s_role="agent", k3s_bin_dir="/usr/local/bin", k3s_data_dir="/var/lib/rancher/k3s",
+           k3s_store_dir="/var/lib/fleetsplit-k0s/k3s", k3s_server_url="https://10.0.0.1:6443",
+           k3s_extra_args=["--node-label=a=b", "two words"], k3s_env={"K3S_TOKEN": "x'y"},
+           k3s_service_managers=["openrc"])
+
+
+@pytest.mark.parametrize("var, value, part", [
+    ("k3s_role", "agnet", "k3s_role is 'agnet': set it to server or agent"),
+    ("k3s_role", "", "k3s_role is ''"),
+    ("k3s_server_url", "http://10.0.0.1:6443", "k3s_server_url must be an https:// URL"),
+    ("k3s_server_url", "https://a b", "k3s_server_url must be an https:// URL"),
+    ("k3s_server_url", "https://", "k3s_server_url must be an https:// URL"),
+    ("k3s_server_url", "", "k3s_server_url is empty: an agent needs"),
+    ("k3s_server_url", "https://x\n", "k3s_server_url contains the control character"),
+    ("k3s_bin_dir", "/usr/local/bin\nExecStartPre=/bin/id", "k3s_bin_dir contains the control character"),
+    ("k3s_data_dir", "/var/lib/rancher/../k3s", "k3s_data_dir must not contain"),
+    ("k3s_store_dir", "var/lib/x", "k3s_store_dir must be an absolute path"),
+    ("k3s_extra_args", ["--a", "--b\n[Service]"], "k3s_extra_args[1] contains the control character"),
+    ("k3s_extra_args", {"a": 1}, "k3s_extra_args must be a list of strings or one string"),
+    ("k3s_env", {"K3S_TOKEN": "se\ncret"}, "k3s_env.K3S_TOKEN contains the control character"),
+    ("k3s_service_managers", ["runit"], "k3s_service_managers: runit not supported"),
+])
+def test_k3s_refusals_name_the_variable(var, value, part):
+    assert k0s_settings.problems(K3S) == []
+    assert k0s_settings.problems(dict(K3S, k3s_role="server", k3s_server_url="")) == [], "a server needs no URL"
+    got = k0s_settings.problems(dict(K3S, **{var: value}))
+    assert len(got) == 1 and part in got[0], got
+    assert "se\ncret" not in got[0]
+
+
 def test_env_messages_never_repeat_the_value():
     secret = "hunter2-\n-secret"
     got = k0s_settings.problems(dict(DEFAULTS, k0s_env={"PROXY_PASSWORD": secret}))
