@@ -162,7 +162,7 @@ def test_openrc_script_is_install_sh_s(rendered, case, tmp_path):
 
 
 BAD = {
-    "role": (dict(k3s_role="srever"), "k3s_role is 'srever'"),
+    "role": (dict(k3s_role="srever"), "k3s_role must be one of: server, agent, got: srever"),
     "url": (dict(k3s_role="agent", k3s_server_url="http://10.0.0.1:6443"), "k3s_server_url must be an https:// URL"),
     "agent without url": (dict(k3s_role="agent", k3s_server_url=""), "k3s_server_url is empty: an agent needs"),
     "data dir": (dict(k3s_data_dir="/var/lib/rancher/../k3s"), "k3s_data_dir must not contain '.' or '..'"),

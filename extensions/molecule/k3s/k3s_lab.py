@@ -35,7 +35,7 @@ import hostnet  # noqa: E402
 DATA = "/var/lib/rancher/k3s"
 BIN = "/usr/local/bin"
 QUERY = "Find out which contents the host lacks"
-PRESENT = "Build data/"      # the task name goes on with the hash
+PRESENT = "Build the data dir tree and install k3s"   # the task name goes on with the version
 BUNDLE = "Bundle the streams each host lacks (on the controller, once for the play)"
 
 # Runs inside a host: what k3s and its service look like, nothing trusted (files hashed, links read).
