@@ -246,7 +246,8 @@ def main():
                              s1[h.name]["extractions"] is None))
 
         # 2. No change, under -vvv: nothing sent, nothing changed, the token nowhere in the output.
-        text, rx, secs = run(hosts, inv, v1, ("-vvv",), json_out=False)
+        text, rerun, secs = run(hosts, inv, v1, ("-vvv",), json_out=False)
+        rx = rerun
         (workdir / "rerun-vvv.log").write_text(text)
         for h in hosts:
             report.append("%-34s %-9s rx %10d bytes (wall %.1f s)" % ("re-run k3s (no change, -vvv)", h.name, rx[h.name], secs))
@@ -255,6 +256,18 @@ def main():
                 problems.append("%s: the no-change re-run changed something (see %s)" % (h.name, workdir / "rerun-vvv.log"))
         if token in text:
             problems.append("the token appears in the -vvv output (%s)" % (workdir / "rerun-vvv.log"))
+
+        # 3a. The upgrade in --check --diff: nothing sent, nothing switched or restarted.
+        out, rx, secs = run(hosts, inv, v2, ("--check", "--diff"))
+        for h in hosts:
+            st = h.state()
+            report.append("%-34s %-9s rx %10d bytes (wall %.1f s)" % ("upgrade in --check", h.name, rx[h.name], secs))
+            if st["current"] != s1[h.name]["current"] or st["pid"] != s1[h.name]["pid"] or sent(out, h.name):
+                problems.append("%s: --check changed the host: current %s, pid %s -> %s, sent %s"
+                                % (h.name, st["current"], s1[h.name]["pid"], st["pid"], sent(out, h.name)))
+            if rx[h.name] > 2 * rerun[h.name]:
+                problems.append("%s: --check received %d bytes, more than twice a no-change run (%d)"
+                                % (h.name, rx[h.name], rerun[h.name]))
 
         # 3. Upgrade: only the executable and the changed members travel.
         out, rx, secs = run(hosts, inv, v2)
@@ -266,14 +279,19 @@ def main():
         whole = v2.stat().st_size
         for h in hosts:
             got = sent(out, h.name)
-            report.append("%-34s %-9s rx %10d bytes = %.3f x the whole k3s-v2 (%d); streams sent %d (%s)"
-                          % ("upgrade k3s -> k3s-v2", h.name, rx[h.name], rx[h.name] / float(whole), whole, content,
-                             ", ".join(n[:12] for n in changed)))
+            report.append("%-34s %-9s rx %10d bytes = %.3f x the whole k3s-v2 (%d); streams sent %d (%s),"
+                          " over content %d" % ("upgrade k3s -> k3s-v2", h.name, rx[h.name], rx[h.name] / float(whole),
+                                                whole, content, ", ".join(n[:12] for n in changed), rx[h.name] - content))
             if got != changed:
                 problems.append("%s: the upgrade sent %s, expected %s (the executable and the changed members)"
                                 % (h.name, got, changed))
             if rx[h.name] < content:
                 problems.append("%s: received %d bytes, less than the streams sent (%d)" % (h.name, rx[h.name], content))
+            # Beyond the content only Ansible's own per-task bytes (a no-change run's worth, twice at most):
+            # any stream sent twice (the smallest changed one is far larger than that) breaks this.
+            if rx[h.name] - content > 2 * rerun[h.name]:
+                problems.append("%s: received %d bytes beyond the streams sent, more than twice a no-change run (%d):"
+                                " content went twice" % (h.name, rx[h.name] - content, rerun[h.name]))
             st = h.running(sha256_file(v2), old_pid=s1[h.name]["pid"])
             check_running(h, st, v2, m2, token_sha, args.server_url, problems, "after the upgrade")
             if st["previous"] != "%s/data/%s" % (DATA, m1["data_hash"]):
