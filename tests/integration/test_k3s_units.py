@@ -193,3 +193,22 @@ def test_deploy_k3s_refuses_bad_values_before_anything(tmp_path, case):
     assert "s3cret" not in out and "en-5a1" not in out, "a secret reached the output"
     assert recap(out)["localhost"]["changed"] == 0
     assert not (tmp_path / "cache").exists() and not base.exists(), "nothing may be split or written"
+
+
+def test_one_host_s_bad_value_stops_every_host(tmp_path):
+    """Two hosts (both this machine), the agent's URL is http://: the server is not deployed either."""
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    (tmp_path / "inv.yml").write_text(json.dumps({
+        "k3s_servers": {"hosts": {"server-1": dict(local, k3s_data_dir=str(tmp_path / "s/data"))}},
+        "k3s_agents": {"hosts": {"agent-1": dict(local, k3s_data_dir=str(tmp_path / "a/data"),
+                                                 k3s_server_url="http://10.0.0.1:6443")}}}))
+    evars = dict(k3s_token="s3cret-token-5a1", k3s_executable=str(FIXTURES / "k0s-small-zip"),
+                 k3s_controller_cache_dir=str(tmp_path / "cache"), k3s_bin_dir=str(tmp_path / "bin"),
+                 k3s_store_dir=str(tmp_path / "store"), k3s_service_managers=["systemd"])
+    proc, out = run_playbook(["-i", str(tmp_path / "inv.yml"), "-e", json.dumps(evars),
+                              str(os.path.join(os.path.dirname(__file__), "..", "..", "playbooks", "deploy_k3s.yml"))],
+                             cwd=tmp_path)
+    assert proc.returncode != 0, out
+    assert "agent-1: k3s_server_url must be an https:// URL" in out, out
+    assert "Deploy k3s to hosts" not in out, "the deploy play must not start"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.yml"], "nothing split or written for any host"
