@@ -11,7 +11,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 
 .PHONY: all venv venv-compat collection test-collections fixtures deploy test test-unit test-compat test-molecule \
-        test-hosts lint sanity readmes check-build rehearsal bench clean
+        test-hosts test-compat-beside-molecule lint sanity readmes check-build rehearsal bench clean
 
 all: test
 
@@ -50,7 +50,7 @@ deploy: venv collection fixtures
 
 # Checkers first (fast, and they fail on what a reviewer would see), then the tests. test-hosts
 # installs every package the tests need (podman, runc, ...) before any test runs.
-test: test-hosts lint sanity test-unit test-compat test-molecule
+test: test-hosts lint sanity test-unit test-compat-beside-molecule
 
 # ansible-lint --profile production (.ansible-lint), offline.
 lint: venv test-collections
@@ -73,6 +73,10 @@ test-compat: venv-compat collection fixtures
 
 test-hosts:
 	scripts/prepare-test-hosts
+
+# test-compat and test-molecule at the same time (molecule mostly waits on hosts); both logs printed whole.
+test-compat-beside-molecule: venv venv-compat collection test-collections fixtures test-hosts
+	scripts/test-compat-beside-molecule
 
 test-molecule: venv collection test-collections fixtures test-hosts
 	scripts/run-molecule
