@@ -20,7 +20,7 @@ COLLECTION_PKG = "ansible_collections.fleetsplit.k0s"
 MODULE_UTILS_PKG = COLLECTION_PKG + ".plugins.module_utils"
 FLOOR = (3, 6)
 
-HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token", "k0s_images", "k0s_reset", "k0s_sysext")
+HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token", "k0s_images", "k0s_reset", "k0s_sysext", "k3s_data")
 # Run where the k0s executable is (k0s_kubeconfig: the admin kubeconfig is written there).
 CONTROLLER_MODULES = ("image_bundles", "image_output", "image_root_paths", "k0s_kubeconfig", "payload_info",
                       "payload_split", "stream_bundle", "sysext_channel")
@@ -93,12 +93,14 @@ def test_host_side_files_are_derived_from_imports():
                                              "plugins/module_utils/release_build.py", "plugins/module_utils/k0s_membership.py",
                                              "plugins/modules/k0s_images.py", "plugins/module_utils/k0s_images.py",
                                              "plugins/modules/k0s_reset.py", "plugins/module_utils/k0s_reset.py",
-                                             "plugins/modules/k0s_sysext.py", "plugins/module_utils/k0s_sysext.py"}
+                                             "plugins/modules/k0s_sysext.py", "plugins/module_utils/k0s_sysext.py",
+                                             "plugins/modules/k3s_data.py", "plugins/module_utils/k3s_data.py",
+                                             "plugins/module_utils/k3s_tree.py"}
     # Host modules carry only the stream/bundle side of the payload library: no ELF, zip or legacy readers.
     controller_only = {"plugins/module_utils/k0s_payload.py", "plugins/module_utils/payload/elf.py",
                        "plugins/module_utils/payload/zipfmt.py", "plugins/module_utils/payload/legacy.py",
                        "plugins/module_utils/k0s_kubeconfig.py", "plugins/module_utils/image_sysext.py",
-                       "plugins/module_utils/image_sysupdate.py"}
+                       "plugins/module_utils/image_sysupdate.py", "plugins/module_utils/payload/k3s.py"}
     assert not {_rel(p) for p in HOST_FILES} & controller_only
 
 

@@ -1,0 +1,400 @@
+"""k3s's data tree pre-staged on a host (issue 15 item 2, host side): plugins/module_utils/k3s_data.py and
+k3s_tree.py on real files. Small trees are made here from real ELF files (the fixture bins) the way k3s's
+scripts/package-cli lays them out; the fixture k3s (tests/fixtures/fake_k3s, k3s's extract rules re-implemented)
+then proves a tree built here is used as it is (no extraction) and that a tampered one is refused and repaired.
+
+k3s's rules followed: cmd/k3s/main.go (extract: data/<hash>/bin/k3s exists -> used as is; lock data/.lock;
+<hash>-tmp; cni links; current/previous), pkg/untar/untar.go (validRelPath, modes), pkg/dataverify/dataverify.go.
+"""
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+import zlib
+
+import pytest
+
+from testlib import FIXTURES, load_fixtures, tree_snapshot
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import k3s_data as kd
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k3s_tree import K3sDataError, dataverify
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import write_bundle
+
+CNI_LINKS = ("bandwidth", "bridge", "firewall", "flannel", "host-local", "loopback", "portmap")
+K3S_LINKS = ("containerd", "crictl", "kubectl", "k3s-agent", "k3s-server")
+
+
+def fixture_bin(name):
+    path = FIXTURES / "bins" / name
+    if not path.exists():
+        load_fixtures()
+    return path.read_bytes()
+
+
+def package(root, files, links):
+    """A data tree as scripts/package-cli makes it: bin/.sha256sums of every visible regular file under bin/
+    (sorted by path), bin/.links of every symlink; returns payload_split-like members (sorted by path)."""
+    for rel, data in files.items():
+        p = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+        os.chmod(p, 0o755 if rel.startswith("bin/") else 0o644)
+    for rel, target in links.items():
+        os.symlink(target, os.path.join(root, rel))
+    sums = sorted((rel[4:], hashlib.sha256(d).hexdigest()) for rel, d in files.items()
+                  if rel.startswith("bin/") and not os.path.basename(rel).startswith("."))
+    with open(os.path.join(root, "bin/.sha256sums"), "w") as f:
+        f.write("".join("%s  %s\n" % (s, n) for n, s in sums))
+    with open(os.path.join(root, "bin/.links"), "w") as f:
+        f.write("".join("%s %s\n" % (rel[4:], t) for rel, t in sorted(links.items())))
+    return members_of(root)
+
+
+def members_of(root):
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            m = {"path": os.path.relpath(p, root), "mode": stat.S_IMODE(st.st_mode)}
+            if stat.S_ISLNK(st.st_mode):
+                m.update(type="symlink", target=os.readlink(p), mode=0o777)
+            elif stat.S_ISDIR(st.st_mode):
+                m.update(type="dir")
+            else:
+                data = open(p, "rb").read()
+                m.update(type="file", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            out.append(m)
+    return sorted(out, key=lambda m: m["path"])
+
+
+class Release(object):
+    """One k3s release as payload_split describes it, with the gzip streams of its contents."""
+
+    def __init__(self, tmp, name, tree, exe_bytes, data_hash):
+        self.tree = tree
+        self.members = members_of(tree)
+        self.data_hash = data_hash
+        self.exe = {"name": "k3s", "size": len(exe_bytes), "sha256": hashlib.sha256(exe_bytes).hexdigest(),
+                    "crc32": zlib.crc32(exe_bytes)}
+        self.streams = {}
+        sdir = tmp / ("streams-" + name)
+        sdir.mkdir()
+        for m in self.members:
+            if m["type"] == "file" and m["sha256"] not in self.streams:
+                p = sdir / (m["sha256"] + ".gz")
+                p.write_bytes(gzip.compress(open(os.path.join(tree, m["path"]), "rb").read(), 6, mtime=0))
+                self.streams[m["sha256"]] = str(p)
+        p = sdir / "k3s.gz"
+        p.write_bytes(gzip.compress(exe_bytes, 6, mtime=0))
+        self.streams["k3s"] = str(p)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    class Lab(object):
+        root = tmp_path / "root"
+        p = {"data_dir": str(tmp_path / "root/var/lib/rancher/k3s"), "bin_dir": str(tmp_path / "root/usr/local/bin"),
+             "store_dir": str(tmp_path / "root/var/lib/fleetsplit-k0s/k3s"), "cli_links": ["kubectl", "crictl", "ctr"]}
+        data = tmp_path / "root/var/lib/rancher/k3s/data"
+        bundles = str(tmp_path / "bundles")
+
+        def release(self, name, runc=None, exe=None, extra_files=None):
+            tree = str(tmp_path / ("src-" + name))
+            files = {"bin/k3s": fixture_bin("xtables-nft-multi"), "bin/cni": fixture_bin("xtables-legacy-multi"),
+                     "bin/runc": runc or fixture_bin("runc"), "bin/aux/xtables-legacy-multi": fixture_bin("xtables-legacy-multi"),
+                     "bin/check-config": b"#!/bin/sh\necho ok\n", "etc/crictl.yaml": b"runtime-endpoint: unix:///run/k3s.sock\n"}
+            files.update(extra_files or {})
+            links = dict(("bin/" + n, "cni") for n in CNI_LINKS)
+            links.update(("bin/" + n, "k3s") for n in K3S_LINKS)
+            links["bin/aux/iptables"] = "xtables-legacy-multi"
+            package(tree, files, links)
+            exe = exe if exe is not None else fixture_bin("runc") + name.encode()
+            h = hashlib.sha256(("archive " + name).encode()).hexdigest()
+            return Release(tmp_path, name, tree, exe, h)
+
+        def query(self, rel):
+            return kd.result(kd.query(self.p, rel.members, rel.exe, rel.data_hash))
+
+        def present(self, rel, names=None, check_mode=False, bundle=True):
+            """What the role does: query, one bundle of what is missing, present."""
+            q = self.query(rel)
+            names = q["missing"] if names is None else names
+            b = write_bundle([(n, rel.streams[n]) for n in names], self.bundles) if names and bundle else None
+            return q, b, kd.present(self.p, rel.members, rel.exe, rel.data_hash, b and b["path"],
+                                    b and b["members"], check_mode)
+
+        def tree(self, rel):
+            return self.data / rel.data_hash
+    return Lab()
+
+
+def assert_staged(lab, rel):
+    """The tree exactly as the source tree (every member sha256-exact, modes, links), k3s's check passes, links."""
+    tree = str(lab.tree(rel))
+    assert members_of(tree) == rel.members
+    assert dataverify(os.path.join(tree, "bin")) == []
+    for m in rel.members:
+        if m["type"] == "file":
+            with open(os.path.join(tree, m["path"]), "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == m["sha256"], m["path"]
+            assert os.stat(os.path.join(tree, m["path"])).st_nlink == 1, "copies, never hard links"
+    assert os.readlink(str(lab.data / "current")) == tree
+    for n in ("cni",) + CNI_LINKS:
+        assert os.readlink(str(lab.data / "cni" / n)) == os.path.join(tree, "bin", "cni")
+    exe = os.path.join(lab.p["bin_dir"], "k3s")
+    assert hashlib.sha256(open(exe, "rb").read()).hexdigest() == rel.exe["sha256"]
+    assert stat.S_IMODE(os.stat(exe).st_mode) == 0o755
+    for n in ("kubectl", "crictl", "ctr"):
+        assert os.readlink(os.path.join(lab.p["bin_dir"], n)) == "k3s"
+    assert stat.S_IMODE(os.stat(lab.p["store_dir"]).st_mode) == 0o700
+    assert os.path.isfile(os.path.join(lab.p["store_dir"], "executables", rel.exe["sha256"]))
+    assert not [e for e in os.listdir(str(lab.data)) if e.endswith("-tmp")]
+
+
+def test_fresh_deploy_then_rerun_changes_nothing(lab):
+    v1 = lab.release("v1")
+    q = lab.query(v1)
+    files = sorted(set(m["sha256"] for m in v1.members if m["type"] == "file"))
+    assert q["missing"] == files + ["k3s"] and q["current"] is None and q["tampered"] == []
+    assert not lab.root.exists(), "query writes nothing"
+    q, bundle, r = lab.present(v1)
+    assert r["changed"] and r["current"] == v1.data_hash and r["previous"] is None
+    assert_staged(lab, v1)
+    before = tree_snapshot(lab.root)
+    q2 = lab.query(v1)
+    assert q2["up_to_date"] and q2["missing"] == [] and q2["changes"] == []
+    dummy, b2, r2 = lab.present(v1)
+    assert b2 is None and r2["changed"] is False
+    assert tree_snapshot(lab.root) == before
+
+
+def test_upgrade_ships_only_the_changed_member_and_rotates_current(lab):
+    v1 = lab.release("v1")
+    lab.present(v1)
+    v2 = lab.release("v2", runc=fixture_bin("runc") + b"\nv2 marker\n")
+    q = lab.query(v2)
+    runc2 = [m["sha256"] for m in v2.members if m["path"] == "bin/runc"][0]
+    sums2 = [m["sha256"] for m in v2.members if m["path"] == "bin/.sha256sums"][0]
+    # Only what changed travels: runc, the .sha256sums listing it, and the whole executable.
+    assert q["missing"] == sorted([runc2, sums2]) + ["k3s"]
+    dummy, bundle, r = lab.present(v2)
+    assert r["current"] == v2.data_hash and r["previous"] == v1.data_hash
+    assert_staged(lab, v2)
+    assert os.readlink(str(lab.data / "previous")) == str(lab.tree(v1))
+    assert bundle["size"] == sum(os.path.getsize(v2.streams[n]) for n in q["missing"])
+    # Rollback: current <-> previous, and the executable of v1 back from the store.
+    r = kd.rollback(lab.p)
+    assert r["current"] == v1.data_hash and r["previous"] == v2.data_hash
+    assert_staged(lab, v1)
+    assert os.readlink(str(lab.data / "previous")) == str(lab.tree(v2))
+
+
+def test_check_mode_writes_nothing(lab):
+    v1 = lab.release("v1")
+    q, b, r = lab.present(v1, check_mode=True)
+    assert r["changed"] and r["changes"] and not lab.root.exists()
+    lab.present(v1)
+    v2 = lab.release("v2", runc=b"\x7fELF other runc")
+    before = tree_snapshot(lab.root)
+    dummy, b, r = lab.present(v2, check_mode=True)
+    assert r["changed"] and tree_snapshot(lab.root) == before
+
+
+def test_tampered_tree_is_moved_aside_and_rebuilt(lab):
+    v1 = lab.release("v1")
+    lab.present(v1)
+    runc = lab.tree(v1) / "bin/runc"
+    runc.write_bytes(b"not runc")
+    (lab.tree(v1) / "bin/extra").write_bytes(b"x")
+    q = lab.query(v1)
+    assert q["tampered"] == ["bin/extra", "bin/runc"] and not q["up_to_date"]
+    runc_sha = [m["sha256"] for m in v1.members if m["path"] == "bin/runc"][0]
+    assert q["missing"] == [runc_sha], "intact files of the tampered tree are reused; runc must travel"
+    dummy, b, r = lab.present(v1)
+    assert r["changed"] and r["backup"].startswith(str(lab.data / ".fleetsplit-backup"))
+    assert_staged(lab, v1)
+    assert open(os.path.join(r["backup"], "bin/runc"), "rb").read() == b"not runc"
+    assert lab.query(v1)["up_to_date"]
+
+
+def test_executable_replaced_and_old_one_kept_for_rollback(lab):
+    """A host k3s-install set up: the old executable is kept by content before it is replaced."""
+    v1 = lab.release("v1")
+    lab.present(v1)
+    os.unlink(os.path.join(lab.p["store_dir"], "k3s-data.json"))
+    shutil.rmtree(os.path.join(lab.p["store_dir"], "executables"))
+    v2 = lab.release("v2", runc=b"\x7fELF other runc")
+    lab.present(v2)
+    kd.rollback(lab.p)
+    assert_staged(lab, v1)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"path": "bin/../../escape", "type": "file", "mode": 0o755, "size": 1, "sha256": "0" * 64}, "escapes"),
+    ({"path": "/etc/passwd", "type": "file", "mode": 0o644, "size": 1, "sha256": "0" * 64}, "escapes"),
+    ({"path": "bin/evil", "type": "symlink", "target": "/etc/shadow"}, "leads out"),
+    ({"path": "bin/evil", "type": "symlink", "target": "../../../x"}, "leads out"),
+    ({"path": "bin/dev", "type": "char", "mode": 0o644}, "type must be"),
+    ({"path": "bin/runc/x", "type": "file", "mode": 0o644, "size": 1, "sha256": "0" * 64}, "not a directory"),
+])
+def test_bad_members_refused_before_any_change(lab, bad, msg):
+    v1 = lab.release("v1")
+    v1.members.append(bad)
+    with pytest.raises(K3sDataError, match=msg):
+        lab.present(v1)
+    assert not lab.root.exists()
+
+
+def test_corrupt_stream_or_short_bundle_changes_nothing(lab):
+    v1 = lab.release("v1")
+    lab.present(v1)
+    v2 = lab.release("v2", runc=fixture_bin("runc") + b"2")
+    before = tree_snapshot(lab.root)
+    # A bundle lacking a missing member: refused before anything is written.
+    q = lab.query(v2)
+    with pytest.raises(K3sDataError, match="does not hold"):
+        lab.present(v2, names=q["missing"][:1])
+    assert tree_snapshot(lab.root) == before
+    # A damaged stream (one byte flipped inside the deflate data): the build fails, the temporary tree goes.
+    runc2 = [m["sha256"] for m in v2.members if m["path"] == "bin/runc"][0]
+    data = bytearray(open(v2.streams[runc2], "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(v2.streams[runc2], "wb").write(bytes(data))
+    with pytest.raises(K3sDataError, match="unusable"):
+        lab.present(v2)
+    assert not lab.tree(v2).exists() and not os.path.exists(str(lab.tree(v2)) + "-tmp")
+    assert os.readlink(str(lab.data / "current")) == str(lab.tree(v1))
+    # Everything as before but the mtime of data/ (the temporary tree came and went there).
+    after = tree_snapshot(lab.root)
+    assert after.pop(str(lab.data))[2] == before.pop(str(lab.data))[2]
+    assert after == before
+
+
+def test_sums_not_matching_members_refused_by_k3s_rules(lab):
+    """A member list whose .sha256sums does not list its files as they are: k3s would refuse the tree."""
+    v1 = lab.release("v1")
+    sums = os.path.join(v1.tree, "bin/.sha256sums")
+    with open(sums, "a") as f:
+        f.write("%s  runc\n" % ("0" * 64))
+    v1 = Release(lab.root.parent, "v1b", v1.tree, b"\x7fELF k3s", v1.data_hash)
+    with pytest.raises(K3sDataError, match="fails k3s's own check"):
+        lab.present(v1)
+    assert not lab.tree(v1).exists() and not os.path.exists(str(lab.tree(v1)) + "-tmp")
+    assert not (lab.data / "current").exists()
+
+
+def test_foreign_cli_link_and_symlinked_executable(lab):
+    v1 = lab.release("v1")
+    os.makedirs(lab.p["bin_dir"])
+    kubectl = os.path.join(lab.p["bin_dir"], "kubectl")
+    open(kubectl, "w").write("#!/bin/sh\n")
+    q, b, r = lab.present(v1)
+    assert r["skipped_links"] == ["kubectl"] and open(kubectl).read() == "#!/bin/sh\n"
+    assert lab.query(v1)["up_to_date"], "a kept foreign file is not a pending change"
+    os.unlink(os.path.join(lab.p["bin_dir"], "k3s"))
+    os.symlink("/bin/true", os.path.join(lab.p["bin_dir"], "k3s"))
+    with pytest.raises(K3sDataError, match="not a regular file"):
+        lab.query(v1)
+
+
+def test_overlapping_paths_refused(lab):
+    v1 = lab.release("v1")
+    lab.p["store_dir"] = lab.p["data_dir"] + "/data/store"
+    with pytest.raises(K3sDataError, match="overlap"):
+        lab.query(v1)
+    lab.p["store_dir"] = "relative/store"
+    with pytest.raises(K3sDataError, match="k3s_store_dir must be an absolute path"):
+        lab.query(v1)
+
+
+# --------------------------------------------------------------------------- the fixture k3s (k3s's own rules)
+
+def k3s_fixture(name):
+    fx = load_fixtures()
+    assert name in fx, "fixture %s missing from %s: rebuild with tests/fixtures/build_fixtures.py" % (name, FIXTURES)
+    return fx[name]
+
+
+def run_k3s(exe, data_dir):
+    """Start the fixture `k3s server --data-dir D` until it reports its status, stop it; returns the status."""
+    status = os.path.join(data_dir, "fixture-status.json")
+    if os.path.exists(status):
+        os.unlink(status)
+    proc = subprocess.Popen([exe, "server", "--data-dir", data_dir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    found = None
+    try:
+        deadline = time.time() + 30
+        while found is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+            if os.path.exists(status):   # written once the service runs (removed when it stops)
+                try:
+                    found = json.load(open(status))
+                except ValueError:
+                    pass
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert found is not None, out
+    return found, out
+
+
+def check_data(exe, data_dir):
+    return subprocess.run([exe, "check-data", "--data-dir", data_dir], capture_output=True, text=True, check=False)
+
+
+def fixture_release(tmp_path, name):
+    """The tree the fixture k3s extracts itself (its members must be those fixtures.json records)."""
+    fx = k3s_fixture(name)
+    d0 = str(tmp_path / ("extract-" + name))
+    status, dummy = run_k3s(fx["path"], d0)
+    assert status["extracted"] is True
+    tree = os.path.join(d0, "data", fx["data_hash"])
+    rel = Release(tmp_path, name, tree, open(fx["path"], "rb").read(), fx["data_hash"])
+    recorded = dict((p, dict((k, v) for k, v in m.items() if k != "source")) for p, m in fx["members"].items())
+    assert dict((m["path"], dict((k, v) for k, v in m.items() if k != "path" and not (k == "mode" and m["type"] == "symlink")))
+                for m in rel.members) == \
+        dict((p, dict((k, v) for k, v in m.items() if not (k == "mode" and m["type"] == "symlink"))) for p, m in recorded.items())
+    return fx, rel
+
+
+def test_fixture_k3s_accepts_the_staged_tree_without_extracting(lab, tmp_path):
+    fx, v1 = fixture_release(tmp_path, "k3s")
+    dummy, b, r = lab.present(v1)
+    assert_staged(lab, v1)
+    exe = os.path.join(lab.p["bin_dir"], "k3s")
+    status, out = run_k3s(exe, lab.p["data_dir"])
+    assert status["extracted"] is False and status["dir"] == str(lab.tree(v1)), out
+    assert "Preparing data dir" not in out
+    assert not os.path.exists(os.path.join(lab.p["data_dir"], "fixture-extractions.log"))
+    assert check_data(exe, lab.p["data_dir"]).returncode == 0
+    # Upgrade to k3s-v2 (bin/runc changed): only runc, the new .sha256sums and the executable travel.
+    fx2, v2 = fixture_release(tmp_path, "k3s-v2")
+    q = lab.query(v2)
+    changed = sorted(m["sha256"] for m in v2.members if m["path"] in ("bin/runc", "bin/.sha256sums"))
+    assert q["missing"] == changed + ["k3s"]
+    lab.present(v2)
+    assert_staged(lab, v2)
+    status, out = run_k3s(exe, lab.p["data_dir"])
+    assert status["extracted"] is False and status["version"] == fx2["version"], out
+    assert not os.path.exists(os.path.join(lab.p["data_dir"], "fixture-extractions.log"))
+
+
+def test_fixture_k3s_refuses_a_tampered_tree_and_present_repairs_it(lab, tmp_path):
+    fx, v1 = fixture_release(tmp_path, "k3s")
+    lab.present(v1)
+    exe = os.path.join(lab.p["bin_dir"], "k3s")
+    runc = lab.tree(v1) / "bin/runc"
+    os.chmod(str(runc), 0o755)
+    with open(str(runc), "ab") as f:
+        f.write(b"tampered")
+    bad = check_data(exe, lab.p["data_dir"])
+    assert bad.returncode == 1 and "runc" in bad.stdout + bad.stderr
+    q, b, r = lab.present(v1)
+    assert q["tampered"] == ["bin/runc"] and r["backup"]
+    assert check_data(exe, lab.p["data_dir"]).returncode == 0
+    assert_staged(lab, v1)
