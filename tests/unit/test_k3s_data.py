@@ -38,6 +38,7 @@ def lab(tmp_path):
             links.update(("bin/" + n, "k3s") for n in K3S_LINKS)
             links["bin/aux/iptables"] = "xtables-legacy-multi"
             package(tree, files, links)
+            os.chmod(os.path.join(tree, "etc/crictl.yaml"), 0o664)   # the tar's mode, not the umask's, must land
             exe = exe if exe is not None else fixture_bin("runc") + name.encode()
             h = hashlib.sha256(("archive " + name).encode()).hexdigest()
             return Release(tmp_path, name, tree, exe, h)
@@ -136,8 +137,10 @@ def test_tampered_tree_is_moved_aside_and_rebuilt(lab):
     runc = lab.tree(v1) / "bin/runc"
     runc.write_bytes(b"not runc")
     (lab.tree(v1) / "bin/extra").write_bytes(b"x")
+    os.chmod(str(lab.tree(v1) / "etc/crictl.yaml"), 0o666)
     q = lab.query(v1)
-    assert q["tampered"] == ["bin/extra", "bin/runc"] and not q["up_to_date"]
+    assert q["tampered"] == ["bin/extra", "bin/runc", "etc/crictl.yaml"] and not q["up_to_date"]
+    assert q["tampered_reasons"]["etc/crictl.yaml"] == "mode 0666, expected 0664"
     runc_sha = [m["sha256"] for m in v1.members if m["path"] == "bin/runc"][0]
     assert q["missing"] == [runc_sha], "intact files of the tampered tree are reused; runc must travel"
     dummy, b, r = lab.present(v1)
@@ -275,3 +278,33 @@ def test_fixture_k3s_refuses_a_tampered_tree_and_present_repairs_it(lab, tmp_pat
     assert q["tampered"] == ["bin/runc"] and r["backup"]
     assert check_data(exe, lab.p["data_dir"]).returncode == 0
     assert_staged(lab, v1)
+
+
+def test_changed_executable_restored_from_the_store_without_a_bundle(lab):
+    v1 = lab.release("v1")
+    lab.present(v1)
+    exe = os.path.join(lab.p["bin_dir"], "k3s")
+    open(exe, "wb").write(b"\x7fELF replaced by hand")
+    q = lab.query(v1)
+    assert q["missing"] == [] and q["changes"] == ["write %s (differs)" % exe]
+    dummy, b, r = lab.present(v1)
+    assert b is None and r["changed"]
+    assert_staged(lab, v1)
+
+
+def test_host_where_k3s_extracted_itself_is_adopted_without_sending_anything(lab, tmp_path):
+    """A k3s-install host: the fixture k3s extracted its own tree and the executable is in bin_dir. The tree is
+    what k3s_data would build (nothing tampered, nothing missing); only the record, the store copy and links change."""
+    fx, v1 = fixture_release(tmp_path, "k3s")
+    os.makedirs(lab.p["bin_dir"])
+    exe = os.path.join(lab.p["bin_dir"], "k3s")
+    shutil.copy(fx["path"], exe)
+    status, out = run_k3s(exe, lab.p["data_dir"])
+    assert status["extracted"] is True
+    q = lab.query(v1)
+    assert q["tampered"] == [] and q["missing"] == [] and q["current"] == v1.data_hash
+    assert not any("build" in c or "current" in c for c in q["changes"]), q["changes"]
+    dummy, b, r = lab.present(v1)
+    assert b is None and r["changed"]
+    assert_staged(lab, v1)
+    assert lab.query(v1)["up_to_date"]
