@@ -134,10 +134,10 @@ class Host(object):
                 out[path] = "not a regular file"
             elif est.st_size != m["size"]:
                 out[path] = "size %d, expected %d" % (est.st_size, m["size"])
-            elif stat.S_IMODE(est.st_mode) != m["mode"]:
-                out[path] = "mode %04o, expected %04o" % (stat.S_IMODE(est.st_mode), m["mode"])
             elif self.hash_of(full, est) != m["sha256"]:
                 out[path] = "sha256 mismatch"
+            elif stat.S_IMODE(est.st_mode) != m["mode"]:   # last: a "mode" reason means the content is right
+                out[path] = "mode %04o, expected %04o" % (stat.S_IMODE(est.st_mode), m["mode"])
         implied = set()
         for path in members:
             parent = posixpath.dirname(path)
@@ -243,7 +243,7 @@ def query(p, members, executable, data_hash):
             changes.append("move tampered %s aside to %s (%s)" % (tree, os.path.join(h.data, BACKUP),
                                                                   ", ".join(sorted(problems))))
             for path, m in members.items():   # intact files of the tampered tree are still good copies
-                if m["type"] == "file" and path not in problems:
+                if m["type"] == "file" and (path not in problems or problems[path].startswith("mode ")):
                     good.setdefault(m["sha256"], os.path.join(tree, path))
         good.update(h.local_sources(dict((s, n) for s, n in wanted.items() if s not in good), skip=data_hash))
         plan["sources"] = good
