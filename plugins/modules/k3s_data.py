@@ -19,7 +19,7 @@ description:
     sha256. The k3s executable ships whole (it cannot run without its own archive), replaced by temporary file and
     rename, mode 0755, and kept by content in C(<store_dir>/executables/) for O(state=rollback).
   - V(query) changes nothing and reports RV(missing) (bundle member names the host lacks), RV(tampered) and RV(changes).
-  - A tree C(data/<hash>) that is not as listed is never used: it is rebuilt and moved aside to
+  - A tree C(data/<hash>) that is not as listed is never used; it is rebuilt and moved aside to
     C(<data_dir>/data/.fleetsplit-backup/).
   - All checks run before the first change. Nothing changes when everything matches.
   - The action plugin uploads O(bundle_src) from the controller with one C(put_file) (like M(fleetsplit.k0s.k0s_release)).
@@ -44,7 +44,7 @@ options:
     type: path
     default: /var/lib/fleetsplit-k0s/k3s
   data_hash:
-    description: The data tree's name (payload_split's RV(fleetsplit.k0s.payload_split#module:data_hash)). Required unless V(rollback).
+    description: The data tree's name (payload_split's C(data_hash)). Required unless V(rollback).
     type: str
   k3s_version:
     description: The version (payload_split's C(k3s_version)), reported back.
