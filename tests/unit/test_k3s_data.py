@@ -19,6 +19,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils import k3s_data as 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k3s_tree import K3sDataError, dataverify
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import write_bundle
 
+
 @pytest.fixture
 def lab(tmp_path):
     class Lab(object):
