@@ -73,8 +73,9 @@ def check_members(members):
             raise K3sDataError("%s: type must be one of %s, got %r (k3s refuses other tar entries)" % (what, ", ".join(TYPES), kind))
         if path in out:
             raise K3sDataError("%s is listed twice" % what)
-        item = {"path": path, "type": kind, "mode": _int(m.get("mode", 0o755), what + " mode") & 0o777}
+        item = {"path": path, "type": kind, "mode": 0o755 if kind == "dir" else 0o777}   # k3s: dirs 0755
         if kind == "file":
+            item["mode"] = _int(m.get("mode"), what + " mode") & 0o777   # pkg/untar: the header's permission bits
             item["size"] = _int(m.get("size"), what + " size")
             item["sha256"] = sha_value(m.get("sha256"), what + " sha256")
             if m.get("crc32") is not None:
