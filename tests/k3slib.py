@@ -1,5 +1,5 @@
 """A k3s data tree and its release description for the k3s_data tests (tests/unit/test_k3s_data.py,
-tests/integration/test_k3s_data.py): trees laid out as k3s's scripts/package-cli makes them, the members and
+tests/integration/test_k3s_data_playbook.py): trees laid out as k3s's scripts/package-cli makes them, the members and
 gzip streams payload_split would report, and the fixture k3s (tests/fixtures/fake_k3s) run for real."""
 import gzip
 import hashlib
