@@ -93,10 +93,6 @@ class Host(object):
             self._hashes[key] = sha256_file(path)
         return self._hashes[key]
 
-    def file_ok(self, path, size, sha):
-        st = lstat_or_none(path)
-        return st is not None and stat.S_ISREG(st.st_mode) and st.st_size == size and self.hash_of(path, st) == sha
-
     def pointer(self, name):
         """The hash ``data/<name>`` (current, previous) points at, None when absent; refuses what k3s did not write."""
         link = os.path.join(self.data, name)
@@ -253,7 +249,7 @@ def query(p, members, executable, data_hash):
     cur, prev = h.pointer("current"), h.pointer("previous")
     plan["current"], plan["previous"] = cur, prev
     if cur != data_hash:
-        changes.append("%s/current -> %s (previous -> %s)" % (h.data, tree, cur))
+        changes.append("%s/current -> %s%s" % (h.data, tree, " (previous -> %s)" % h.tree(cur) if cur else ""))
     for d in ("cni", BACKUP):
         st = lstat_or_none(os.path.join(h.data, d))
         if st is not None and not stat.S_ISDIR(st.st_mode):
@@ -404,7 +400,7 @@ def build_tree(plan, bundle):
     backup = None
     if lstat_or_none(final) is not None:
         make_dirs(os.path.join(h.data, BACKUP), 0o700)
-        backup = os.path.join(h.data, BACKUP, "%s-%d" % (plan["hash"], time.time()))
+        backup = os.path.join(h.data, BACKUP, "%s-%d-%s" % (plan["hash"], time.time(), os.urandom(3).hex()))
         if exchange_paths(tmp, final):
             os.rename(tmp, backup)
         else:
@@ -416,54 +412,35 @@ def build_tree(plan, bundle):
     return backup
 
 
-def _store_exe(h, plan, bundle):
-    """<store>/executables/<sha256>: from <bin_dir>/k3s when it is that content, else from the bundle."""
-    exe = plan["exe"]
+def place(directory, name, produce):
+    """``produce(temporary path)`` writes a new executable beside ``<directory>/<name>``; root, 0755, rename, fsync."""
+    make_dirs(directory, 0o755)
+    tmp = tmp_name(directory, name)
+    try:
+        produce(tmp)
+        set_owner_mode(tmp, 0o755)
+        os.rename(tmp, os.path.join(directory, name))
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    fsync_dir(directory)
+    return os.path.join(directory, name)
+
+
+def store_exe(h, sha, produce):
+    """<store>/executables/<sha256> (the directory 0700), for rollback."""
     make_dirs(h.exe_store, 0o700)
-    final = os.path.join(h.exe_store, exe["sha256"])
-    tmp = tmp_name(h.exe_store, exe["sha256"])
-    try:
-        if plan["exe_state"] is None:
-            copy_verified(h.exe_path, tmp, exe["size"], exe["sha256"], 0o755)
-        else:
-            bundle.inflate(EXE, tmp, exe["size"], exe["sha256"], exe.get("crc32"), 0o755)
-        set_owner_mode(tmp, 0o755)
-        os.rename(tmp, final)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-    return final
-
-
-def install_exe(h, stored, size, sha):
-    """<bin_dir>/k3s from the store: temporary file, mode 0755, rename."""
-    make_dirs(h.p["bin_dir"], 0o755)
-    tmp = tmp_name(h.p["bin_dir"], EXE)
-    try:
-        copy_verified(stored, tmp, size, sha, 0o755)
-        set_owner_mode(tmp, 0o755)
-        os.rename(tmp, h.exe_path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-    fsync_dir(h.p["bin_dir"])
+    return place(h.exe_store, sha, produce)
 
 
 def keep_old_exe(h, cur, record):
     """The executable being replaced, kept for rollback when the store lacks it (a host k3s-install set up)."""
     st = lstat_or_none(h.exe_path)
-    if cur is None or cur in record or st is None or not stat.S_ISREG(st.st_mode):
+    if cur in record or st is None or not stat.S_ISREG(st.st_mode):
         return None
     sha = h.hash_of(h.exe_path, st)
     if h.stored_exe(sha, st.st_size) is None:
-        make_dirs(h.exe_store, 0o700)
-        tmp = tmp_name(h.exe_store, sha)
-        try:
-            copy_verified(h.exe_path, tmp, st.st_size, sha, 0o755)
-            os.rename(tmp, os.path.join(h.exe_store, sha))
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
+        store_exe(h, sha, lambda tmp: copy_verified(h.exe_path, tmp, st.st_size, sha, 0o755))
     return sha
 
 
@@ -517,13 +494,18 @@ def present(p, members, executable, data_hash, bundle=None, bundle_members=None,
         old = keep_old_exe(h, plan["current"], record)
         if old:
             record[plan["current"]] = old
-    stored = plan["exe_stored"] or _store_exe(h, plan, b)
+    exe = plan["exe"]
+    stored = plan["exe_stored"]
+    if stored is None:   # from <bin_dir>/k3s when it is already that content, else from the bundle
+        stored = store_exe(h, exe["sha256"], (
+            lambda tmp: copy_verified(h.exe_path, tmp, exe["size"], exe["sha256"], 0o755)) if plan["exe_state"] is None
+            else (lambda tmp: b.inflate(EXE, tmp, exe["size"], exe["sha256"], exe.get("crc32"), 0o755)))
     record[plan["hash"]] = plan["exe"]["sha256"]
     write_record(h, record)
     cur = lstat_or_none(os.path.join(h.data, "current")) and os.readlink(os.path.join(h.data, "current"))
     switch_links(h, cur or None, tree, cni_links(h.data, tree, cni_names(plan["members"])))
     if plan["exe_state"]:
-        install_exe(h, stored, plan["exe"]["size"], plan["exe"]["sha256"])
+        place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, exe["size"], exe["sha256"], 0o755))
     for path, target in plan["links"]:
         atomic_symlink(target, path)
     kept = prune_store(h, record)
@@ -537,8 +519,8 @@ def rollback(p, check_mode=False):
     """current <-> previous and the executable that belongs to the tree rolled back to, from the store."""
     h = Host(p)
     cur, prev = h.pointer("current"), h.pointer("previous")
-    if prev is None or prev == cur:
-        raise K3sDataError("%s/previous does not name another data tree: nothing to roll back to" % h.data)
+    if cur is None or prev is None or prev == cur:
+        raise K3sDataError("%s/current and previous do not name two data trees: nothing to roll back to" % h.data)
     tree = h.tree(prev)
     problems = dataverify(os.path.join(tree, "bin"))
     if problems:
@@ -549,9 +531,10 @@ def rollback(p, check_mode=False):
     if not stored:
         raise K3sDataError("no executable for data %s is kept in %s (it was installed by other means); deploy the "
                            "k3s executable of that version instead" % (prev, h.exe_store))
-    out = {"changed": True, "current": prev, "previous": cur, "before": {"current": cur, "previous": prev}, "missing": [],
-           "changes": [
-        "%s/current -> %s (previous -> %s)" % (h.data, tree, cur), "write %s (executable %s)" % (h.exe_path, sha[:12])]}
+    changes = ["%s/current -> %s (previous -> %s)" % (h.data, tree, h.tree(cur)),
+               "write %s (executable %s)" % (h.exe_path, sha[:12])]
+    out = {"changed": True, "current": prev, "previous": cur, "before": {"current": cur, "previous": prev},
+           "missing": [], "changes": changes}
     if check_mode:
         return out
     bin_dir = os.path.join(tree, "bin")
@@ -560,6 +543,6 @@ def rollback(p, check_mode=False):
     atomic_symlink(h.tree(cur), os.path.join(h.data, "previous"))
     atomic_symlink(tree, os.path.join(h.data, "current"))
     switch_links(h, tree, tree, cni_links(h.data, tree, names))
-    st = os.stat(stored)
-    install_exe(h, stored, st.st_size, sha)
+    size = os.stat(stored).st_size
+    place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, size, sha, 0o755))
     return out

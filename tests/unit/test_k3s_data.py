@@ -309,3 +309,26 @@ def test_host_where_k3s_extracted_itself_is_adopted_without_sending_anything(lab
     assert b is None and r["changed"]
     assert_staged(lab, v1)
     assert lab.query(v1)["up_to_date"]
+
+
+def test_rollback_refusals(lab):
+    v1 = lab.release("v1")
+    with pytest.raises(K3sDataError, match="nothing to roll back to"):
+        kd.rollback(lab.p)
+    lab.present(v1)
+    with pytest.raises(K3sDataError, match="nothing to roll back to"):
+        kd.rollback(lab.p)
+    v2 = lab.release("v2", runc=b"\x7fELF other runc")
+    lab.present(v2)
+    # The tree rolled back to fails k3s's own check: refused, nothing switched.
+    with open(str(lab.tree(v1) / "bin/runc"), "ab") as f:
+        f.write(b"x")
+    before = tree_snapshot(lab.root)
+    with pytest.raises(K3sDataError, match="k3s's own check fails"):
+        kd.rollback(lab.p)
+    assert tree_snapshot(lab.root) == before
+    # Check mode reports the swap and writes nothing.
+    (lab.tree(v1) / "bin/runc").write_bytes(open(os.path.join(v1.tree, "bin/runc"), "rb").read())
+    before = tree_snapshot(lab.root)
+    r = kd.rollback(lab.p, check_mode=True)
+    assert r["changed"] and r["current"] == v1.data_hash and tree_snapshot(lab.root) == before
