@@ -332,3 +332,20 @@ def test_rollback_refusals(lab):
     before = tree_snapshot(lab.root)
     r = kd.rollback(lab.p, check_mode=True)
     assert r["changed"] and r["current"] == v1.data_hash and tree_snapshot(lab.root) == before
+
+
+def test_modes_are_exact_under_umask_0_and_077(lab):
+    v1 = lab.release("v1")
+    for umask in (0, 0o077):
+        old = os.umask(umask)
+        try:
+            if lab.root.exists():
+                shutil.rmtree(str(lab.root))
+            lab.present(v1)
+        finally:
+            os.umask(old)
+        assert_staged(lab, v1)
+        for d in (lab.data, lab.tree(v1), lab.tree(v1) / "bin", lab.data / "cni"):
+            assert stat.S_IMODE(os.stat(str(d)).st_mode) == 0o755, (umask, d)
+        assert stat.S_IMODE(os.stat(os.path.join(lab.p["store_dir"], "executables")).st_mode) == 0o700
+        assert lab.query(v1)["up_to_date"]
