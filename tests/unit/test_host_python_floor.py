@@ -248,6 +248,52 @@ def test_real_python_36_runs_the_release_store(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("ok v1-"), proc.stdout
 
 
+# Run by Python 3.6: k3s_data stages a small k3s data tree from one real bundle, then queries it up to date.
+K3S_SMOKE = """
+import gzip, hashlib, os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import k3s_data
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import bundle_id
+files = {}
+for rel, src in (("bin/k3s", "/bin/ls"), ("bin/cni", "/bin/cat")):
+    with open(src, "rb") as f:
+        files[rel] = f.read()
+sha = lambda d: hashlib.sha256(d).hexdigest()
+files["bin/.sha256sums"] = "".join("%s  %s\\n" % (sha(files[r]), r[4:]) for r in sorted(files)).encode()
+files["bin/.links"] = b"bridge cni\\n"
+members = [dict(path=r, type="file", mode=0o755, size=len(d), sha256=sha(d)) for r, d in sorted(files.items())]
+members.append(dict(path="bin/bridge", type="symlink", target="cni"))
+exe = files["bin/k3s"] + b"outer"
+root = tempfile.mkdtemp()
+blobs = dict((sha(d), d) for d in files.values())
+blobs["k3s"] = exe
+bundle, table, offset = os.path.join(root, "b"), [], 0
+with open(bundle, "wb") as f:
+    for name in sorted(blobs):
+        z = gzip.compress(blobs[name])
+        f.write(z)
+        table.append(dict(name=name, offset=offset, size=len(z)))
+        offset += len(z)
+p = dict(data_dir=root + "/k3s", bin_dir=root + "/bin", store_dir=root + "/store", cli_links=["kubectl"])
+e = dict(size=len(exe), sha256=sha(exe))
+h = "a" * 64
+assert k3s_data.present(p, members, e, h, bundle, table)["changed"]
+assert os.readlink(root + "/k3s/data/cni/bridge") == root + "/k3s/data/" + h + "/bin/cni"
+assert k3s_data.result(k3s_data.query(p, members, e, h))["up_to_date"]
+print("ok", len(table))
+"""
+
+
+@needs_36
+def test_real_python_36_runs_k3s_data(tmp_path):
+    from testlib import COLLECTIONS, ensure_collection_link
+    ensure_collection_link()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run([PYTHON36, "-I", "-c", K3S_SMOKE, str(COLLECTIONS)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok 5"), proc.stdout
+
+
 def _ansible_core():
     from ansible.release import __version__
     return tuple(int(x) for x in __version__.split(".")[:2])
