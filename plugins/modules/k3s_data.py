@@ -143,6 +143,14 @@ skipped_links:
   returned: unless rollback
   type: list
   elements: str
+executable_changed:
+  description: C(<bin_dir>/k3s) was (or in check mode would be) replaced; a running k3s needs a restart.
+  returned: unless query
+  type: bool
+current_changed:
+  description: C(data/current) was (or would be) switched to another tree; a running k3s needs a restart.
+  returned: unless query
+  type: bool
 backup:
   description: Where a tampered tree was moved.
   returned: when a tampered tree was moved aside

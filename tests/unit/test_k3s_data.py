@@ -91,12 +91,14 @@ def test_fresh_deploy_then_rerun_changes_nothing(lab):
     assert not lab.root.exists(), "query writes nothing"
     q, bundle, r = lab.present(v1)
     assert r["changed"] and r["current"] == v1.data_hash and r["previous"] is None
+    assert r["executable_changed"] and r["current_changed"]
     assert_staged(lab, v1)
     before = tree_snapshot(lab.root)
     q2 = lab.query(v1)
     assert q2["up_to_date"] and q2["missing"] == [] and q2["changes"] == []
     dummy, b2, r2 = lab.present(v1)
     assert b2 is None and r2["changed"] is False
+    assert not r2["executable_changed"] and not r2["current_changed"]
     assert tree_snapshot(lab.root) == before
 
 
@@ -224,6 +226,9 @@ def test_foreign_cli_link_and_symlinked_executable(lab):
     open(kubectl, "w").write("#!/bin/sh\n")
     q, b, r = lab.present(v1)
     assert r["skipped_links"] == ["kubectl"] and open(kubectl).read() == "#!/bin/sh\n"
+    os.unlink(os.path.join(lab.p["bin_dir"], "crictl"))
+    dummy, b, r = lab.present(v1)
+    assert r["changed"] and not r["executable_changed"] and not r["current_changed"], "a link needs no restart"
     assert lab.query(v1)["up_to_date"], "a kept foreign file is not a pending change"
     os.unlink(os.path.join(lab.p["bin_dir"], "k3s"))
     os.symlink("/bin/true", os.path.join(lab.p["bin_dir"], "k3s"))
