@@ -21,7 +21,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import stat
 import struct
 import time
@@ -34,8 +33,10 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k3s_tree import (
     SHA_RE, K3sDataError, check_executable, check_members, cni_links, cni_names, dataverify, sha_value)
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import check_bundle_members
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import CHUNK, Sink, sha256_file
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.streams import inflate_gzip_member
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_build import copy_verified as copy_checked
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import remove_tree_or_file
 
 EXE = "k3s"                       # the executable's name in `missing` and in the bundle
 LINK_NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
@@ -324,30 +325,10 @@ class Bundle(object):
             raise K3sDataError("bundle %s: the stream for %s is unusable (%s); nothing was switched" % (self.path, name, e))
 
 
-def copy_verified(src, dst, size, sha, mode):
-    """Copy ``src`` into the new file ``dst`` and check what was copied (the source may change meanwhile)."""
-    sink = Sink(dst, mode)
-    try:
-        with open(src, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                sink.write(block)
-        if sink.size != size or sink.hash.hexdigest() != sha:
-            raise K3sDataError("%s changed while it was copied (now %d bytes, sha256 %s); run again"
-                               % (src, sink.size, sink.hash.hexdigest()))
-        sink.close()
-    except BaseException:
-        sink.discard()
-        raise
-
-
-def _remove(path):
-    st = lstat_or_none(path)
-    if st is None:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+def copy_verified(src, dst, size, sha):
+    """release_build's verified copy (its own inode, never a hard link), failing loudly when the source changed."""
+    if not copy_checked(src, dst, size, sha, None):
+        raise K3sDataError("%s changed while it was copied (it no longer has sha256 %s); run again" % (src, sha))
 
 
 class Lock(object):
@@ -371,7 +352,7 @@ def build_tree(plan, bundle):
     h, members = plan["host"], plan["members"]
     final = h.tree(plan["hash"])
     tmp = final + "-tmp"   # k3s's own temporary name: a k3s starting meanwhile waits on the lock
-    _remove(tmp)
+    remove_tree_or_file(tmp)
     make_dirs(tmp, 0o755)
     written = {}
     try:
@@ -385,7 +366,7 @@ def build_tree(plan, bundle):
             else:
                 src = written.get(m["sha256"]) or plan["sources"].get(m["sha256"])
                 if src:
-                    copy_verified(src, full, m["size"], m["sha256"], m["mode"])
+                    copy_verified(src, full, m["size"], m["sha256"])
                 else:
                     bundle.inflate(m["sha256"], full, m["size"], m["sha256"], m.get("crc32"), m["mode"])
                 set_owner_mode(full, m["mode"])
@@ -395,7 +376,7 @@ def build_tree(plan, bundle):
             raise K3sDataError("the tree built for %s fails k3s's own check (%s); the members do not match their "
                                "bin/.sha256sums or bin/.links: split the executable again" % (final, "; ".join(problems)))
     except BaseException:
-        _remove(tmp)
+        remove_tree_or_file(tmp)
         raise
     backup = None
     if lstat_or_none(final) is not None:
@@ -440,7 +421,7 @@ def keep_old_exe(h, cur, record):
         return None
     sha = h.hash_of(h.exe_path, st)
     if h.stored_exe(sha, st.st_size) is None:
-        store_exe(h, sha, lambda tmp: copy_verified(h.exe_path, tmp, st.st_size, sha, 0o755))
+        store_exe(h, sha, lambda tmp: copy_verified(h.exe_path, tmp, st.st_size, sha))
     return sha
 
 
@@ -501,14 +482,14 @@ def present(p, members, executable, data_hash, bundle=None, bundle_members=None,
     stored = plan["exe_stored"]
     if stored is None:   # from <bin_dir>/k3s when it is already that content, else from the bundle
         stored = store_exe(h, exe["sha256"], (
-            lambda tmp: copy_verified(h.exe_path, tmp, exe["size"], exe["sha256"], 0o755)) if plan["exe_state"] is None
+            lambda tmp: copy_verified(h.exe_path, tmp, exe["size"], exe["sha256"])) if plan["exe_state"] is None
             else (lambda tmp: b.inflate(EXE, tmp, exe["size"], exe["sha256"], exe.get("crc32"), 0o755)))
     record[plan["hash"]] = plan["exe"]["sha256"]
     write_record(h, record)
     cur = lstat_or_none(os.path.join(h.data, "current")) and os.readlink(os.path.join(h.data, "current"))
     switch_links(h, cur or None, tree, cni_links(h.data, tree, cni_names(plan["members"])))
     if plan["exe_state"]:
-        place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, exe["size"], exe["sha256"], 0o755))
+        place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, exe["size"], exe["sha256"]))
     for path, target in plan["links"]:
         atomic_symlink(target, path)
     kept = prune_store(h, record)
@@ -547,5 +528,5 @@ def rollback(p, check_mode=False):
     atomic_symlink(tree, os.path.join(h.data, "current"))
     switch_links(h, tree, tree, cni_links(h.data, tree, names))
     size = os.stat(stored).st_size
-    place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, size, sha, 0o755))
+    place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, size, sha))
     return out
