@@ -459,7 +459,9 @@ def present(p, members, executable, data_hash, bundle=None, bundle_members=None,
     plan = query(p, members, executable, data_hash)
     out = result(plan)
     out["changed"] = bool(plan["changes"])
-    out["before"] = {"current": plan["current"], "previous": plan["previous"]}   # the module's diff
+    cur, prev = plan["current"], plan["previous"]   # before and after, for the module's diff
+    out["before"] = {"current": cur, "previous": prev}
+    out["after"] = {"current": plan["hash"], "previous": cur if cur not in (None, plan["hash"]) else prev}
     # What a running k3s must be restarted for (the roles' handler): a new executable or another current tree.
     out["executable_changed"] = plan["exe_state"] is not None
     out["current_changed"] = plan["current"] != plan["hash"]
@@ -518,7 +520,7 @@ def rollback(p, check_mode=False):
     changes = ["%s/current -> %s (previous -> %s)" % (h.data, tree, h.tree(cur)),
                "write %s (executable %s)" % (h.exe_path, sha[:12])]
     out = {"changed": True, "current": prev, "previous": cur, "before": {"current": cur, "previous": prev},
-           "missing": [], "changes": changes, "executable_changed": True, "current_changed": True}
+           "after": {"current": prev, "previous": cur}, "missing": [], "changes": changes, "executable_changed": True, "current_changed": True}
     if check_mode:
         return out
     bin_dir = os.path.join(tree, "bin")

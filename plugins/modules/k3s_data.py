@@ -170,11 +170,11 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import H
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k3s_data import present, query, result, rollback
 
 
-def _diff(before, after):
+def _diff(before, after, changes):
     def text(r):
         return "".join("%s: %s\n" % (k, r.get(k)) for k in ("current", "previous"))
     return {"before_header": "data/current, data/previous", "before": text(before),
-            "after_header": "data/current, data/previous", "after": text(after) + "".join("%s\n" % c for c in after["changes"])}
+            "after_header": "data/current, data/previous", "after": text(after) + "".join("%s\n" % c for c in changes)}
 
 
 def main():
@@ -213,9 +213,9 @@ def main():
     except (IOError, OSError) as e:
         module.fail_json(msg=os_error_message(e))
     out["k3s_version"] = p["k3s_version"]
-    before = out.pop("before", None)
+    before, after = out.pop("before", None), out.pop("after", None)
     if module._diff and out["changed"]:
-        out["diff"] = _diff(before, out)
+        out["diff"] = _diff(before, after, out["changes"])
     module.exit_json(**out)
 
 

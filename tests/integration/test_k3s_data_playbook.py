@@ -96,7 +96,8 @@ def test_deploy_rerun_check_mode_and_upgrade_through_ansible(tmp_path):
     before = tree_snapshot(play.root)
     proc, out, res = play.run(v2, fx["k3s-v2"]["version"], "--check", "--diff", **play.bundle(v2, ["k3s"]))
     assert proc.returncode == 0, out
-    assert res["r"]["changed"] and "current: %s" % v1.data_hash in out and "bundle_bytes" not in res["r"]
+    assert res["r"]["changed"] and "bundle_bytes" not in res["r"]
+    assert "-current: %s\n-previous: None\n+current: %s\n+previous: %s\n" % (v1.data_hash, v2.data_hash, v1.data_hash) in out
     assert tree_snapshot(play.root) == before
     # The upgrade: only what changed travels.
     proc, out, res = play.run(v2, fx["k3s-v2"]["version"], query_only=True)
