@@ -80,7 +80,7 @@ attributes:
     support: full
   diff_mode:
     support: full
-    details: C(current), C(previous), the executable's sha256 and the links, before and after; never file contents.
+    details: C(data/current) and C(data/previous) before and after, then the changes (paths and reasons); never file contents.
   platform:
     platforms: posix
 author:
