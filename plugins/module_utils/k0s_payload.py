@@ -504,8 +504,11 @@ def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write):
         item.update(writer.written.get(item["name"], {}) if writer else {})
         item["path"] = None
     old = check_output_file(stripped_executable) if stripped_executable else None
-    stripped = write_stripped(payload, stripped_executable, mode=mode, write=write) if stripped_executable \
+    # Compared first, written only when it differs (a no-change run creates no temp file).
+    stripped = write_stripped(payload, stripped_executable, write=False) if stripped_executable \
         else stripped_digest(payload)
+    if write and stripped["changed"]:
+        write_stripped(payload, stripped_executable, mode=mode, write=True)
     if old is not None and stripped["changed"]:
         healed.append(stripped_executable)
     if streams_dest:
