@@ -45,6 +45,7 @@ attributes:
     platforms: posix
 requirements:
   - pyelftools >= 0.26, in the Python that runs the module (normally the controller's)
+  - zstandard >= 0.25, only for k3s executables
 seealso:
   - module: fleetsplit.k0s.payload_split
 author:

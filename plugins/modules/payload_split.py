@@ -118,6 +118,7 @@ attributes:
     platforms: posix
 requirements:
   - pyelftools >= 0.26, in the Python that runs the module (normally the controller's)
+  - zstandard >= 0.25, only for k3s executables
 notes:
   - A stripped B(legacy) k0s (v1.35 and earlier) has no fallback to C(PATH); it only works when each
     C(<data-dir>/bin/<name>) (following symlinks) has exactly the embedded size and exactly the executable's mtime.
@@ -404,7 +405,7 @@ def main():
         manifest = os.path.join(p['streams_dest'], 'manifest.json')
         # Written for people and tools; never read back as a source of facts. Per-run flags (and the engine
         # this run used: any engine gives the same files) stay out.
-        stable = dict((k, v) for k, v in result.items() if k not in ('healed', 'retimed', 'deflate_engine'))
+        stable = dict((k, v) for k, v in result.items() if k not in ('healed', 'retimed', 'deflate_engine', 'data_dir'))
         stable.update(files=[dict((k, v) for k, v in f.items() if k != 'changed') for f in result['files']],
                       images=[dict((k, v) for k, v in i.items() if k != 'changed') for i in result['images']],
                       stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items()
