@@ -286,7 +286,7 @@ def walk(path, archive, visitor=None, what=None):
     try:
         stream = ZstdStream(fd, archive.offset, archive.length, what)
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|")
+            tar = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
             for info in tar:
                 _member(tar, info, members, lists, visitor, what)
             stream.drain()
