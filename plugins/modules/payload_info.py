@@ -17,7 +17,7 @@ description:
     sha256, the k0s version and, for Go programs, their build info (Go version, main module path and version).
   - Inflates and verifies every entry (nothing is written outside a private temporary directory), so a damaged
     payload fails with a message naming the problem.
-  - A k3s executable is reported as C(format=k3s): its embedded C(embed/<sha256>.tar.zst) (located through Go's
+  - A k3s executable is reported as C(format=k3s), with its embedded C(embed/<sha256>.tar.zst) (located through Go's
     embed.FS table, its name checked against its sha256), the k3s version and every tar member, streamed with
     bounded memory and checked by k3s's extraction rules (docs/k3s.md).
 options:

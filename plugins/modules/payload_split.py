@@ -40,7 +40,7 @@ options:
     description:
       - Directory that receives one file per embedded binary, named as in the payload (C(runc), C(kubelet), ...).
       - Created if missing. Refused if it is a symlink or a world-writable directory owned by another user.
-      - For k3s, a k3s data dir (C(--data-dir), for image builders): C(data/<hash>/), C(data/cni/) links and
+      - For k3s, a k3s data dir (C(--data-dir), for image builders) that receives C(data/<hash>/), C(data/cni/) links and
         C(data/current)/C(previous) as k3s's own extraction leaves them; a differing C(data/<hash>) is rebuilt.
     type: path
   stripped_executable:
