@@ -327,3 +327,33 @@ def test_k0s_executables_are_not_k3s(fixtures):
     small = fixtures["k0s-small-zip"]
     assert k0s_payload.inspect(small["path"]).format == "zip"
     assert k0s_payload.inspect(small["bare_path"]).format == "bare"
+
+
+def test_changed_embed_table_hash_is_refused(k3s_fixtures, tmp_path):
+    """The compiler's 16-byte content hash in the embed.FS entry must match the archive's bytes."""
+    fact = k3s_fixtures["k3s"]
+    copy = str(tmp_path / "k3s")
+    shutil.copyfile(fact["path"], copy)
+    embed_hash = k0s_payload.inspect(copy).k3s.embed_hash
+    with open(copy, "r+b") as f:
+        data = f.read()
+        assert data.count(embed_hash) == 1
+        f.seek(data.index(embed_hash))
+        f.write(bytes(b ^ 0x55 for b in embed_hash))
+    with pytest.raises(CorruptPayloadError) as e:
+        k0s_payload.inspect(copy)
+    assert "changed after linking" in str(e.value)
+
+
+def test_damaged_stream_is_healed(k3s_fixtures, tmp_path):
+    fact = k3s_fixtures["k3s"]
+    streams = str(tmp_path / "streams")
+    first = k0s_payload.split(fact["path"], streams_dest=streams)
+    runc = [m["sha256"] for m in first["members"] if m["path"] == "bin/runc"][0]
+    damaged = os.path.join(streams, "k3s", runc + ".gz")
+    with open(damaged, "r+b") as f:
+        f.truncate(100)
+    result = k0s_payload.split(fact["path"], streams_dest=streams)
+    assert result["healed"] == [damaged]
+    assert [f["name"] for f in result["files"] if f["changed"]] == [runc]
+    assert testlib.sha256(damaged) == [f for f in first["files"] if f["name"] == runc][0]["stream_sha256"]
