@@ -66,8 +66,8 @@ def main():
     print("| case | median (CPU) | ratio to baseline | CPU ratio | peak RSS |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print("| %s | %.3f s (%.3f) | %.2fx | %.2fx | %.0f MiB |" % (r["case"], r["median_s"], r["cpu_median_s"],
-                                                                  r["ratio"], r["cpu_ratio"], r["peak_rss_mib"]))
+        print("| %s | %.3f s (%.3f) | %.2fx | %.2fx | %.0f MiB |"
+              % (r["case"], r["median_s"], r["cpu_median_s"], r["ratio"], r["cpu_ratio"], r["peak_rss_mib"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

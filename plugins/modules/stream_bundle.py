@@ -123,7 +123,7 @@ members:
   type: list
   elements: dict
   contains:
-    name: {description: Name (C(k0s) or, for a k3s split, C(k3s) for the executable)., type: str}
+    name: {description: "Name (C(k0s) for the executable; for a k3s split, C(k3s)).", type: str}
     offset: {description: Byte offset of the member's gzip stream in the bundle., type: int}
     size: {description: Size of that gzip stream., type: int}
 """

@@ -122,7 +122,8 @@ def test_split_data_dir_is_accepted_without_extraction(k3s_fixtures, tmp_path):
     assert os.readlink(os.path.join(data_dir, "data", "cni", "cni")) == os.path.join(final, "bin", "cni")
     assert os.readlink(os.path.join(data_dir, "data", "cni", "flannel")) == os.path.join(final, "bin", "cni")
     assert not os.path.lexists(final + "-tmp")
-    check = subprocess.run([fact["path"], "check-data", "--data-dir", data_dir], capture_output=True, text=True)
+    check = subprocess.run([fact["path"], "check-data", "--data-dir", data_dir], capture_output=True, text=True,
+                           check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     status, err = run_fixture_server(fact["path"], data_dir)
     assert status["extracted"] is False and status["dir"] == final, (status, err)
@@ -200,14 +201,15 @@ def test_tampered_tree_is_rebuilt(k3s_fixtures, tmp_path):
     runc = os.path.join(data_dir, "data", fact["data_hash"], "bin", "runc")
     with open(runc, "ab") as f:
         f.write(b"tampered")
-    check = subprocess.run([fact["path"], "check-data", "--data-dir", data_dir], capture_output=True, text=True)
+    check = subprocess.run([fact["path"], "check-data", "--data-dir", data_dir], capture_output=True, text=True,
+                           check=False)
     assert check.returncode == 1 and "runc" in check.stdout + check.stderr
     assert k0s_payload.split(fact["path"], dest=data_dir, write=False)["data_dir"]["changed"] is True
     assert testlib.sha256(runc) != [m for m in k0s_payload.describe(k0s_payload.inspect(fact["path"]))["members"]
                                     if m["path"] == "bin/runc"][0]["sha256"]      # check mode wrote nothing
     result = k0s_payload.split(fact["path"], dest=data_dir)
     assert result["healed"] == [os.path.join(data_dir, "data", fact["data_hash"])]
-    assert subprocess.run([fact["path"], "check-data", "--data-dir", data_dir]).returncode == 0
+    assert subprocess.run([fact["path"], "check-data", "--data-dir", data_dir], check=False).returncode == 0
     assert sorted(os.listdir(os.path.join(data_dir, "data"))) == sorted([".lock", "cni", "current", fact["data_hash"]])
 
 
@@ -291,8 +293,8 @@ GOOD = [("./bin", "dir", None), ("./bin/k3s", "file", b"\x7fELF k3s"), ("./bin/c
 def test_synthetic_archive_is_read(tmp_path):
     path, archive = synthetic(tmp_path, GOOD)
     k3s.walk(path, archive)
-    assert [m["path"] for m in archive.members] == ["bin", "bin/.links", "bin/.sha256sums", "bin/bridge", "bin/cni",
-                                                   "bin/k3s", "bin/kubectl"]
+    assert [m["path"] for m in archive.members] == [
+        "bin", "bin/.links", "bin/.sha256sums", "bin/bridge", "bin/cni", "bin/k3s", "bin/kubectl"]
 
 
 @pytest.mark.parametrize("extra, lists, words", [

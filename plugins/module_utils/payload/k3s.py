@@ -36,7 +36,7 @@ else:
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_WINDOW = 1 << 25        # pkg/untar MaxDecoderMemory: a frame needing a larger window is refused, as by k3s
-FEED = 1 << 10              # compressed bytes per zstd call: at most 32 blocks (4 MiB) of output each, bounded memory
+FEED = 1 << 10              # compressed bytes per zstd call: at most 256 blocks (32 MiB) of output, bounded memory
 _NAME = re.compile(rb"embed/([0-9a-f]{64})\.tar\.zst")
 _VERSION = re.compile(rb"v[0-9]+\.[0-9]+\.[0-9]+(?:-rc[0-9]+)?\+k3s[0-9]+")
 _VERSION_FLAG = re.compile(r"/pkg/version\.Version=(v[0-9]+\.[0-9]+\.[0-9]+(?:-rc[0-9]+)?\+k3s[0-9]+)")
@@ -123,7 +123,7 @@ def locate(elf, mm, path):
     if not entries:
         raise PayloadError("%s holds the name %s but no Go embed.FS entry points at it: not a k3s executable this "
                            "tool can read" % (path, names[0][1]))
-    if len(set(e[0] for e in entries)) > 1 or len(entries) > 1:
+    if len(entries) > 1:
         raise PayloadError("%s embeds %d data archives (%s); k3s embeds exactly one: refusing"
                            % (path, len(entries), ", ".join(sorted(set(e[0] for e in entries)))))
     name, data_ptr, data_len, embed_hash = entries.pop()
@@ -182,9 +182,8 @@ def verify(elf, mm, archive, path):
     minor = _GO_MINOR.match(go_version)
     if archive.embed_hash not in schemes and minor and int(minor.group(1)) <= LAST_KNOWN_GO:
         raise CorruptPayloadError("%s: the Go embed table's content hash of %s (%s) does not match its bytes (built "
-                                  "with %s): the archive was changed after linking" % (path, archive.name,
-                                                                                        archive.embed_hash.hex(),
-                                                                                        go_version))
+                                  "with %s): the archive was changed after linking"
+                                  % (path, archive.name, archive.embed_hash.hex(), go_version))
 
 
 class ZstdStream(object):
