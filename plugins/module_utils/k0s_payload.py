@@ -84,7 +84,6 @@ def inspect(path, sink_for=None, engine=None, workers=2):
         end = elf_end(elf)
         size = st.st_size
         machine = elf_machine(elf)
-        version = k0s_version(elf)
         if end > size:
             raise CorruptPayloadError("%s: the ELF headers describe %d bytes but the file has only %d: truncated executable"
                                       % (path, end, size))
@@ -93,13 +92,15 @@ def inspect(path, sink_for=None, engine=None, workers=2):
                 # Nothing appended: a bare k0s, or k3s (its archive lives inside the Go image).
                 archive = k3s.locate(elf, mm, path)
                 if archive is None:
-                    return Payload(path, size, FORMAT_BARE, end, [], machine, version, st.st_mtime_ns, engine=engine)
+                    return Payload(path, size, FORMAT_BARE, end, [], machine, k0s_version(elf), st.st_mtime_ns,
+                                   engine=engine)
                 k3s.verify(elf, mm, archive, path)
                 # The whole executable ships (k3s needs its own image): "stripped" is all of it.
                 payload = Payload(path, size, FORMAT_K3S, size, [], machine, None, st.st_mtime_ns, engine=engine)
                 payload.k3s = k3s.walk(path, archive)
                 return payload
             head = bytes(mm[end:end + 4])
+            version = k0s_version(elf)     # after the k3s check: a pass over .rodata, where k3s keeps its archive
             if head == LOCAL_HEADER:
                 entries, images, zip64 = read_zip(f, mm, path, end, size)
                 return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64,
