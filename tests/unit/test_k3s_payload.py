@@ -359,3 +359,46 @@ def test_damaged_stream_is_healed(k3s_fixtures, tmp_path):
     assert result["healed"] == [damaged]
     assert [f["name"] for f in result["files"] if f["changed"]] == [runc]
     assert testlib.sha256(damaged) == [f for f in first["files"] if f["name"] == runc][0]["stream_sha256"]
+
+
+GO_EMBED = """package main
+
+import (
+\t"embed"
+\t"fmt"
+)
+
+//go:embed embed/*
+var data embed.FS
+
+var Version = "unset"
+
+func main() { fmt.Println(Version, data) }
+"""
+
+
+@pytest.mark.parametrize("goarch, machine, extra", [
+    ("386", "i386", []),                    # 32-bit words: table entries of 4-byte pointers and lengths
+    ("s390x", "s390x", []),                 # big-endian
+    ("amd64", "x86_64", ["-buildmode=pie"]),  # the table in .data.rel.ro
+])
+def test_embed_table_on_other_word_sizes_and_byte_orders(tmp_path, goarch, machine, extra):
+    """A real Go build (go:embed as pkg/data does) for another architecture: the same archive is found."""
+    from build_fixtures import find_go, go_env
+    path, archive = synthetic(tmp_path, GOOD)
+    src = tmp_path / "src"
+    (src / "embed").mkdir(parents=True)
+    shutil.copyfile(path, str(src / "embed" / archive.name[len("embed/"):]))
+    (src / "main.go").write_text(GO_EMBED)
+    (src / "go.mod").write_text("module example.com/k3slike\n\ngo 1.22\n")
+    exe = str(tmp_path / "k3s")
+    env = dict(go_env(testlib.REPO / ".cache"), GOARCH=goarch)
+    subprocess.run([find_go(None), "build", "-trimpath", "-o", exe] + extra +
+                   ["-ldflags", "-X main.Version=v1.30.2+k3s1", "."], cwd=str(src), env=env, check=True)
+    info = k0s_payload.describe(k0s_payload.inspect(exe))
+    assert (info["format"], info["elf_machine"], info["k3s_version"]) == ("k3s", machine, "v1.30.2+k3s1")
+    assert info["archive"]["name"] == archive.name and info["archive"]["length"] == archive.length
+    with open(path, "rb") as f:
+        assert archive_bytes(exe, info) == f.read()
+    assert [m["path"] for m in info["members"]] == [
+        "bin", "bin/.links", "bin/.sha256sums", "bin/bridge", "bin/cni", "bin/k3s", "bin/kubectl"]
