@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import subprocess
 import tarfile
 import time
@@ -402,3 +403,22 @@ def test_embed_table_on_other_word_sizes_and_byte_orders(tmp_path, goarch, machi
         assert archive_bytes(exe, info) == f.read()
     assert [m["path"] for m in info["members"]] == [
         "bin", "bin/.links", "bin/.sha256sums", "bin/bridge", "bin/cni", "bin/k3s", "bin/kubectl"]
+
+
+def test_cli_info_and_split(k3s_fixtures, tmp_path):
+    fact = k3s_fixtures["k3s"]
+    cli = [sys.executable, str(testlib.REPO / "scripts" / "k0s-payload")]
+    info = subprocess.run(cli + ["info", fact["path"], "--json"], capture_output=True, text=True, check=True)
+    facts = json.loads(info.stdout)
+    assert facts["format"] == "k3s" and facts["data_hash"] == fact["data_hash"]
+    assert facts["stripped_executable"]["sha256"] == fact["sha256"]
+    text = subprocess.run(cli + ["info", fact["path"]], capture_output=True, text=True, check=True).stdout
+    assert "format k3s, k3s v1.31.4+k3s1" in text and "-> data/%s/" % fact["data_hash"] in text
+    assert "symlink 0777 bin/kubectl" in text and "-> k3s" in text
+    split = subprocess.run(cli + ["split", fact["path"], "--dest", str(tmp_path / "d")], capture_output=True,
+                           text=True, check=True).stdout
+    assert "data dir written" in split
+    assert os.path.isfile(str(tmp_path / "d" / "data" / fact["data_hash"] / "bin" / "k3s"))
+    bad = subprocess.run(cli + ["info", k3s_fixtures["k3s-bad-zstd"]["path"]], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 1 and "k0s-payload: error:" in bad.stderr and "truncated" in bad.stderr
