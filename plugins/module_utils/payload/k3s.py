@@ -156,8 +156,9 @@ def verify(elf, mm, archive, path):
 
     package-cli names the archive by its sha256. The embed table's 16-byte hash is the compiler's content
     hash, whose definition changed with Go releases: sha256 (Go 1.16-1.19), its bitwise NOT (1.20-1.23,
-    cmd/internal/notsha256), then cmd/internal/hash (sha256 of 0x01 + data, first byte flipped for files up
-    to 1 KiB). Any of them matching is accepted; a Go newer than those checked skips that comparison.
+    cmd/internal/notsha256), then cmd/internal/hash (sha256 of 0x01 + data; for files up to 1 KiB sha256 with
+    its first byte XORed with 1, later 0xff). Any of them matching is accepted; a Go newer than those checked
+    skips that comparison (the name check above already ties the bytes to the archive's identity).
     """
     data = memoryview(mm)[archive.offset:archive.offset + archive.length]
     try:
@@ -176,8 +177,8 @@ def verify(elf, mm, archive, path):
         raise CorruptPayloadError("%s: embedded %s (offset %d, %d bytes) has sha256 %s: its name is not its hash, k3s's "
                                   "build names it by its sha256 (refused: damaged or rebuilt archive)"
                                   % (path, archive.name, archive.offset, archive.length, archive.sha256))
-    flipped = bytes([digest[0] ^ 0xFF]) + digest[1:16]
-    schemes = (digest[:16], bytes(b ^ 0xFF for b in digest[:16]), prefixed.digest()[:16], flipped)
+    flipped = [bytes([digest[0] ^ mask]) + digest[1:16] for mask in (0x01, 0xFF)]   # Sum32 of files up to 1 KiB
+    schemes = [digest[:16], bytes(b ^ 0xFF for b in digest[:16]), prefixed.digest()[:16]] + flipped
     go_version = go_build_settings(elf)[0] or ""
     minor = _GO_MINOR.match(go_version)
     if archive.embed_hash not in schemes and minor and int(minor.group(1)) <= LAST_KNOWN_GO:
