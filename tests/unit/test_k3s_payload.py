@@ -306,6 +306,9 @@ def test_synthetic_archive_is_read(tmp_path):
     ([("/bin/abs", "file", b"x")], True, "escapes the data directory"),
     ([("./bin/k3s", "file", b"again")], True, "occurs twice"),
     ([], False, ".sha256sums is missing or empty"),
+    ([("./bin/a", "symlink", "k3s"), ("./bin/a/x", "file", b"x")], True, "lies below bin/a, which is a symlink"),
+    ([("./bin/d/x", "file", b"x"), ("./bin/d", "symlink", "cni")], True, "other members lie below it"),
+    ([("./bin/k3s/x", "file", b"x")], True, "lies below bin/k3s, which is a file"),
 ])
 def test_synthetic_refusals(tmp_path, extra, lists, words):
     path, archive = synthetic(tmp_path, GOOD + extra, lists=lists)

@@ -281,14 +281,13 @@ def walk(path, archive, visitor=None, what=None):
     write them. Fills ``archive.members`` (sorted by path); then ``check_lists``. Raises PayloadError."""
     what = what or "%s: embedded %s" % (path, archive.name)
     fd = os.open(path, os.O_RDONLY)
-    members = {}
-    lists = {}
+    members, lists, parents = {}, {}, set()
     try:
         stream = ZstdStream(fd, archive.offset, archive.length, what)
         try:
             tar = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
             for info in tar:
-                _member(tar, info, members, lists, visitor, what)
+                _member(tar, info, members, lists, parents, visitor, what)
             stream.drain()
         except tarfile.TarError as e:
             raise CorruptPayloadError("%s: not a valid tar stream (%s)" % (what, e))
@@ -305,12 +304,23 @@ def walk(path, archive, visitor=None, what=None):
     return archive
 
 
-def _member(tar, info, members, lists, visitor, what):
+def _member(tar, info, members, lists, parents, visitor, what):
     path = _member_path(info.name, what)
     if not path:
         return
     if path in members:
         raise PayloadError("%s: member %s occurs twice in the archive: refused" % (what, path))
+    # Nothing below a symlink or a file: writing through a link could leave the tree (chained links defeat any
+    # check of the target's spelling), and a link over a directory already filled would fail half-way.
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        if members.get(parent, {}).get("type", "dir") != "dir":
+            raise PayloadError("%s: member %s lies below %s, which is a %s, not a directory: refused"
+                               % (what, path, parent, members[parent]["type"]))
+        parents.add(parent)
+    if path in parents and not info.isdir():
+        raise PayloadError("%s: member %s is not a directory but other members lie below it: refused" % (what, path))
     item = {"path": path, "type": None, "mode": None, "size": None, "sha256": None, "target": None}
     if info.isreg():
         item.update(type="file", mode=info.mode & 0o777)
