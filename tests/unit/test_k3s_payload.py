@@ -425,3 +425,16 @@ def test_cli_info_and_split(k3s_fixtures, tmp_path):
     bad = subprocess.run(cli + ["info", k3s_fixtures["k3s-bad-zstd"]["path"]], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 1 and "k0s-payload: error:" in bad.stderr and "truncated" in bad.stderr
+
+
+def test_a_planted_tmp_link_is_not_followed(k3s_fixtures, tmp_path):
+    """k3s's temporary name <hash>-tmp as a symlink elsewhere: removed, never written through."""
+    fact = k3s_fixtures["k3s"]
+    data = tmp_path / "k3s" / "data"
+    data.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere), str(data / (fact["data_hash"] + "-tmp")))
+    k0s_payload.split(fact["path"], dest=str(tmp_path / "k3s"))
+    assert os.listdir(str(elsewhere)) == []
+    assert os.path.isfile(str(data / fact["data_hash"] / "bin" / "k3s"))

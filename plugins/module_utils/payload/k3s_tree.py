@@ -164,7 +164,7 @@ def links_problems(dest, archive):
 
 def _lock(data):
     """k3s's own extraction lock, ``data/.lock`` (pkg/flock: an exclusive flock)."""
-    fd = os.open(os.path.join(data, ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = os.open(os.path.join(data, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
@@ -181,8 +181,11 @@ def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zl
         writer = Writer(streams=streams, wanted=wanted, engine=engine, level=level)
         if build:
             tmp = final + "-tmp"            # k3s's own temporary name; it removes a leftover first, so do we
+            if os.path.islink(tmp) or os.path.isfile(tmp):
+                os.unlink(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-            make_dirs(tmp, TREE_MODE)
+            os.mkdir(tmp, TREE_MODE)         # fails rather than reuse anything left there
+            os.chmod(tmp, TREE_MODE)
             writer.tree = tmp
         if build or wanted:
             walk(src, archive, writer)
