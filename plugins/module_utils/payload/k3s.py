@@ -199,51 +199,52 @@ class ZstdStream(object):
         self.offset = offset
         self.decoder = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self.obj = self.decoder.decompressobj()
-        self.pending = b""
-        self.input = b""
+        self.pending, self.taken = b"", 0      # decompressed bytes not yet read (indices: no copies)
+        self.input, self.used = b"", 0         # compressed bytes read from the file, not yet fed
 
     def _fill(self):
         """Decompress at least one more piece into ``pending``; False at the end of the last frame."""
-        while not self.pending:
-            if not self.input:
+        while self.taken >= len(self.pending):
+            if self.used >= len(self.input):
                 if self.pos >= self.end:
                     if not self.obj.eof:
                         raise CorruptPayloadError("%s: the zstd frame is truncated (the archive's %d bytes end inside "
                                                   "it)" % (self.what, self.end - self.offset))
                     return False
-                self.input = os.pread(self.fd, min(CHUNK, self.end - self.pos), self.pos)
+                self.input, self.used = os.pread(self.fd, min(CHUNK, self.end - self.pos), self.pos), 0
                 if not self.input:
                     raise CorruptPayloadError("%s: file ends at offset %d inside the archive" % (self.what, self.pos))
                 self.pos += len(self.input)
             if self.obj.eof:     # the next frame (k3s's decoder reads concatenated frames too)
                 self.obj = self.decoder.decompressobj()
-            block, self.input = self.input[:FEED], self.input[FEED:]
+            at = self.pos - len(self.input) + self.used
+            block = self.input[self.used:self.used + FEED]
+            self.used += len(block)
             try:
-                self.pending = self.obj.decompress(block)
+                self.pending, self.taken = self.obj.decompress(block), 0
             except zstandard.ZstdError as e:
-                at = self.pos - len(self.input) - len(block)
                 raise CorruptPayloadError("%s: zstd data is corrupt near archive offset %d (%s)"
                                           % (self.what, at - self.offset, e))
             if self.obj.eof and self.obj.unused_data:
-                self.input = self.obj.unused_data + self.input
+                self.input, self.used = self.obj.unused_data + self.input[self.used:], 0
         return True
 
     def read(self, size=-1):
         out = []
-        while size < 0 or size > 0:
-            if not self.pending and not self._fill():
+        while size != 0:
+            if self.taken >= len(self.pending) and not self._fill():
                 break
-            take = self.pending if size < 0 else self.pending[:size]
-            self.pending = self.pending[len(take):]
-            out.append(take)
+            stop = len(self.pending) if size < 0 else min(len(self.pending), self.taken + size)
+            out.append(self.pending[self.taken:stop])
             if size > 0:
-                size -= len(take)
+                size -= stop - self.taken
+            self.taken = stop
         return b"".join(out)
 
     def drain(self):
         """Read to the end of the frames (tar's zero padding): the archive must end exactly where its frames do."""
         while self._fill():
-            self.pending = b""
+            self.taken = len(self.pending)
 
 
 # --------------------------------------------------------------------------- members
