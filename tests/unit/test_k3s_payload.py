@@ -438,3 +438,20 @@ def test_a_planted_tmp_link_is_not_followed(k3s_fixtures, tmp_path):
     k0s_payload.split(fact["path"], dest=str(tmp_path / "k3s"))
     assert os.listdir(str(elsewhere)) == []
     assert os.path.isfile(str(data / fact["data_hash"] / "bin" / "k3s"))
+
+
+def test_without_zstandard_the_cli_says_what_to_install(k3s_fixtures, tmp_path):
+    """This interpreter without site-packages (-S) but with pyelftools on PYTHONPATH: zstandard is out of reach."""
+    import elftools
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    os.symlink(os.path.dirname(elftools.__file__), str(libs / "elftools"))
+    env = dict(os.environ, PYTHONPATH=str(libs))
+    probe = subprocess.run([sys.executable, "-S", "-c", "import elftools, zstandard"], env=env, capture_output=True,
+                           text=True, check=False)
+    assert "No module named 'zstandard'" in probe.stderr
+    cli = [sys.executable, "-S", str(testlib.REPO / "scripts" / "k0s-payload")]
+    proc = subprocess.run(cli + ["info", k3s_fixtures["k3s"]["path"]], env=env, capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "needs the python zstandard package (pip install zstandard)" in proc.stderr
