@@ -85,6 +85,7 @@ bench: venv collection fixtures
 	$(BIN)/python benchmarks/split_bench.py
 	$(BIN)/python benchmarks/provenance_bench.py
 	$(BIN)/python benchmarks/nochange_bench.py
+	$(BIN)/python benchmarks/k3s_bench.py
 bench-fleet: venv collection test-collections fixtures test-hosts
 	$(BIN)/python benchmarks/fleet_bench.py
 

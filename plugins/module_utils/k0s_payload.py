@@ -16,6 +16,8 @@ facade (``inspect``, ``extract``, ``split``, the output writers, and the names c
 * ``payload.elf``: ELF headers through pyelftools (optional: ``HAS_PYELFTOOLS``), k0s version, Go build info.
 * ``payload.zipfmt``: the zip archive k0s >= v1.36.1 appends (directory read by the standard library's zipfile).
 * ``payload.legacy``: the gzip members k0s <= v1.35 appends (names and BinDataSize from the ELF image).
+* ``payload.k3s``: the zstd tar a k3s executable embeds (embed.FS), read as a stream; ``payload.k3s_tree`` writes
+  it as k3s's data dir and as gzip streams per file content (format ``k3s``, docs/k3s.md).
 
 ``payload/__init__.py`` is empty and imports none of them: host-side modules import ``payload.streams``,
 ``payload.bundles``, ``payload.fsio`` and ``payload.errors`` directly (standard library, Python 3.6), never
@@ -44,15 +46,17 @@ from .payload.errors import CorruptPayloadError, PayloadError
 from .payload.fsio import (CHUNK, Sink, check_name, check_output_dir, check_output_file, commit, ensure_output_dir,
                            ensure_private_dir, prepare_output, remove_quietly, sha256_file,
                            temp_path)
+from .payload import k3s, k3s_tree
 from .payload.legacy import read_legacy
-from .payload.model import FORMAT_BARE, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry, Payload
+from .payload.model import (FORMAT_BARE, FORMAT_K3S, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry,
+                            Payload)
 from .payload.streams import (GZIP_HEADER, MAX_OUTPUT, copy_range, entry_stream, executable_stream, inflate_entry,
                               inflate_gzip_member, inflate_range, verify_sink)
 from .payload.zipfmt import LOCAL_HEADER, read_zip
 
 # The names callers import from here (modules, scripts/k0s-payload, benchmarks, tests).
 __all__ = [
-    "BUNDLE_FORMAT", "CHUNK", "FORMAT_BARE", "FORMAT_LEGACY", "FORMAT_ZIP", "GZIP_HEADER", "HAS_PYELFTOOLS",
+    "BUNDLE_FORMAT", "CHUNK", "FORMAT_BARE", "FORMAT_K3S", "FORMAT_LEGACY", "FORMAT_ZIP", "GZIP_HEADER", "HAS_PYELFTOOLS",
     "MAX_OUTPUT", "METHOD_DEFLATE", "METHOD_STORE", "PYELFTOOLS_IMPORT_ERROR", "CorruptPayloadError", "Entry",
     "Payload", "PayloadError", "bundle_id", "check_bundle_members", "check_name", "check_output_dir",
     "check_output_file", "describe", "elf_end", "engine_of", "engines", "ensure_output_dir", "ensure_private_dir",
@@ -80,14 +84,23 @@ def inspect(path, sink_for=None, engine=None, workers=2):
         end = elf_end(elf)
         size = st.st_size
         machine = elf_machine(elf)
-        version = k0s_version(elf)
         if end > size:
             raise CorruptPayloadError("%s: the ELF headers describe %d bytes but the file has only %d: truncated executable"
                                       % (path, end, size))
-        if end == size:
-            return Payload(path, size, FORMAT_BARE, end, [], machine, version, st.st_mtime_ns, engine=engine)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if end == size:
+                # Nothing appended: a bare k0s, or k3s (its archive lives inside the Go image).
+                archive = k3s.locate(elf, mm, path)
+                if archive is None:
+                    return Payload(path, size, FORMAT_BARE, end, [], machine, k0s_version(elf), st.st_mtime_ns,
+                                   engine=engine)
+                k3s.verify(elf, mm, archive, path)
+                # The whole executable ships (k3s needs its own image): "stripped" is all of it.
+                payload = Payload(path, size, FORMAT_K3S, size, [], machine, None, st.st_mtime_ns, engine=engine)
+                payload.k3s = k3s.walk(path, archive)
+                return payload
             head = bytes(mm[end:end + 4])
+            version = k0s_version(elf)     # after the k3s check: a pass over .rodata, where k3s keeps its archive
             if head == LOCAL_HEADER:
                 entries, images, zip64 = read_zip(f, mm, path, end, size)
                 return Payload(path, size, FORMAT_ZIP, end, entries, machine, version, st.st_mtime_ns, zip64=zip64,
@@ -254,16 +267,32 @@ def write_streams(payload, streams_dest, write=True):
                 for entry in payload.entries)
 
 
-def write_executable_stream(payload, streams_dest, write=True, level=6):
-    """``streams_dest/bin/k0s.gz``: the stripped executable as one deterministic gzip member."""
-    return _write_stream(payload, streams_dest, "bin", "k0s", write,
+def executable_name(payload):
+    """The executable's name in streams and bundles: ``k3s`` (shipped whole) or ``k0s`` (stripped)."""
+    return "k3s" if payload.format == FORMAT_K3S else "k0s"
+
+
+def write_executable_stream(payload, streams_dest, write=True, level=None):
+    """``streams_dest/bin/<k0s|k3s>.gz``: the stripped executable as one deterministic gzip member. k3s is
+    mostly its zstd archive, which deflate cannot shrink: level 1 there (6 for k0s)."""
+    level = (1 if payload.format == FORMAT_K3S else 6) if level is None else level
+    return _write_stream(payload, streams_dest, "bin", executable_name(payload), write,
                          executable_stream(payload.stripped_size, level, engine_of(payload)))
 
 
 # --------------------------------------------------------------------------- one call for the modules
 
+K3S_MEMBER_KEYS = ("path", "type", "mode", "size", "sha256", "target")
+
+
 def describe(payload):
     """Facts common to payload_info and payload_split."""
+    if payload.format == FORMAT_K3S:
+        archive = payload.k3s
+        return {"format": FORMAT_K3S, "k3s_version": archive.version, "data_hash": archive.data_hash,
+                "archive": archive.as_dict(), "elf_machine": payload.elf_machine, "file_size": payload.file_size,
+                "members": [dict((k, m[k]) for k in K3S_MEMBER_KEYS) for m in archive.members],
+                "files": archive.files(), "deflate_engine": engine_of(payload).describe()}
     return {
         "format": payload.format,
         "payload_offset": payload.payload_offset,
@@ -280,8 +309,9 @@ def describe(payload):
 
 
 def _executable_stream_holds(path, stripped, engine):
-    """An existing ``bin/k0s.gz`` that is one gzip member (our header) inflating to exactly the stripped
-    executable, as its stream dict, else None: inflating it costs a fraction of compressing it again."""
+    """An existing ``bin/k0s.gz`` (or any stream: ``stripped`` gives size, crc32, sha256) that is one gzip member
+    (our header) inflating to exactly those bytes, as its stream dict, else None: inflating it costs a fraction
+    of compressing it again."""
     st = check_output_file(path)
     if st is None or st.st_size < 18:
         return None
@@ -410,6 +440,8 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
 
     try:
         payload = require_payload(inspect(src, sink_for if write and dest else None, engine, workers))
+        if payload.format == FORMAT_K3S:
+            return _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write)
         return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
                            images_dest)
     finally:
@@ -434,6 +466,65 @@ def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers,
         _write_differing(payload, result, differ, args, mtime_ns)
     result["retimed"] = _retime(result, mtime_ns, write, set(differ)) if mtime_ns is not None else []
     result["healed"] = healed
+    return result
+
+
+def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write):
+    """k3s: ``dest`` is a k3s data dir (``data/<hash>/`` as k3s extracts it), ``streams_dest`` gets
+    ``k3s/<sha256>.gz`` per distinct file content and ``bin/k3s.gz``; compared first, written only when they differ."""
+    archive, engine = payload.k3s, engine_of(payload)
+    result = describe(payload)
+    healed, wanted, streams = [], {}, None
+    if streams_dest:
+        streams = os.path.join(streams_dest, "k3s")
+        first = {}
+        for member in archive.members:
+            if member["type"] == "file":
+                first.setdefault(member["sha256"], member["path"])
+        for item in result["files"]:
+            final = os.path.join(streams, item["name"] + ".gz")
+            held = _executable_stream_holds(final, item, engine)
+            item.update(held or {"changed": True})
+            if not held:
+                wanted[first[item["name"]]] = item["name"]
+                if os.path.lexists(final):
+                    healed.append(final)
+    build = bool(dest and k3s_tree.tree_problems(dest, archive))
+    if build and os.path.lexists(os.path.join(dest, "data", archive.data_hash)):
+        healed.append(os.path.join(dest, "data", archive.data_hash))
+    data_changed = bool(dest and (build or k3s_tree.links_problems(dest, archive)))
+    writer = None
+    if write and streams_dest:
+        k3s_tree.ensure_streams_dir(streams_dest)
+    if write and data_changed:
+        writer = k3s_tree.write_data_dir(payload.path, archive, dest, build, streams, wanted, engine)
+    elif wanted:
+        writer = k3s_tree.Writer(streams=streams, wanted=wanted, engine=engine, write=write)
+        k3s.walk(payload.path, archive, writer)
+    for item in result["files"]:
+        item.update(writer.written.get(item["name"], {}) if writer else {})
+        item["path"] = None
+    old = check_output_file(stripped_executable) if stripped_executable else None
+    # Compared first, written only when it differs (a no-change run creates no temp file).
+    stripped = write_stripped(payload, stripped_executable, write=False) if stripped_executable \
+        else stripped_digest(payload)
+    if write and stripped["changed"]:
+        write_stripped(payload, stripped_executable, mode=mode, write=True)
+    if old is not None and stripped["changed"]:
+        healed.append(stripped_executable)
+    if streams_dest:
+        path = os.path.join(streams_dest, "bin", "k3s.gz")
+        exe = _executable_stream_holds(path, stripped, engine)
+        if exe is None:
+            healed += [path] if os.path.lexists(path) else []
+            exe = write_executable_stream(payload, streams_dest, write=write)
+        stripped["changed"] = stripped["changed"] or exe.pop("changed")
+        stripped.update(exe)
+    stripped["name"] = "k3s"
+    result.update(stripped_executable=stripped, images=[], healed=healed, retimed=[])
+    if dest:
+        result["data_dir"] = {"path": os.path.join(os.path.abspath(dest), "data", archive.data_hash),
+                              "changed": data_changed}
     return result
 
 

@@ -17,6 +17,9 @@ description:
     sha256, the k0s version and, for Go programs, their build info (Go version, main module path and version).
   - Inflates and verifies every entry (nothing is written outside a private temporary directory), so a damaged
     payload fails with a message naming the problem.
+  - A k3s executable is reported as C(format=k3s), with its embedded C(embed/<sha256>.tar.zst) (located through Go's
+    embed.FS table, its name checked against its sha256), the k3s version and every tar member, streamed with
+    bounded memory and checked by k3s's extraction rules (docs/k3s.md).
 options:
   src:
     description: Path of the k0s executable.
@@ -42,6 +45,7 @@ attributes:
     platforms: posix
 requirements:
   - pyelftools >= 0.26, in the Python that runs the module (normally the controller's)
+  - zstandard >= 0.25, only for k3s executables
 seealso:
   - module: fleetsplit.k0s.payload_split
 author:
@@ -62,9 +66,26 @@ EXAMPLES = r'''
 
 RETURN = r'''
 format:
-  description: C(zip), C(legacy) or C(bare).
+  description: C(zip), C(legacy), C(bare), or C(k3s) (a k3s executable; docs/k3s.md).
   returned: success
   type: str
+k3s_version:
+  description: k3s version, or null.
+  returned: when format is k3s
+  type: str
+data_hash:
+  description: The archive's sha256, the directory name under C(<data-dir>/data/).
+  returned: when format is k3s
+  type: str
+archive:
+  description: The embedded C(embed/<sha256>.tar.zst) (C(name), C(offset), C(length), C(sha256)), verified.
+  returned: when format is k3s
+  type: dict
+members:
+  description: The archive's tar members (C(path), C(type), C(mode), C(size), C(sha256), C(target)), sorted by path.
+  returned: when format is k3s
+  type: list
+  elements: dict
 payload_offset:
   description: Offset of the payload (size of the stripped executable).
   returned: success
@@ -138,8 +159,18 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
-    FORMAT_BARE, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, describe, extract, go_build_info, inspect,
+    FORMAT_BARE, FORMAT_K3S, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, describe, extract, go_build_info, inspect,
     stripped_digest, write_stripped)
+
+
+def _k3s_executable(payload, build_info):
+    """The k3s executable (shipped whole): size, sha256, crc32 and its Go build info."""
+    stripped = stripped_digest(payload)
+    stripped.pop('path', None)
+    stripped.pop('changed', None)
+    if build_info:
+        stripped['go_build_info'] = go_build_info(payload.path)
+    return stripped
 
 
 def main():
@@ -159,6 +190,9 @@ def main():
         if payload.format == FORMAT_BARE and p['require_payload']:
             module.fail_json(msg="%s has no embedded payload (the ELF image ends at end of file)" % p['src'])
         result = describe(payload)
+        if payload.format == FORMAT_K3S:   # one item per distinct content; members in the result
+            return module.exit_json(changed=False, stripped_executable=_k3s_executable(payload, p['build_info']),
+                                    images=[], **result)
         offsets = dict((e.name, e) for e in payload.entries)
         files = []
         images = extract(payload, None, write=False, entries=payload.images) if payload.images else []

@@ -24,6 +24,10 @@ description:
   - Zip entries C(bin/<name>) (the next k0s layout) are binaries like C(<name>); C(images/<name>) are image
     bundles, listed in RV(images) and written only to O(images_dest); any other path in the zip is refused.
   - Runs where the executable is, normally on the controller (C(delegate_to=localhost)).
+  - A B(k3s) executable (C(format=k3s)) carries a zstd tar embedded in its Go image. It ships whole (RV(stripped_executable)
+    is all of it); RV(members) lists the archive, RV(files) one item per distinct file content (C(name) is its
+    sha256) with C(streams_dest/k3s/<sha256>.gz); O(dest) is then a k3s data dir that receives C(data/<hash>/) laid
+    out as k3s extracts it, so k3s does not extract again (docs/k3s.md).
 options:
   src:
     description:
@@ -36,6 +40,8 @@ options:
     description:
       - Directory that receives one file per embedded binary, named as in the payload (C(runc), C(kubelet), ...).
       - Created if missing. Refused if it is a symlink or a world-writable directory owned by another user.
+      - For k3s, a k3s data dir (C(--data-dir), for image builders) that receives C(data/<hash>/), C(data/cni/) links and
+        C(data/current)/C(previous) as k3s's own extraction leaves them; a differing C(data/<hash>) is rebuilt.
     type: path
   stripped_executable:
     description: Path for the executable without its payload.
@@ -112,6 +118,7 @@ attributes:
     platforms: posix
 requirements:
   - pyelftools >= 0.26, in the Python that runs the module (normally the controller's)
+  - zstandard >= 0.25, only for k3s executables
 notes:
   - A stripped B(legacy) k0s (v1.35 and earlier) has no fallback to C(PATH); it only works when each
     C(<data-dir>/bin/<name>) (following symlinks) has exactly the embedded size and exactly the executable's mtime.
@@ -145,10 +152,34 @@ EXAMPLES = r'''
 
 RETURN = r'''
 format:
-  description: Payload format.
+  description: Payload format (C(zip), C(legacy), or C(k3s)).
   returned: success
   type: str
   sample: zip
+k3s_version:
+  description: k3s version (from the recorded C(-ldflags), else the read-only data), or null.
+  returned: when format is k3s
+  type: str
+  sample: v1.31.4+k3s1
+data_hash:
+  description: The archive's sha256, the directory name k3s uses under C(<data-dir>/data/).
+  returned: when format is k3s
+  type: str
+archive:
+  description: The embedded C(embed/<sha256>.tar.zst) (C(name), C(offset), C(length), C(sha256)), verified.
+  returned: when format is k3s
+  type: dict
+members:
+  description:
+    - Every tar member of a k3s archive, sorted by C(path) (C(./) removed), with C(type) (C(file), C(dir),
+      C(symlink)), C(mode), C(size) and C(sha256) (files), C(target) (symlinks).
+  returned: when format is k3s
+  type: list
+  elements: dict
+data_dir:
+  description: With O(dest) for k3s, C(path) of C(data/<hash>) and whether it, its links or C(current) C(changed).
+  returned: when format is k3s and O(dest) is set
+  type: dict
 payload_offset:
   description: Offset where the payload starts, equal to the stripped executable's size.
   returned: success
@@ -356,7 +387,8 @@ def main():
     except (IOError, OSError) as e:
         module.fail_json(msg="splitting %s failed: %s" % (p['src'], e))
 
-    changed = any(f['changed'] for f in result['files'] + result['images']) or result['stripped_executable']['changed']
+    changed = any(f['changed'] for f in result['files'] + result['images']) or result['stripped_executable']['changed'] \
+        or result.get('data_dir', {}).get('changed', False)
     outputs = [f['path'] for f in result['files'] if f['path']]
     if p['stripped_executable']:
         outputs.append(p['stripped_executable'])
@@ -373,7 +405,7 @@ def main():
         manifest = os.path.join(p['streams_dest'], 'manifest.json')
         # Written for people and tools; never read back as a source of facts. Per-run flags (and the engine
         # this run used: any engine gives the same files) stay out.
-        stable = dict((k, v) for k, v in result.items() if k not in ('healed', 'retimed', 'deflate_engine'))
+        stable = dict((k, v) for k, v in result.items() if k not in ('healed', 'retimed', 'deflate_engine', 'data_dir'))
         stable.update(files=[dict((k, v) for k, v in f.items() if k != 'changed') for f in result['files']],
                       images=[dict((k, v) for k, v in i.items() if k != 'changed') for i in result['images']],
                       stripped_executable=dict((k, v) for k, v in result['stripped_executable'].items()

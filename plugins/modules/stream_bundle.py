@@ -36,6 +36,8 @@ options:
     description:
       - Names to bundle, as M(fleetsplit.k0s.k0s_release) reports them in C(missing); C(k0s) is the stripped
         executable. Order does not matter. Unknown names are an error.
+      - For a k3s split (C(format=k3s)) the names are the content sha256s of RV(fleetsplit.k0s.payload_split#module:files)
+        and C(k3s), the whole executable (as M(fleetsplit.k0s.k3s_data) reports them in C(missing)).
       - Exactly one of O(names) and O(names_by_host) is required.
     type: list
     elements: str
@@ -121,7 +123,7 @@ members:
   type: list
   elements: dict
   contains:
-    name: {description: Name (C(k0s) for the executable)., type: str}
+    name: {description: "Name (C(k0s) for the executable; for a k3s split, C(k3s)).", type: str}
     offset: {description: Byte offset of the member's gzip stream in the bundle., type: int}
     size: {description: Size of that gzip stream., type: int}
 """
@@ -141,7 +143,8 @@ def streams_for(split, names):
     for f in split["files"]:
         if isinstance(f, dict) and f.get("name"):
             known[f["name"]] = f
-    known["k0s"] = split["stripped_executable"]
+    # The executable's member: "k3s" for a k3s split (it ships whole), "k0s" (stripped) otherwise.
+    known["k3s" if split.get("format") == "k3s" else "k0s"] = split["stripped_executable"]
     out = []
     for name in sorted(set(names)):
         if name not in known:

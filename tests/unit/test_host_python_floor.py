@@ -20,7 +20,7 @@ COLLECTION_PKG = "ansible_collections.fleetsplit.k0s"
 MODULE_UTILS_PKG = COLLECTION_PKG + ".plugins.module_utils"
 FLOOR = (3, 6)
 
-HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token", "k0s_images", "k0s_reset", "k0s_sysext")
+HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token", "k0s_images", "k0s_reset", "k0s_sysext", "k3s_data")
 # Run where the k0s executable is (k0s_kubeconfig: the admin kubeconfig is written there).
 CONTROLLER_MODULES = ("image_bundles", "image_output", "image_root_paths", "k0s_kubeconfig", "payload_info",
                       "payload_split", "stream_bundle", "sysext_channel")
@@ -93,12 +93,14 @@ def test_host_side_files_are_derived_from_imports():
                                              "plugins/module_utils/release_build.py", "plugins/module_utils/k0s_membership.py",
                                              "plugins/modules/k0s_images.py", "plugins/module_utils/k0s_images.py",
                                              "plugins/modules/k0s_reset.py", "plugins/module_utils/k0s_reset.py",
-                                             "plugins/modules/k0s_sysext.py", "plugins/module_utils/k0s_sysext.py"}
+                                             "plugins/modules/k0s_sysext.py", "plugins/module_utils/k0s_sysext.py",
+                                             "plugins/modules/k3s_data.py", "plugins/module_utils/k3s_data.py",
+                                             "plugins/module_utils/k3s_tree.py"}
     # Host modules carry only the stream/bundle side of the payload library: no ELF, zip or legacy readers.
     controller_only = {"plugins/module_utils/k0s_payload.py", "plugins/module_utils/payload/elf.py",
                        "plugins/module_utils/payload/zipfmt.py", "plugins/module_utils/payload/legacy.py",
                        "plugins/module_utils/k0s_kubeconfig.py", "plugins/module_utils/image_sysext.py",
-                       "plugins/module_utils/image_sysupdate.py"}
+                       "plugins/module_utils/image_sysupdate.py", "plugins/module_utils/payload/k3s.py"}
     assert not {_rel(p) for p in HOST_FILES} & controller_only
 
 
@@ -244,6 +246,52 @@ def test_real_python_36_runs_the_release_store(tmp_path):
     proc = subprocess.run([PYTHON36, "-I", "-c", RELEASE_SMOKE, str(COLLECTIONS)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("ok v1-"), proc.stdout
+
+
+# Run by Python 3.6: k3s_data stages a small k3s data tree from one real bundle, then queries it up to date.
+K3S_SMOKE = """
+import gzip, hashlib, os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import k3s_data
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import bundle_id
+files = {}
+for rel, src in (("bin/k3s", "/bin/ls"), ("bin/cni", "/bin/cat")):
+    with open(src, "rb") as f:
+        files[rel] = f.read()
+sha = lambda d: hashlib.sha256(d).hexdigest()
+files["bin/.sha256sums"] = "".join("%s  %s\\n" % (sha(files[r]), r[4:]) for r in sorted(files)).encode()
+files["bin/.links"] = b"bridge cni\\n"
+members = [dict(path=r, type="file", mode=0o755, size=len(d), sha256=sha(d)) for r, d in sorted(files.items())]
+members.append(dict(path="bin/bridge", type="symlink", target="cni"))
+exe = files["bin/k3s"] + b"outer"
+root = tempfile.mkdtemp()
+blobs = dict((sha(d), d) for d in files.values())
+blobs["k3s"] = exe
+bundle, table, offset = os.path.join(root, "b"), [], 0
+with open(bundle, "wb") as f:
+    for name in sorted(blobs):
+        z = gzip.compress(blobs[name])
+        f.write(z)
+        table.append(dict(name=name, offset=offset, size=len(z)))
+        offset += len(z)
+p = dict(data_dir=root + "/k3s", bin_dir=root + "/bin", store_dir=root + "/store", cli_links=["kubectl"])
+e = dict(size=len(exe), sha256=sha(exe))
+h = "a" * 64
+assert k3s_data.present(p, members, e, h, bundle, table)["changed"]
+assert os.readlink(root + "/k3s/data/cni/bridge") == root + "/k3s/data/" + h + "/bin/cni"
+assert k3s_data.result(k3s_data.query(p, members, e, h))["up_to_date"]
+print("ok", len(table))
+"""
+
+
+@needs_36
+def test_real_python_36_runs_k3s_data(tmp_path):
+    from testlib import COLLECTIONS, ensure_collection_link
+    ensure_collection_link()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run([PYTHON36, "-I", "-c", K3S_SMOKE, str(COLLECTIONS)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok 5"), proc.stdout
 
 
 def _ansible_core():

@@ -156,20 +156,13 @@ def _uvarint(data, pos):
             return value, pos
 
 
-def go_build_info(path):
-    """Go version and main module of a Go executable (from ``.go.buildinfo``), or None."""
-    with open(path, "rb") as f:
-        try:
-            elf = open_elf(f, path)
-        except PayloadError:
-            return None
-        data = section_bytes(elf, ".go.buildinfo")
+def _go_modinfo(elf):
+    """(Go version, modinfo text) from ``.go.buildinfo`` (Go >= 1.18 layout), or None."""
+    data = section_bytes(elf, ".go.buildinfo")
     if not data or not data.startswith(_GO_BUILDINFO_MAGIC) or len(data) < 32:
         return None
-    flags = data[15]
-    if not flags & 0x2:
-        return {"go_version": None, "path": None, "main_module": None, "main_version": None,
-                "note": "pre-Go-1.18 build info layout (pointer-based) is not decoded"}
+    if not data[15] & 0x2:
+        return False     # pre-Go-1.18 layout (pointer-based): not decoded
     pos = 32
     strings = []
     for dummy in range(2):
@@ -177,9 +170,39 @@ def go_build_info(path):
         strings.append(data[pos:pos + length].decode("utf-8", "replace"))
         pos += length
     go_version, modinfo = strings
-    info = {"go_version": go_version or None, "path": None, "main_module": None, "main_version": None}
     # modinfo is framed by 16-byte sentinels; its lines are tab-separated "path", "mod", "dep", "build" records.
-    body = modinfo[16:-16] if len(modinfo) >= 32 else modinfo
+    return go_version, modinfo[16:-16] if len(modinfo) >= 32 else modinfo
+
+
+def go_build_settings(elf):
+    """Go version and the ``build`` settings (``-ldflags``, ``GOOS``, ...) recorded in the executable: (str, dict)."""
+    found = _go_modinfo(elf)
+    if not found:
+        return None, {}
+    settings = {}
+    for line in found[1].splitlines():
+        fields = line.split("\t", 1)
+        if fields[0] == "build" and len(fields) > 1 and "=" in fields[1]:
+            key, value = fields[1].split("=", 1)
+            settings[key] = value
+    return found[0] or None, settings
+
+
+def go_build_info(path):
+    """Go version and main module of a Go executable (from ``.go.buildinfo``), or None."""
+    with open(path, "rb") as f:
+        try:
+            elf = open_elf(f, path)
+        except PayloadError:
+            return None
+        found = _go_modinfo(elf)
+    if found is None:
+        return None
+    if found is False:
+        return {"go_version": None, "path": None, "main_module": None, "main_version": None,
+                "note": "pre-Go-1.18 build info layout (pointer-based) is not decoded"}
+    go_version, body = found
+    info = {"go_version": go_version or None, "path": None, "main_module": None, "main_version": None}
     for line in body.splitlines():
         fields = line.split("\t")
         if fields[0] == "path" and len(fields) > 1:

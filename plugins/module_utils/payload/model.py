@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 FORMAT_ZIP = "zip"
 FORMAT_LEGACY = "legacy"
 FORMAT_BARE = "bare"
+FORMAT_K3S = "k3s"          # a k3s executable: its data archive is embedded in the Go image (payload/k3s.py)
 
 METHOD_STORE = "store"
 METHOD_DEFLATE = "deflate"

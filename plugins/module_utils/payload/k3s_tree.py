@@ -1,0 +1,234 @@
+# -*- coding: utf-8 -*-
+# Copyright: fleetsplit.k0s contributors
+# Apache License 2.0 (see galaxy.yml)
+"""Outputs of a k3s split: the ``<data-dir>/data/<hash>/`` tree laid out as k3s's own extraction leaves it, and
+one gzip member per distinct file content for hosts (``<streams>/k3s/<sha256>.gz``).
+
+Controller side. ``Writer`` is the visitor ``payload.k3s.walk`` hands every member to, so the tree and the
+streams come from one decompression pass. The tree follows ``cmd/k3s/main.go`` extract(): built in
+``data/<hash>-tmp`` under k3s's lock ``data/.lock``, renamed to ``data/<hash>``, then the stable CNI links in
+``data/cni/`` and ``current``/``previous``. k3s starts from such a tree without extracting again because
+``data/<hash>/bin/k3s`` exists; it checks nothing else, so a tree that differs from the archive is rebuilt here.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import struct
+import zlib
+
+from ..k0s_hostfs import atomic_symlink, make_dirs
+from .errors import PayloadError
+from .fsio import Sink, check_output_dir, commit, remove_quietly, sha256_file, temp_path
+from .k3s import walk
+from .streams import GZIP_HEADER
+
+TREE_MODE = 0o755
+
+
+class GzipWriter(object):
+    """One gzip member of the bytes written to it (our fixed header, raw deflate, CRC-32 and size), as
+    ``streams.executable_stream`` frames the executable: hosts inflate it with ``streams.inflate_gzip_member``."""
+
+    def __init__(self, temp, engine, level):
+        self.sink = Sink(temp, 0o644)
+        self.sink.write(GZIP_HEADER)
+        self.engine = engine
+        self.compressor = engine.compressobj(level, zlib.DEFLATED, -15)
+        self.crc32 = 0
+        self.size = 0
+
+    def write(self, data):
+        self.crc32 = self.engine.crc32(data, self.crc32)
+        self.size += len(data)
+        self.sink.write(self.compressor.compress(data))
+
+    def finish(self):
+        self.sink.write(self.compressor.flush())
+        self.sink.write(struct.pack("<II", self.crc32 & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
+        self.sink.close(fsync=False)
+        return self.sink
+
+
+class Writer(object):
+    """Writes what ``walk`` streams: members into ``tree`` (a fresh directory) and, for the member paths in
+    ``wanted``, a gzip stream into ``streams`` named by the content's sha256 (``write=False``: only its facts)."""
+
+    def __init__(self, tree=None, streams=None, wanted=(), engine=zlib, level=6, write=True):
+        self.tree, self.streams, self.wanted = tree, streams, set(wanted)
+        self.engine, self.level, self.write = engine, level, write
+        self.written = {}      # sha256 -> {stream, stream_size, stream_sha256, changed}
+        self.file = self.gzip = None
+
+    def open_file(self, item):
+        writers = []
+        if self.tree:
+            path = os.path.join(self.tree, item["path"])
+            make_dirs(os.path.dirname(path), TREE_MODE)
+            self.file = Sink(path, 0o600)
+            writers.append(self.file)
+        if self.streams and item["path"] in self.wanted:
+            self.gzip = GzipWriter(temp_path(os.path.join(self.streams, "member.gz")) if self.write else None,
+                                   self.engine, self.level)
+            writers.append(self.gzip)
+        return writers
+
+    def close(self, item):
+        path = os.path.join(self.tree, item["path"]) if self.tree else None
+        if item["type"] == "file":
+            if self.file is not None:
+                self.file.close(fsync=False)
+                os.chmod(path, item["mode"])     # pkg/untar creates it with the header's permission bits
+                self.file = None
+            if self.gzip is not None:
+                sink = self.gzip.finish()
+                self.gzip = None
+                final = os.path.join(self.streams, item["sha256"] + ".gz")
+                digest = sink.hash.hexdigest()
+                changed = commit(sink.path, final, digest, write=self.write) if self.write else True
+                self.written[item["sha256"]] = {"stream": final, "stream_size": sink.size, "stream_sha256": digest,
+                                                "changed": changed}
+        elif path and item["type"] == "dir":
+            make_dirs(path, TREE_MODE)
+            os.chmod(path, TREE_MODE)
+        elif path:
+            make_dirs(os.path.dirname(path), TREE_MODE)
+            os.symlink(item["target"], path)
+
+    def abort(self):
+        for sink in (self.file, self.gzip and self.gzip.sink):
+            if sink is not None:
+                sink.discard()
+        self.file = self.gzip = None
+        if self.tree:
+            shutil.rmtree(self.tree, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the data dir
+
+def _paths(dest, archive):
+    data = os.path.join(os.path.abspath(dest), "data")
+    return data, os.path.join(data, archive.data_hash)
+
+
+def cni_links(dest, archive):
+    """{link path: target} k3s makes in ``data/cni/``: ``cni`` and every ``bin/<name>`` that is a symlink to ``cni``."""
+    data, final = _paths(dest, archive)
+    target = os.path.join(final, "bin", "cni")
+    names = ["cni"] + [m["path"][4:] for m in archive.members
+                       if m["type"] == "symlink" and m["target"] == "cni" and m["path"].count("/") == 1
+                       and m["path"].startswith("bin/")]
+    return dict((os.path.join(data, "cni", name), target) for name in names)
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def tree_problems(dest, archive):
+    """Why ``<dest>/data/<hash>`` is not exactly the archive's tree (empty: it is). Files are hashed."""
+    dummy, final = _paths(dest, archive)
+    problems = []
+    for member in archive.members:
+        path = os.path.join(final, member["path"])
+        try:
+            st = os.lstat(path)
+        except OSError:
+            problems.append("%s is missing" % member["path"])
+            continue
+        kind = member["type"]
+        if kind == "dir" and not stat.S_ISDIR(st.st_mode):
+            problems.append("%s is not a directory" % member["path"])
+        elif kind == "symlink" and (not stat.S_ISLNK(st.st_mode) or _readlink(path) != member["target"]):
+            problems.append("%s is not a symlink to %s" % (member["path"], member["target"]))
+        elif kind == "file" and (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != member["mode"]
+                                 or st.st_size != member["size"] or sha256_file(path) != member["sha256"]):
+            problems.append("%s differs (content or mode)" % member["path"])
+    return problems
+
+
+def links_problems(dest, archive):
+    """The CNI links and ``current`` that are not as k3s leaves them after extracting this archive."""
+    data, final = _paths(dest, archive)
+    wanted = cni_links(dest, archive)
+    wanted[os.path.join(data, "current")] = final
+    return sorted(path for path, target in wanted.items() if _readlink(path) != target)
+
+
+def _lock(data):
+    """k3s's own extraction lock, ``data/.lock`` (pkg/flock: an exclusive flock)."""
+    fd = os.open(os.path.join(data, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zlib, level=6):
+    """Make ``<dest>`` a k3s data dir holding this archive: the tree rebuilt when ``build`` (in ``<hash>-tmp``,
+    then renamed, a differing old tree removed only after), the CNI links and ``current``/``previous``.
+    Returns the Writer (the streams it wrote, when ``wanted`` names members)."""
+    data, final = _paths(dest, archive)
+    make_dirs(data, TREE_MODE)
+    check_output_dir(data)
+    fd = _lock(data)
+    try:
+        writer = Writer(streams=streams, wanted=wanted, engine=engine, level=level)
+        if build:
+            tmp = final + "-tmp"            # k3s's own temporary name; it removes a leftover first, so do we
+            if os.path.islink(tmp) or os.path.isfile(tmp):
+                os.unlink(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.mkdir(tmp, TREE_MODE)         # fails rather than reuse anything left there
+            os.chmod(tmp, TREE_MODE)
+            writer.tree = tmp
+        if build or wanted:
+            walk(src, archive, writer)
+        if build:
+            old = None
+            if os.path.lexists(final):
+                old = os.path.join(data, ".%s.fleetsplit-%d.old" % (archive.data_hash, os.getpid()))
+                os.rename(final, old)
+            os.rename(writer.tree, final)
+            if old:
+                shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else remove_quietly(old)
+        _write_links(dest, archive)
+    finally:
+        os.close(fd)
+    return writer
+
+
+def _write_links(dest, archive):
+    data, final = _paths(dest, archive)
+    for path, target in sorted(cni_links(dest, archive).items()):
+        if _readlink(path) == target:
+            continue
+        make_dirs(os.path.dirname(path), TREE_MODE)
+        if os.path.lexists(path) and not os.path.islink(path):
+            raise PayloadError("%s exists and is not a symlink; k3s keeps only links there: move it away" % path)
+        atomic_symlink(target, path)
+    current, previous = os.path.join(data, "current"), os.path.join(data, "previous")
+    old = _readlink(current)
+    if old == final:
+        return
+    if os.path.lexists(current) and old is None:
+        raise PayloadError("%s exists and is not a symlink: refusing to replace it" % current)
+    if old is not None:
+        atomic_symlink(old, previous)   # k3s renames current to previous; two atomic steps leave no gap
+    atomic_symlink(final, current)
+
+
+def ensure_streams_dir(streams_dest):
+    path = os.path.join(streams_dest, "k3s")
+    try:
+        make_dirs(path, TREE_MODE)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise PayloadError("cannot create %s: %s" % (path, e.strerror))
+    check_output_dir(path)
+    return path
