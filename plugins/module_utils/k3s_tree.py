@@ -18,12 +18,13 @@ import posixpath
 import re
 import stat
 
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
-    HostFsError, atomic_symlink, exchange_paths, fsync_dir, lstat_or_none, make_dirs)
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import control_char
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import remove_tree_or_file
+# Relative imports, of files that import nothing absolute: the controller (payload/k3s.py, the k0s-payload CLI
+# that loads module_utils as a plain package) shares this file.
+from .k0s_hostfs import (HostFsError, atomic_symlink, exchange_paths, fsync_dir, lstat_or_none, make_dirs,
+                         remove_tree_or_file)
+from .k0s_settings import control_char
+from .payload.errors import PayloadError
+from .payload.fsio import sha256_file
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 TYPES = ("file", "dir", "symlink")

@@ -9,25 +9,25 @@ streams come from one decompression pass. The tree follows ``cmd/k3s/main.go`` e
 ``data/<hash>-tmp`` under k3s's lock ``data/.lock``, renamed to ``data/<hash>``, then the stable CNI links in
 ``data/cni/`` and ``current``/``previous``. k3s starts from such a tree without extracting again because
 ``data/<hash>/bin/k3s`` exists; it checks nothing else, so a tree that differs from the archive is rebuilt here.
+The k3s rules themselves (lock, temporary tree, tree check, CNI links, rotation) are the host library's
+(module_utils/k3s_tree.py), shared with k3s_data.
 """
 
 from __future__ import absolute_import, division, print_function
 
 import errno
-import fcntl
 import os
 import shutil
-import stat
 import struct
 import zlib
 
-from ..k0s_hostfs import atomic_symlink, make_dirs
+from ..k0s_hostfs import make_dirs, remove_tree_or_file
+from ..k3s_tree import (TREE_MODE, Lock, cni_links as k3s_cni_links, cni_names, foreign_entries, fresh_tmp,
+                        install_tree, rotate, stale_links, tree_problems as k3s_tree_problems)
 from .errors import PayloadError
-from .fsio import Sink, check_output_dir, commit, remove_quietly, sha256_file, temp_path
+from .fsio import Sink, check_output_dir, commit, temp_path
 from .k3s import walk
 from .streams import GZIP_HEADER
-
-TREE_MODE = 0o755
 
 
 class GzipWriter(object):
@@ -115,43 +115,23 @@ def _paths(dest, archive):
     return data, os.path.join(data, archive.data_hash)
 
 
+def _members(archive):
+    return dict((m["path"], m) for m in archive.members)
+
+
 def cni_links(dest, archive):
     """{link path: target} k3s makes in ``data/cni/``: ``cni`` and every ``bin/<name>`` that is a symlink to ``cni``."""
     data, final = _paths(dest, archive)
-    target = os.path.join(final, "bin", "cni")
-    names = ["cni"] + [m["path"][4:] for m in archive.members
-                       if m["type"] == "symlink" and m["target"] == "cni" and m["path"].count("/") == 1
-                       and m["path"].startswith("bin/")]
-    return dict((os.path.join(data, "cni", name), target) for name in names)
-
-
-def _readlink(path):
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
+    return k3s_cni_links(data, final, cni_names(_members(archive)))
 
 
 def tree_problems(dest, archive):
     """Why ``<dest>/data/<hash>`` is not exactly the archive's tree (empty: it is). Files are hashed."""
     dummy, final = _paths(dest, archive)
-    problems = []
-    for member in archive.members:
-        path = os.path.join(final, member["path"])
-        try:
-            st = os.lstat(path)
-        except OSError:
-            problems.append("%s is missing" % member["path"])
-            continue
-        kind = member["type"]
-        if kind == "dir" and not stat.S_ISDIR(st.st_mode):
-            problems.append("%s is not a directory" % member["path"])
-        elif kind == "symlink" and (not stat.S_ISLNK(st.st_mode) or _readlink(path) != member["target"]):
-            problems.append("%s is not a symlink to %s" % (member["path"], member["target"]))
-        elif kind == "file" and (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != member["mode"]
-                                 or st.st_size != member["size"] or sha256_file(path) != member["sha256"]):
-            problems.append("%s differs (content or mode)" % member["path"])
-    return problems
+    problems = k3s_tree_problems(final, _members(archive))
+    if problems is None:
+        return ["data/%s is missing" % archive.data_hash]
+    return ["%s: %s" % item for item in sorted(problems.items())]
 
 
 def links_problems(dest, archive):
@@ -159,14 +139,7 @@ def links_problems(dest, archive):
     data, final = _paths(dest, archive)
     wanted = cni_links(dest, archive)
     wanted[os.path.join(data, "current")] = final
-    return sorted(path for path, target in wanted.items() if _readlink(path) != target)
-
-
-def _lock(data):
-    """k3s's own extraction lock, ``data/.lock`` (pkg/flock: an exclusive flock)."""
-    fd = os.open(os.path.join(data, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    return stale_links(wanted)
 
 
 def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zlib, level=6):
@@ -176,51 +149,22 @@ def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zl
     data, final = _paths(dest, archive)
     make_dirs(data, TREE_MODE)
     check_output_dir(data)
-    fd = _lock(data)
-    try:
+    links = cni_links(dest, archive)
+    for path in foreign_entries(list(links) + [os.path.join(data, "current")]):   # refused before any write
+        raise PayloadError("%s exists and is not a symlink; k3s keeps only links there: move it away" % path)
+    with Lock(data):
         writer = Writer(streams=streams, wanted=wanted, engine=engine, level=level)
         if build:
-            tmp = final + "-tmp"            # k3s's own temporary name; it removes a leftover first, so do we
-            if os.path.islink(tmp) or os.path.isfile(tmp):
-                os.unlink(tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.mkdir(tmp, TREE_MODE)         # fails rather than reuse anything left there
-            os.chmod(tmp, TREE_MODE)
-            writer.tree = tmp
+            writer.tree = fresh_tmp(final)    # k3s's own temporary name; it removes a leftover first, so do we
         if build or wanted:
             walk(src, archive, writer)
         if build:
-            old = None
-            if os.path.lexists(final):
-                old = os.path.join(data, ".%s.fleetsplit-%d.old" % (archive.data_hash, os.getpid()))
-                os.rename(final, old)
-            os.rename(writer.tree, final)
+            old = install_tree(writer.tree, final, os.path.join(data, ".%s.fleetsplit-%d.old"
+                                                                % (archive.data_hash, os.getpid())))
             if old:
-                shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else remove_quietly(old)
-        _write_links(dest, archive)
-    finally:
-        os.close(fd)
+                remove_tree_or_file(old)
+        rotate(data, final, links)
     return writer
-
-
-def _write_links(dest, archive):
-    data, final = _paths(dest, archive)
-    for path, target in sorted(cni_links(dest, archive).items()):
-        if _readlink(path) == target:
-            continue
-        make_dirs(os.path.dirname(path), TREE_MODE)
-        if os.path.lexists(path) and not os.path.islink(path):
-            raise PayloadError("%s exists and is not a symlink; k3s keeps only links there: move it away" % path)
-        atomic_symlink(target, path)
-    current, previous = os.path.join(data, "current"), os.path.join(data, "previous")
-    old = _readlink(current)
-    if old == final:
-        return
-    if os.path.lexists(current) and old is None:
-        raise PayloadError("%s exists and is not a symlink: refusing to replace it" % current)
-    if old is not None:
-        atomic_symlink(old, previous)   # k3s renames current to previous; two atomic steps leave no gap
-    atomic_symlink(final, current)
 
 
 def ensure_streams_dir(streams_dest):
