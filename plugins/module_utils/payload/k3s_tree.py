@@ -17,7 +17,6 @@ from __future__ import absolute_import, division, print_function
 
 import errno
 import os
-from contextlib import nullcontext
 import shutil
 import struct
 import zlib
@@ -230,7 +229,8 @@ def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zl
     links = cni_links(dest, archive)
     refuse_foreign(list(links) + [os.path.join(data, "current")])
     prebuilt = first is not None and first.tmp is not None
-    with (nullcontext() if prebuilt else Lock(data)):
+    lock = None if prebuilt else Lock(data).__enter__()   # a FirstPass holds it already
+    try:
         writer = Writer(streams=streams, wanted=wanted, engine=engine, level=level)
         if build and not prebuilt:
             writer.tree = fresh_tmp(final)    # k3s's own temporary name; it removes a leftover first, so do we
@@ -244,6 +244,9 @@ def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zl
             if old:
                 remove_tree_or_file(old)
         rotate(data, final, links)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
     return writer
 
 
