@@ -271,7 +271,7 @@ def _check_target(path, target, what):
 
 
 def walk(path, archive, visitor=None, what=None):
-    """Stream the archive's tar once: every member checked and hashed; ``visitor`` (``payload.k3s_write``) may
+    """Stream the archive's tar once: every member checked and hashed; ``visitor`` (``payload.k3s_tree.Writer``) may
     write them. Fills ``archive.members`` (sorted by path); then ``check_lists``. Raises PayloadError."""
     what = what or "%s: embedded %s" % (path, archive.name)
     fd = os.open(path, os.O_RDONLY)
