@@ -24,8 +24,8 @@ import struct
 import time
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
-    atomic_symlink, atomic_write, check_dir_chain, fsync_dir, lstat_or_none, make_dirs, set_owner_mode, tmp_name,
-    unlink_quietly)
+    atomic_symlink, atomic_write, check_dir_chain, fsync_dir, lstat_or_none, make_dirs, remove_tree_or_file,
+    set_owner_mode, tmp_name, unlink_quietly)
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k3s_tree import (
     SHA_RE, TREE_MODE, K3sDataError, Lock, check_executable, check_members, cni_links, cni_names, dataverify,
@@ -35,7 +35,6 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors impo
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.streams import inflate_gzip_member
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_build import copy_verified as copy_checked
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import remove_tree_or_file
 
 EXE = "k3s"                       # the executable's name in `missing` and in the bundle
 LINK_NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
@@ -322,8 +321,8 @@ def build_tree(plan, bundle):
         raise
     if lstat_or_none(final) is not None:
         make_dirs(os.path.join(h.data, BACKUP), 0o700)
-    return install_tree(tmp, final, os.path.join(h.data, BACKUP, "%s-%d-%s" % (plan["hash"], time.time(),
-                                                                                os.urandom(3).hex())))
+    aside = "%s-%d-%s" % (plan["hash"], time.time(), os.urandom(3).hex())
+    return install_tree(tmp, final, os.path.join(h.data, BACKUP, aside))
 
 
 def place(directory, name, produce):

@@ -17,7 +17,6 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     check_dir_stat,
     lstat_or_none,
     make_dirs,
-    remove_tree_or_file,   # noqa: F401  (moved to k0s_hostfs; release_build imports it from here)
 )
 
 EXE = "k0s"             # display name of the executable in `missing`, `sources`, diffs
