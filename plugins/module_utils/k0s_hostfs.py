@@ -7,6 +7,7 @@ k0s_service). Standard library only, no Ansible import, kept small: it travels w
 import errno
 import os
 import secrets
+import shutil
 import stat
 
 TMP_MARK = ".fleetsplit-tmp-"   # every temporary name contains it, so leftovers of killed runs are recognisable
@@ -77,6 +78,17 @@ def unlink_quietly(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def remove_tree_or_file(path):
+    """Remove ``path`` whatever it is (a directory tree, a file, a link: never followed); nothing when absent."""
+    st = lstat_or_none(path)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def make_dirs(path, mode=0o755):

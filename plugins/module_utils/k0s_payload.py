@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 
-def inspect(path, sink_for=None, engine=None, workers=2):
+def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None):
     """Detect the payload format of ``path`` and list its entries. Raises PayloadError on anything odd.
 
     ``engine`` names the deflate engine (default: ``engines.select()``, the fastest installed or
@@ -97,7 +97,9 @@ def inspect(path, sink_for=None, engine=None, workers=2):
                 k3s.verify(elf, mm, archive, path)
                 # The whole executable ships (k3s needs its own image): "stripped" is all of it.
                 payload = Payload(path, size, FORMAT_K3S, size, [], machine, None, st.st_mtime_ns, engine=engine)
-                payload.k3s = k3s.walk(path, archive)
+                # split's first pass (k3s_tree.FirstPass) may write while the one walk checks
+                first = k3s_first(archive, engine) if k3s_first else None
+                payload.k3s = k3s.walk(path, archive, first and first.writer)
                 return payload
             head = bytes(mm[end:end + 4])
             version = k0s_version(elf)     # after the k3s check: a pass over .rodata, where k3s keeps its archive
@@ -427,7 +429,12 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
     Image bundles (zip ``images/<name>``) are listed in ``images`` and written to ``images_dest`` when
     given (mode 0644, same checks as binaries), never with the binaries. ``engine``: as for ``inspect``.
     """
-    prewritten = {}
+    prewritten, firsts = {}, []
+
+    def k3s_first(archive, engine):
+        """k3s: outputs that do not exist yet are written by the walk that checks the archive (one decompression)."""
+        firsts.append(k3s_tree.FirstPass(archive, dest, streams_dest, engine))
+        return firsts[-1]
 
     def sink_for(name):
         """Legacy: a binary missing from ``dest`` is written by the one inflate pass that scans the payload."""
@@ -439,14 +446,18 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
         return Sink(prewritten[name], mode)
 
     try:
-        payload = require_payload(inspect(src, sink_for if write and dest else None, engine, workers))
+        payload = require_payload(inspect(src, sink_for if write and dest else None, engine, workers,
+                                          k3s_first if write and (dest or streams_dest) else None))
         if payload.format == FORMAT_K3S:
-            return _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write)
+            return _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write,
+                              firsts[0] if firsts else None)
         return _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
                            images_dest)
     finally:
         for temp in prewritten.values():   # committed ones were renamed away: this only removes leftovers
             remove_quietly(temp)
+        for first in firsts:               # the k3s lock, and what a refusal or error left uninstalled
+            first.release()
 
 
 def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers, write, pin_mtime, prewritten,
@@ -469,10 +480,12 @@ def _split_with(payload, dest, stripped_executable, streams_dest, mode, workers,
     return result
 
 
-def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write):
+def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write, first_pass=None):
     """k3s: ``dest`` is a k3s data dir (``data/<hash>/`` as k3s extracts it), ``streams_dest`` gets
-    ``k3s/<sha256>.gz`` per distinct file content and ``bin/k3s.gz``; compared first, written only when they differ."""
+    ``k3s/<sha256>.gz`` per distinct file content and ``bin/k3s.gz``; compared first, written only when they differ.
+    ``first_pass``: the k3s_tree.FirstPass whose walk already wrote what did not exist (temporary until here)."""
     archive, engine = payload.k3s, engine_of(payload)
+    prewritten = first_pass.writer if first_pass else None
     result = describe(payload)
     healed, wanted, streams = [], {}, None
     if streams_dest:
@@ -486,7 +499,10 @@ def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write):
             held = _executable_stream_holds(final, item, engine)
             item.update(held or {"changed": True})
             if not held:
-                wanted[first[item["name"]]] = item["name"]
+                if prewritten is not None and prewritten.streams:
+                    prewritten.commit_deferred(item["name"])
+                else:
+                    wanted[first[item["name"]]] = item["name"]
                 if os.path.lexists(final):
                     healed.append(final)
     build = bool(dest and k3s_tree.tree_problems(dest, archive))
@@ -497,11 +513,13 @@ def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write):
     if write and streams_dest:
         k3s_tree.ensure_streams_dir(streams_dest)
     if write and data_changed:
-        writer = k3s_tree.write_data_dir(payload.path, archive, dest, build, streams, wanted, engine)
+        writer = k3s_tree.write_data_dir(payload.path, archive, dest, build, streams, wanted, engine,
+                                         first=first_pass)
     elif wanted:
         writer = k3s_tree.Writer(streams=streams, wanted=wanted, engine=engine, write=write)
         k3s.walk(payload.path, archive, writer)
     for item in result["files"]:
+        item.update(prewritten.written.get(item["name"], {}) if prewritten else {})
         item.update(writer.written.get(item["name"], {}) if writer else {})
         item["path"] = None
     old = check_output_file(stripped_executable) if stripped_executable else None

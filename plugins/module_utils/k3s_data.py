@@ -16,27 +16,25 @@ ships whole (it carries its own archive) and is kept by content in ``<store_dir>
 Standard library only, no Ansible import, Python 3.6 syntax: it travels with every module run.
 """
 
-import fcntl
 import json
 import os
-import posixpath
 import re
 import stat
 import struct
 import time
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
-    atomic_symlink, atomic_write, check_dir_chain, exchange_paths, fsync_dir, lstat_or_none, make_dirs,
+    atomic_symlink, atomic_write, check_dir_chain, fsync_dir, lstat_or_none, make_dirs, remove_tree_or_file,
     set_owner_mode, tmp_name, unlink_quietly)
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k3s_tree import (
-    SHA_RE, K3sDataError, check_executable, check_members, cni_links, cni_names, dataverify, sha_value)
+    SHA_RE, TREE_MODE, K3sDataError, Lock, check_executable, check_members, cni_links, cni_names, dataverify,
+    foreign_entries, fresh_tmp, install_tree, rotate, sha_value, stale_links, tree_problems)
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.bundles import check_bundle_members
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.streams import inflate_gzip_member
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_build import copy_verified as copy_checked
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import remove_tree_or_file
 
 EXE = "k3s"                       # the executable's name in `missing` and in the bundle
 LINK_NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
@@ -109,44 +107,7 @@ class Host(object):
 
     def tree_problems(self, data_hash, members):
         """{relative path: reason} for an existing tree; None when there is no tree."""
-        root = self.tree(data_hash)
-        st = lstat_or_none(root)
-        if st is None:
-            return None
-        if not stat.S_ISDIR(st.st_mode):
-            return {".": "not a directory"}
-        out = {}
-        for path, m in sorted(members.items()):
-            full = os.path.join(root, path)
-            est = lstat_or_none(full)
-            if est is None:
-                out[path] = "missing"
-            elif m["type"] == "dir":
-                if not stat.S_ISDIR(est.st_mode):
-                    out[path] = "not a directory"
-            elif m["type"] == "symlink":
-                if not stat.S_ISLNK(est.st_mode) or os.readlink(full) != m["target"]:
-                    out[path] = "not a link to %s" % m["target"]
-            elif not stat.S_ISREG(est.st_mode):
-                out[path] = "not a regular file"
-            elif est.st_size != m["size"]:
-                out[path] = "size %d, expected %d" % (est.st_size, m["size"])
-            elif self.hash_of(full, est) != m["sha256"]:
-                out[path] = "sha256 mismatch"
-            elif stat.S_IMODE(est.st_mode) != m["mode"]:   # last: a "mode" reason means the content is right
-                out[path] = "mode %04o, expected %04o" % (stat.S_IMODE(est.st_mode), m["mode"])
-        implied = set()
-        for path in members:
-            parent = posixpath.dirname(path)
-            while parent:
-                implied.add(parent)
-                parent = posixpath.dirname(parent)
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                if rel not in members and rel not in implied:
-                    out[rel] = "not in the archive"
-        return out
+        return tree_problems(self.tree(data_hash), members, self.hash_of)
 
     def local_sources(self, wanted, skip=None):
         """{sha256: path} of verified files in k3s's trees (data/<hash>/) holding wanted contents ({sha256: size})."""
@@ -256,12 +217,10 @@ def query(p, members, executable, data_hash):
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise K3sDataError("%s is not a directory (k3s links the CNI plugins in data/cni, fleetsplit keeps "
                                "tampered trees in data/%s); move it away" % (os.path.join(h.data, d), BACKUP))
-    for link, target in sorted(cni_links(h.data, tree, cni_names(members)).items()):
-        st = lstat_or_none(link)
-        if st is None or not stat.S_ISLNK(st.st_mode) or os.readlink(link) != target:
-            if st is not None and not stat.S_ISLNK(st.st_mode):
-                raise K3sDataError("%s is not a symlink (k3s links the CNI plugins there); move it away" % link)
-            changes.append("link %s -> %s" % (link, target))
+    links = cni_links(h.data, tree, cni_names(members))
+    for link in foreign_entries(links):
+        raise K3sDataError("%s is not a symlink (k3s links the CNI plugins there); move it away" % link)
+    changes += ["link %s -> %s" % (link, links[link]) for link in stale_links(links)]
     plan["exe_state"] = h.exe_state(exe)
     plan["exe_stored"] = h.stored_exe(exe["sha256"], exe["size"])
     if plan["exe_state"] == "not a regular file":
@@ -331,36 +290,18 @@ def copy_verified(src, dst, size, sha):
         raise K3sDataError("%s changed while it was copied (it no longer has sha256 %s); run again" % (src, sha))
 
 
-class Lock(object):
-    """k3s's own extraction lock (pkg/flock: flock LOCK_EX on <data-dir>/data/.lock)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-
 def build_tree(plan, bundle):
     """<hash>-tmp from local copies and the bundle, checked by k3s's dataverify, renamed to data/<hash>."""
     h, members = plan["host"], plan["members"]
     final = h.tree(plan["hash"])
-    tmp = final + "-tmp"   # k3s's own temporary name: a k3s starting meanwhile waits on the lock
-    remove_tree_or_file(tmp)
-    make_dirs(tmp, 0o755)
+    tmp = fresh_tmp(final)   # k3s's own temporary name: a k3s starting meanwhile waits on the lock
     written = {}
     try:
         for path in sorted(members):
             m, full = members[path], os.path.join(tmp, path)
-            make_dirs(os.path.dirname(full), 0o755)
+            make_dirs(os.path.dirname(full), TREE_MODE)
             if m["type"] == "dir":
-                make_dirs(full, 0o755)
+                make_dirs(full, TREE_MODE)
             elif m["type"] == "symlink":
                 os.symlink(m["target"], full)
             else:
@@ -378,19 +319,10 @@ def build_tree(plan, bundle):
     except BaseException:
         remove_tree_or_file(tmp)
         raise
-    backup = None
     if lstat_or_none(final) is not None:
         make_dirs(os.path.join(h.data, BACKUP), 0o700)
-        backup = os.path.join(h.data, BACKUP, "%s-%d-%s" % (plan["hash"], time.time(), os.urandom(3).hex()))
-        if exchange_paths(tmp, final):
-            os.rename(tmp, backup)
-        else:
-            os.rename(final, backup)
-            os.rename(tmp, final)
-    else:
-        os.rename(tmp, final)
-    fsync_dir(h.data)
-    return backup
+    aside = "%s-%d-%s" % (plan["hash"], time.time(), os.urandom(3).hex())
+    return install_tree(tmp, final, os.path.join(h.data, BACKUP, aside))
 
 
 def place(directory, name, produce):
@@ -423,19 +355,6 @@ def keep_old_exe(h, cur, record):
     if h.stored_exe(sha, st.st_size) is None:
         store_exe(h, sha, lambda tmp: copy_verified(h.exe_path, tmp, st.st_size, sha))
     return sha
-
-
-def switch_links(h, cur_target, new_target, links):
-    """k3s's rotation (current renamed to previous, then a new current), each link replaced atomically; the CNI links."""
-    if cur_target != new_target:
-        if cur_target is not None:
-            atomic_symlink(cur_target, os.path.join(h.data, "previous"))
-        atomic_symlink(new_target, os.path.join(h.data, "current"))
-    make_dirs(os.path.join(h.data, "cni"), 0o755)
-    for link, target in sorted(links.items()):
-        st = lstat_or_none(link)
-        if st is None or os.readlink(link) != target:
-            atomic_symlink(target, link)
 
 
 def write_record(h, exes):
@@ -472,7 +391,7 @@ def present(p, members, executable, data_hash, bundle=None, bundle_members=None,
     make_dirs(h.data, 0o755)
     tree = h.tree(plan["hash"])
     if plan["build"]:
-        with Lock(os.path.join(h.data, ".lock")):
+        with Lock(h.data):
             if h.tree_problems(plan["hash"], plan["members"]) != {}:   # k3s may have extracted it meanwhile
                 out["backup"] = build_tree(plan, b)
     record = dict(plan["record"])
@@ -488,8 +407,7 @@ def present(p, members, executable, data_hash, bundle=None, bundle_members=None,
             else (lambda tmp: b.inflate(EXE, tmp, exe["size"], exe["sha256"], exe.get("crc32"), 0o755)))
     record[plan["hash"]] = plan["exe"]["sha256"]
     write_record(h, record)
-    cur = lstat_or_none(os.path.join(h.data, "current")) and os.readlink(os.path.join(h.data, "current"))
-    switch_links(h, cur or None, tree, cni_links(h.data, tree, cni_names(plan["members"])))
+    rotate(h.data, tree, cni_links(h.data, tree, cni_names(plan["members"])))
     if plan["exe_state"]:
         place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, exe["size"], exe["sha256"]))
     for path, target in plan["links"]:
@@ -521,14 +439,15 @@ def rollback(p, check_mode=False):
                "write %s (executable %s)" % (h.exe_path, sha[:12])]
     out = {"changed": True, "current": prev, "previous": cur, "before": {"current": cur, "previous": prev},
            "after": {"current": prev, "previous": cur}, "missing": [], "changes": changes, "executable_changed": True, "current_changed": True}
-    if check_mode:
-        return out
     bin_dir = os.path.join(tree, "bin")
     names = [n for n in sorted(os.listdir(bin_dir))
              if os.path.islink(os.path.join(bin_dir, n)) and os.readlink(os.path.join(bin_dir, n)) == "cni"]
-    atomic_symlink(h.tree(cur), os.path.join(h.data, "previous"))
-    atomic_symlink(tree, os.path.join(h.data, "current"))
-    switch_links(h, tree, tree, cni_links(h.data, tree, names))
+    links = cni_links(h.data, tree, names)
+    for link in foreign_entries(links):
+        raise K3sDataError("%s is not a symlink (k3s links the CNI plugins there); move it away" % link)
+    if check_mode:
+        return out
+    rotate(h.data, tree, links)   # current is h.tree(cur): it becomes previous
     size = os.stat(stored).st_size
     place(h.p["bin_dir"], EXE, lambda tmp: copy_verified(stored, tmp, size, sha))
     return out

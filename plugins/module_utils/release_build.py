@@ -23,6 +23,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     os_error_message,
     lstat_or_none,
     make_dirs,
+    remove_tree_or_file,
     set_owner_mode,
     tmp_name,
     unlink_quietly,
@@ -45,7 +46,6 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store impor
     check_release_id,
     compute_release_id,
     ensure_real_dir,
-    remove_tree_or_file,
 )
 
 SELINUX_NAMES = ("containerd", "containerd-shim-runc-v2", "runc")

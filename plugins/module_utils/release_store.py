@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem
@@ -47,16 +46,6 @@ def ensure_real_dir(path, check_mode, changes, mode=0o755):
     if not stat.S_ISDIR(st.st_mode):
         raise ReleaseError("%s is in the way: expected a directory" % path)
     check_dir_stat(path, st)
-
-
-def remove_tree_or_file(path):
-    st = lstat_or_none(path)
-    if st is None:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 # --------------------------------------------------------------------------- path parameters

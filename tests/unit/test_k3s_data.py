@@ -354,3 +354,18 @@ def test_modes_are_exact_under_umask_0_and_077(lab):
             assert stat.S_IMODE(os.stat(str(d)).st_mode) == 0o755, (umask, d)
         assert stat.S_IMODE(os.stat(os.path.join(lab.p["store_dir"], "executables")).st_mode) == 0o700
         assert lab.query(v1)["up_to_date"]
+
+
+def test_rollback_refuses_a_foreign_cni_entry_before_any_change(lab):
+    """k3s keeps only links in data/cni: a file there is refused before current/previous are swapped."""
+    v1 = lab.release("v1")
+    lab.present(v1)
+    v2 = lab.release("v2", runc=b"\x7fELF other runc")
+    lab.present(v2)
+    bridge = lab.data / "cni" / "cni"
+    bridge.unlink()
+    bridge.write_bytes(b"not a link")
+    before = tree_snapshot(lab.root)
+    with pytest.raises(K3sDataError, match="cni is not a symlink"):
+        kd.rollback(lab.p)
+    assert tree_snapshot(lab.root) == before

@@ -455,3 +455,50 @@ def test_without_zstandard_the_cli_says_what_to_install(k3s_fixtures, tmp_path):
                           check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "needs the python zstandard package (pip install zstandard)" in proc.stderr
+
+
+def test_first_split_decompresses_the_archive_once(k3s_fixtures, tmp_path, monkeypatch):
+    """The walk that checks the archive also writes the data dir and the streams when none exist yet; a second
+    split still reads it once (to re-derive the facts) and writes nothing."""
+    fact = k3s_fixtures["k3s"]
+    opened = []
+    real = k3s.ZstdStream.__init__
+
+    def counting(self, *args, **kwargs):
+        opened.append(args)
+        real(self, *args, **kwargs)
+    monkeypatch.setattr(k3s.ZstdStream, "__init__", counting)
+    kw = dict(dest=str(tmp_path / "k3s"), streams_dest=str(tmp_path / "streams"))
+    first = k0s_payload.split(fact["path"], **kw)
+    assert len(opened) == 1 and first["data_dir"]["changed"] and all(f["changed"] for f in first["files"])
+    assert tree_of(str(tmp_path / "k3s" / "data" / fact["data_hash"])) == tree_of(
+        unpack_with_tools(fact["path"], fact, str(tmp_path / "ref")))
+    assert sorted(os.listdir(str(tmp_path / "streams" / "k3s"))) == sorted(f["name"] + ".gz" for f in first["files"])
+    assert not [n for n in os.listdir(str(tmp_path / "k3s" / "data")) if n.endswith("-tmp") or n.endswith(".old")]
+    del opened[:]
+    again = k0s_payload.split(fact["path"], **kw)
+    assert len(opened) == 1 and not again["data_dir"]["changed"] and not any(f["changed"] for f in again["files"])
+
+
+def test_foreign_current_is_refused_before_the_tree_is_written(k3s_fixtures, tmp_path):
+    fact = k3s_fixtures["k3s"]
+    data = tmp_path / "k3s" / "data"
+    data.mkdir(parents=True)
+    (data / "current").write_bytes(b"a file, not k3s's link")
+    with pytest.raises(PayloadError) as e:
+        k0s_payload.split(fact["path"], dest=str(tmp_path / "k3s"))
+    assert "current exists and is not a symlink" in str(e.value)
+    assert sorted(os.listdir(str(data))) == ["current"]
+
+
+def test_an_extra_file_in_the_tree_is_rebuilt(k3s_fixtures, tmp_path):
+    """The tree must be exactly the archive's (the host library's check): a planted file makes the split rebuild it."""
+    fact = k3s_fixtures["k3s"]
+    dest = str(tmp_path / "k3s")
+    k0s_payload.split(fact["path"], dest=dest)
+    planted = os.path.join(dest, "data", fact["data_hash"], "bin", "planted")
+    with open(planted, "wb") as f:
+        f.write(b"x")
+    result = k0s_payload.split(fact["path"], dest=dest)
+    assert result["data_dir"]["changed"] and not os.path.lexists(planted)
+    assert result["healed"] == [os.path.join(dest, "data", fact["data_hash"])]

@@ -226,8 +226,10 @@ def test_unreadable_source(small, tmp_path):
         os.chmod(work, 0o755)
         os.mkdir(os.path.join(work, "module_utils"))
         shutil.copy(kp.__file__, os.path.join(work, "module_utils", "k0s_payload.py"))
-        # The facade writes its small files (manifest, cache marker) with the host library's atomic_write.
-        shutil.copy(os.path.join(os.path.dirname(kp.__file__), "k0s_hostfs.py"), os.path.join(work, "module_utils"))
+        # The facade writes its small files (manifest, cache marker) with the host library's atomic_write, and
+        # reads k3s archives with the host library's k3s rules (k3s_tree, which uses k0s_settings).
+        for name in ("k0s_hostfs.py", "k3s_tree.py", "k0s_settings.py"):
+            shutil.copy(os.path.join(os.path.dirname(kp.__file__), name), os.path.join(work, "module_utils"))
         shutil.copytree(os.path.join(os.path.dirname(kp.__file__), "payload"), os.path.join(work, "module_utils", "payload"),
                         ignore=shutil.ignore_patterns("__pycache__"))
         path = copy_of(small["zip"], tmp_path)

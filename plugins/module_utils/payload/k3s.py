@@ -22,6 +22,7 @@ import struct
 import tarfile
 import traceback
 
+from ..k3s_tree import ShortLine, non_dir_parent, plain_path, tar_member_path, target_escapes, valid_rel_path, verify_list
 from .errors import CorruptPayloadError, PayloadError
 from .fsio import CHUNK, Sink
 from .elf import go_build_settings
@@ -252,17 +253,11 @@ class ZstdStream(object):
 def _member_path(name, what):
     """The path of a tar member below ``data/<hash>/`` (``./`` stripped), refused as k3s's validRelPath does,
     plus any ``..`` component or a path that is not in normal form (two members could name one file)."""
-    if not name or "\\" in name or name.startswith("/") or "../" in name:
+    if not valid_rel_path(name):
         raise PayloadError("%s: member %r escapes the data directory (k3s refuses empty names, backslashes, absolute "
                            "paths and ../)" % (what, name))
-    path = name
-    while path.startswith("./"):
-        path = path[2:]
-    path = path.rstrip("/")
-    if path in ("", "."):
-        return ""
-    parts = path.split("/")
-    if ".." in parts or "." in parts or "" in parts or any(ord(c) < 0x20 for c in path):
+    path = tar_member_path(name)
+    if path and not plain_path(path):
         raise PayloadError("%s: member %r is not a plain relative path (.., ., empty components or control characters): "
                            "refused" % (what, name))
     return path
@@ -270,15 +265,13 @@ def _member_path(name, what):
 
 def _check_target(path, target, what):
     """A symlink target stays inside ``data/<hash>`` (relative, and not climbing above it)."""
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-    if not target or target.startswith("/") or resolved == ".." or resolved.startswith("../") \
-            or any(ord(c) < 0x20 for c in target):
+    if target_escapes(path, target):
         raise PayloadError("%s: symlink %s -> %r points outside data/<hash>/ (absolute or climbing out): refused"
                            % (what, path, target))
 
 
 def walk(path, archive, visitor=None, what=None):
-    """Stream the archive's tar once: every member checked and hashed; ``visitor`` (``payload.k3s_write``) may
+    """Stream the archive's tar once: every member checked and hashed; ``visitor`` (``payload.k3s_tree.Writer``) may
     write them. Fills ``archive.members`` (sorted by path); then ``check_lists``. Raises PayloadError."""
     what = what or "%s: embedded %s" % (path, archive.name)
     fd = os.open(path, os.O_RDONLY)
@@ -313,13 +306,10 @@ def _member(tar, info, members, lists, parents, visitor, what):
         raise PayloadError("%s: member %s occurs twice in the archive: refused" % (what, path))
     # Nothing below a symlink or a file: writing through a link could leave the tree (chained links defeat any
     # check of the target's spelling), and a link over a directory already filled would fail half-way.
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        parent = "/".join(parts[:i])
-        if members.get(parent, {}).get("type", "dir") != "dir":
-            raise PayloadError("%s: member %s lies below %s, which is a %s, not a directory: refused"
-                               % (what, path, parent, members[parent]["type"]))
-        parents.add(parent)
+    bad = non_dir_parent(path, members)
+    if bad:
+        raise PayloadError("%s: member %s lies below %s, which is a %s, not a directory: refused" % ((what, path) + bad))
+    parents.update(path[:i] for i, c in enumerate(path) if c == "/")
     if path in parents and not info.isdir():
         raise PayloadError("%s: member %s is not a directory but other members lie below it: refused" % (what, path))
     item = {"path": path, "type": None, "mode": None, "size": None, "sha256": None, "target": None}
@@ -359,20 +349,25 @@ def _member(tar, info, members, lists, parents, visitor, what):
         visitor.close(item)
 
 
-def _fields(body, key, value, path, what):
-    """pkg/dataverify fileMapFields: whitespace-separated fields per line, blank lines skipped."""
-    found = {}
-    for line in body.decode("utf-8", "replace").splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) <= max(key, value):
-            raise PayloadError("%s: %s line %r has fewer fields than k3s needs: k3s would refuse this archive"
-                               % (what, path, line))
-        found[fields[key]] = fields[value]
-    if not found:
+def _entries(lists, path, members, what):
+    """pkg/dataverify on the list ``path`` (``bin/.sha256sums`` or ``bin/.links``) against ``members``: the
+    mismatches [(name, listed, found)]; a short line, a missing or an empty list refused (k3s refuses them)."""
+    sums = path == SUMS
+
+    def found(name):
+        rel = posixpath.normpath(posixpath.join("bin", name))
+        item = _resolve(members, rel) if sums else members.get(rel)    # os.Open follows links, Readlink does not
+        if item is None or item["type"] != ("file" if sums else "symlink"):
+            return None
+        return item["sha256"] if sums else item["target"]
+    try:
+        entries, bad = verify_list(posixpath.basename(path), lists.get(path, b""), found)
+    except ShortLine as e:
+        raise PayloadError("%s: %s line %r has fewer fields than k3s needs: k3s would refuse this archive"
+                           % (what, path, e.line))
+    if not entries:
         raise PayloadError("%s: %s is missing or empty: k3s refuses an archive without entries in it" % (what, path))
-    return found
+    return bad
 
 
 def _resolve(members, path):
@@ -392,15 +387,8 @@ def check_lists(archive, lists, what):
     k3s = _resolve(members, "bin/k3s")
     if k3s is None or k3s["type"] != "file":
         raise PayloadError("%s: the archive has no bin/k3s file: k3s would extract it again on every start" % what)
-    bad = []
-    for name, expected in sorted(_fields(lists.get(SUMS, b""), 1, 0, SUMS, what).items()):
-        item = _resolve(members, posixpath.normpath(posixpath.join("bin", name)))
-        if item is None or item["type"] != "file" or item["sha256"] != expected:
-            bad.append("%s (sha256 %s listed, %s in the archive)" % (name, expected, item and item["sha256"]))
-    for name, expected in sorted(_fields(lists.get(LINKS, b""), 0, 1, LINKS, what).items()):
-        item = members.get(posixpath.normpath(posixpath.join("bin", name)))
-        if item is None or item["type"] != "symlink" or item["target"] != expected:
-            bad.append("%s (link to %s listed, %s in the archive)" % (name, expected, item and item["target"]))
+    bad = ["%s (sha256 %s listed, %s in the archive)" % entry for entry in _entries(lists, SUMS, members, what)]
+    bad += ["%s (link to %s listed, %s in the archive)" % entry for entry in _entries(lists, LINKS, members, what)]
     if bad:
         raise PayloadError("%s: bin/.sha256sums or bin/.links do not match the members, k3s would refuse to extract "
                            "it: %s" % (what, "; ".join(bad)))

@@ -9,25 +9,25 @@ streams come from one decompression pass. The tree follows ``cmd/k3s/main.go`` e
 ``data/<hash>-tmp`` under k3s's lock ``data/.lock``, renamed to ``data/<hash>``, then the stable CNI links in
 ``data/cni/`` and ``current``/``previous``. k3s starts from such a tree without extracting again because
 ``data/<hash>/bin/k3s`` exists; it checks nothing else, so a tree that differs from the archive is rebuilt here.
+The k3s rules themselves (lock, temporary tree, tree check, CNI links, rotation) are the host library's
+(module_utils/k3s_tree.py), shared with k3s_data.
 """
 
 from __future__ import absolute_import, division, print_function
 
 import errno
-import fcntl
 import os
 import shutil
-import stat
 import struct
 import zlib
 
-from ..k0s_hostfs import atomic_symlink, make_dirs
+from ..k0s_hostfs import make_dirs, remove_tree_or_file
+from ..k3s_tree import (TREE_MODE, Lock, cni_links as k3s_cni_links, cni_names, foreign_entries, fresh_tmp,
+                        install_tree, rotate, stale_links, tree_problems as k3s_tree_problems)
 from .errors import PayloadError
-from .fsio import Sink, check_output_dir, commit, remove_quietly, sha256_file, temp_path
+from .fsio import Sink, check_output_dir, commit, remove_quietly, temp_path
 from .k3s import walk
 from .streams import GZIP_HEADER
-
-TREE_MODE = 0o755
 
 
 class GzipWriter(object):
@@ -56,12 +56,14 @@ class GzipWriter(object):
 
 class Writer(object):
     """Writes what ``walk`` streams: members into ``tree`` (a fresh directory) and, for the member paths in
-    ``wanted``, a gzip stream into ``streams`` named by the content's sha256 (``write=False``: only its facts)."""
+    ``wanted`` (True: every file), a gzip stream into ``streams`` named by the content's sha256 (``write=False``:
+    only its facts). ``defer``: streams stay temporary files (``deferred``) until ``commit_deferred``."""
 
-    def __init__(self, tree=None, streams=None, wanted=(), engine=zlib, level=6, write=True):
-        self.tree, self.streams, self.wanted = tree, streams, set(wanted)
+    def __init__(self, tree=None, streams=None, wanted=(), engine=zlib, level=6, write=True, defer=False):
+        self.tree, self.streams, self.wanted = tree, streams, wanted if wanted is True else set(wanted)
         self.engine, self.level, self.write = engine, level, write
         self.written = {}      # sha256 -> {stream, stream_size, stream_sha256, changed}
+        self.deferred = {} if defer else None   # sha256 -> (temp, final, stream_size, stream_sha256)
         self.file = self.gzip = None
 
     def open_file(self, item):
@@ -71,7 +73,7 @@ class Writer(object):
             make_dirs(os.path.dirname(path), TREE_MODE)
             self.file = Sink(path, 0o600)
             writers.append(self.file)
-        if self.streams and item["path"] in self.wanted:
+        if self.streams and (self.wanted is True or item["path"] in self.wanted):
             self.gzip = GzipWriter(temp_path(os.path.join(self.streams, "member.gz")) if self.write else None,
                                    self.engine, self.level)
             writers.append(self.gzip)
@@ -89,6 +91,12 @@ class Writer(object):
                 self.gzip = None
                 final = os.path.join(self.streams, item["sha256"] + ".gz")
                 digest = sink.hash.hexdigest()
+                if self.deferred is not None:
+                    if item["sha256"] in self.deferred:      # a content met again: one stream is enough
+                        remove_quietly(sink.path)
+                    else:
+                        self.deferred[item["sha256"]] = (sink.path, final, sink.size, digest)
+                    return
                 changed = commit(sink.path, final, digest, write=self.write) if self.write else True
                 self.written[item["sha256"]] = {"stream": final, "stream_size": sink.size, "stream_sha256": digest,
                                                 "changed": changed}
@@ -99,13 +107,76 @@ class Writer(object):
             make_dirs(os.path.dirname(path), TREE_MODE)
             os.symlink(item["target"], path)
 
+    def commit_deferred(self, sha):
+        temp, final, size, digest = self.deferred.pop(sha)
+        self.written[sha] = {"stream": final, "stream_size": size, "stream_sha256": digest,
+                             "changed": commit(temp, final, digest)}
+
+    def discard_deferred(self):
+        for temp, dummy, dummy2, dummy3 in (self.deferred or {}).values():
+            remove_quietly(temp)
+        self.deferred = {} if self.deferred is not None else None
+
     def abort(self):
         for sink in (self.file, self.gzip and self.gzip.sink):
             if sink is not None:
                 sink.discard()
         self.file = self.gzip = None
+        self.discard_deferred()
         if self.tree:
             shutil.rmtree(self.tree, ignore_errors=True)
+
+
+class FirstPass(object):
+    """A first split (``<dest>/data/<hash>`` absent, or no stream in ``<streams>/k3s`` yet: nothing to compare):
+    the walk that checks the archive also writes those outputs, so it is decompressed once. The tree goes to
+    ``data/<hash>-tmp`` under k3s's lock (held until ``release``) and is renamed only by ``write_data_dir`` after
+    every check; streams stay temporary files until committed. ``release`` removes whatever was not installed,
+    and on a refusal the directories this created: nothing is left in ``dest`` or ``streams``."""
+
+    def __init__(self, archive, dest, streams_dest, engine, level=6):
+        self.created, self.lock, self.tmp, self.final, self.writer = [], None, None, None, None
+        try:
+            streams = None
+            if dest:
+                data, final = _paths(dest, archive)
+                if not os.path.lexists(final):
+                    # the links known before the walk, refused before anything is written (the rest: write_data_dir)
+                    refuse_foreign([os.path.join(data, "current"), os.path.join(data, "cni", "cni")])
+                    self.created += make_dirs(data, TREE_MODE)
+                    check_output_dir(data)
+                    self.lock = Lock(data)
+                    self.lock.__enter__()
+                    self.tmp, self.final = fresh_tmp(final), final
+            if streams_dest:
+                path = os.path.join(streams_dest, "k3s")
+                if not (os.path.isdir(path) and any(n.endswith(".gz") for n in os.listdir(path))):
+                    self.created += make_dirs(path, TREE_MODE)
+                    check_output_dir(path)
+                    streams = path
+            if self.tmp or streams:
+                self.writer = Writer(self.tmp, streams, True, engine, level, defer=True)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        if self.writer is not None:
+            self.writer.discard_deferred()
+        failed = self.final is not None and not os.path.lexists(self.final)
+        if self.tmp:
+            remove_tree_or_file(self.tmp)
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+            self.lock = None
+            if failed and self.created and os.path.dirname(self.final) in self.created:
+                remove_quietly(os.path.join(os.path.dirname(self.final), ".lock"))
+        for path in sorted(self.created, key=len, reverse=True):   # children first; only empty ones go
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        self.created = []
 
 
 # --------------------------------------------------------------------------- the data dir
@@ -115,43 +186,23 @@ def _paths(dest, archive):
     return data, os.path.join(data, archive.data_hash)
 
 
+def _members(archive):
+    return dict((m["path"], m) for m in archive.members)
+
+
 def cni_links(dest, archive):
     """{link path: target} k3s makes in ``data/cni/``: ``cni`` and every ``bin/<name>`` that is a symlink to ``cni``."""
     data, final = _paths(dest, archive)
-    target = os.path.join(final, "bin", "cni")
-    names = ["cni"] + [m["path"][4:] for m in archive.members
-                       if m["type"] == "symlink" and m["target"] == "cni" and m["path"].count("/") == 1
-                       and m["path"].startswith("bin/")]
-    return dict((os.path.join(data, "cni", name), target) for name in names)
-
-
-def _readlink(path):
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
+    return k3s_cni_links(data, final, cni_names(_members(archive)))
 
 
 def tree_problems(dest, archive):
     """Why ``<dest>/data/<hash>`` is not exactly the archive's tree (empty: it is). Files are hashed."""
     dummy, final = _paths(dest, archive)
-    problems = []
-    for member in archive.members:
-        path = os.path.join(final, member["path"])
-        try:
-            st = os.lstat(path)
-        except OSError:
-            problems.append("%s is missing" % member["path"])
-            continue
-        kind = member["type"]
-        if kind == "dir" and not stat.S_ISDIR(st.st_mode):
-            problems.append("%s is not a directory" % member["path"])
-        elif kind == "symlink" and (not stat.S_ISLNK(st.st_mode) or _readlink(path) != member["target"]):
-            problems.append("%s is not a symlink to %s" % (member["path"], member["target"]))
-        elif kind == "file" and (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != member["mode"]
-                                 or st.st_size != member["size"] or sha256_file(path) != member["sha256"]):
-            problems.append("%s differs (content or mode)" % member["path"])
-    return problems
+    problems = k3s_tree_problems(final, _members(archive))
+    if problems is None:
+        return ["data/%s is missing" % archive.data_hash]
+    return ["%s: %s" % item for item in sorted(problems.items())]
 
 
 def links_problems(dest, archive):
@@ -159,68 +210,44 @@ def links_problems(dest, archive):
     data, final = _paths(dest, archive)
     wanted = cni_links(dest, archive)
     wanted[os.path.join(data, "current")] = final
-    return sorted(path for path, target in wanted.items() if _readlink(path) != target)
+    return stale_links(wanted)
 
 
-def _lock(data):
-    """k3s's own extraction lock, ``data/.lock`` (pkg/flock: an exclusive flock)."""
-    fd = os.open(os.path.join(data, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+def refuse_foreign(paths):
+    for path in foreign_entries(paths):
+        raise PayloadError("%s exists and is not a symlink; k3s keeps only links there: move it away" % path)
 
 
-def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zlib, level=6):
+def write_data_dir(src, archive, dest, build, streams=None, wanted=(), engine=zlib, level=6, first=None):
     """Make ``<dest>`` a k3s data dir holding this archive: the tree rebuilt when ``build`` (in ``<hash>-tmp``,
     then renamed, a differing old tree removed only after), the CNI links and ``current``/``previous``.
+    ``first``: a FirstPass that already wrote ``<hash>-tmp`` (and holds the lock).
     Returns the Writer (the streams it wrote, when ``wanted`` names members)."""
     data, final = _paths(dest, archive)
     make_dirs(data, TREE_MODE)
     check_output_dir(data)
-    fd = _lock(data)
+    links = cni_links(dest, archive)
+    refuse_foreign(list(links) + [os.path.join(data, "current")])
+    prebuilt = first is not None and first.tmp is not None
+    lock = None if prebuilt else Lock(data).__enter__()   # a FirstPass holds it already
     try:
         writer = Writer(streams=streams, wanted=wanted, engine=engine, level=level)
-        if build:
-            tmp = final + "-tmp"            # k3s's own temporary name; it removes a leftover first, so do we
-            if os.path.islink(tmp) or os.path.isfile(tmp):
-                os.unlink(tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.mkdir(tmp, TREE_MODE)         # fails rather than reuse anything left there
-            os.chmod(tmp, TREE_MODE)
-            writer.tree = tmp
-        if build or wanted:
+        if build and not prebuilt:
+            writer.tree = fresh_tmp(final)    # k3s's own temporary name; it removes a leftover first, so do we
+        if wanted or (build and not prebuilt):
             walk(src, archive, writer)
+        if prebuilt:
+            writer.tree = first.tmp
         if build:
-            old = None
-            if os.path.lexists(final):
-                old = os.path.join(data, ".%s.fleetsplit-%d.old" % (archive.data_hash, os.getpid()))
-                os.rename(final, old)
-            os.rename(writer.tree, final)
+            old = install_tree(writer.tree, final, os.path.join(data, ".%s.fleetsplit-%d.old"
+                                                                % (archive.data_hash, os.getpid())))
             if old:
-                shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else remove_quietly(old)
-        _write_links(dest, archive)
+                remove_tree_or_file(old)
+        rotate(data, final, links)
     finally:
-        os.close(fd)
+        if lock is not None:
+            lock.__exit__(None, None, None)
     return writer
-
-
-def _write_links(dest, archive):
-    data, final = _paths(dest, archive)
-    for path, target in sorted(cni_links(dest, archive).items()):
-        if _readlink(path) == target:
-            continue
-        make_dirs(os.path.dirname(path), TREE_MODE)
-        if os.path.lexists(path) and not os.path.islink(path):
-            raise PayloadError("%s exists and is not a symlink; k3s keeps only links there: move it away" % path)
-        atomic_symlink(target, path)
-    current, previous = os.path.join(data, "current"), os.path.join(data, "previous")
-    old = _readlink(current)
-    if old == final:
-        return
-    if os.path.lexists(current) and old is None:
-        raise PayloadError("%s exists and is not a symlink: refusing to replace it" % current)
-    if old is not None:
-        atomic_symlink(old, previous)   # k3s renames current to previous; two atomic steps leave no gap
-    atomic_symlink(final, current)
 
 
 def ensure_streams_dir(streams_dest):
