@@ -531,14 +531,14 @@ def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write, fi
     if old is not None and stripped["changed"]:
         healed.append(stripped_executable)
     if streams_dest:
-        path = os.path.join(streams_dest, "bin", "k3s.gz")
+        path = os.path.join(streams_dest, "bin", executable_name(payload) + ".gz")
         exe = _executable_stream_holds(path, stripped, engine)
         if exe is None:
             healed += [path] if os.path.lexists(path) else []
             exe = write_executable_stream(payload, streams_dest, write=write)
         stripped["changed"] = stripped["changed"] or exe.pop("changed")
         stripped.update(exe)
-    stripped["name"] = "k3s"
+    stripped["name"] = executable_name(payload)
     result.update(stripped_executable=stripped, images=[], healed=healed, retimed=[])
     if dest:
         result["data_dir"] = {"path": os.path.join(os.path.abspath(dest), "data", archive.data_hash),
