@@ -11,7 +11,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 
 .PHONY: all venv venv-compat collection test-collections fixtures deploy test test-unit test-compat test-molecule \
-        test-hosts test-compat-beside-molecule lint sanity readmes check-build rehearsal bench clean
+        test-hosts test-beside-molecule lint sanity readmes check-build rehearsal bench clean
 
 all: test
 
@@ -48,9 +48,10 @@ deploy: venv collection fixtures
 	  "'make fixtures', not a real k0s); for a real one: ansible-playbook deploy-k0s.yml -e k0s_executable=..."
 	$(BIN)/ansible-playbook deploy-k0s.yml -e k0s_executable=$(CURDIR)/$(DEPLOY_K0S)
 
-# Checkers first (fast, and they fail on what a reviewer would see), then the tests. test-hosts
-# installs every package the tests need (podman, runc, ...) before any test runs.
-test: test-hosts lint sanity test-unit test-compat-beside-molecule
+# ansible-lint first (fast, it fails on what a reviewer would see), then the tests; ansible-test sanity runs beside
+# the molecule scenarios (scripts/test-beside-molecule). test-hosts installs every package the tests need (podman,
+# runc, ...) before any test runs.
+test: test-hosts lint test-unit test-beside-molecule
 
 # ansible-lint --profile production (.ansible-lint), offline.
 lint: venv test-collections
@@ -74,9 +75,9 @@ test-compat: venv-compat collection fixtures
 test-hosts:
 	scripts/prepare-test-hosts
 
-# test-compat and test-molecule at the same time (molecule mostly waits on hosts); both logs printed whole.
-test-compat-beside-molecule: venv venv-compat collection test-collections fixtures test-hosts
-	scripts/test-compat-beside-molecule
+# sanity and test-compat beside test-molecule (molecule mostly waits on hosts); every log printed whole.
+test-beside-molecule: venv venv-compat collection test-collections fixtures test-hosts
+	scripts/test-beside-molecule
 
 test-molecule: venv collection test-collections fixtures test-hosts
 	scripts/run-molecule
