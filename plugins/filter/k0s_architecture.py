@@ -27,7 +27,7 @@ def k0s_goarch(machine, default=None):
 
 
 def k0s_host_arches(machines, configured=None):
-    """{"keys": {host: key}, "missing": ["host (machine -> key)", ...]} for {host: machine}."""
+    """{"by_host": {host: key}, "missing": ["host (machine -> key)", ...]} for {host: machine}."""
     return host_keys(machines, configured)
 
 

@@ -34,7 +34,7 @@ def host_keys(machines, configured=None):
 
     ``machines``: {host: machine or None (not known)}. ``configured``: the keys with an executable
     (k0s_executables' keys), or None when any key k0s ships can be downloaded.
-    Returns {"keys": {host: key}, "missing": ["host (machine -> key)", ...]} (missing sorted by host;
+    Returns {"by_host": {host: key}, "missing": ["host (machine -> key)", ...]} (missing sorted by host;
     a host whose machine is unknown or unmapped is missing with key "?")."""
     available = set(KEYS if configured is None else configured)
     keys = {}
@@ -49,4 +49,4 @@ def host_keys(machines, configured=None):
             keys[host] = key
         else:
             missing.append("%s (%s -> %s)" % (host, machine if machine else "unknown machine", key or "?"))
-    return {"keys": keys, "missing": missing}
+    return {"by_host": keys, "missing": missing}

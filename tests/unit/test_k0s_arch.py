@@ -45,13 +45,13 @@ def test_this_machine_and_its_executables_share_a_key(fixtures):
 def test_host_keys_lists_every_host_without_an_executable():
     machines = {"c1": "x86_64", "w1": "aarch64", "w2": "armv7l", "w3": "riscv64", "w4": None}
     got = k0s_arch.host_keys(machines, ["amd64", "arm64"])
-    assert got["keys"] == {"c1": "amd64", "w1": "arm64"}
+    assert got["by_host"] == {"c1": "amd64", "w1": "arm64"}
     assert got["missing"] == ["w2 (armv7l -> arm)", "w3 (riscv64 -> ?)", "w4 (unknown machine -> ?)"]
 
 
 def test_host_keys_downloading_serves_every_shipped_key():
     got = k0s_arch.host_keys({"a": "x86_64", "b": "aarch64", "c": "armv6l", "d": "s390x"})
-    assert got["keys"] == {"a": "amd64", "b": "arm64", "c": "arm"}
+    assert got["by_host"] == {"a": "amd64", "b": "arm64", "c": "arm"}
     assert got["missing"] == ["d (s390x -> ?)"]
 
 
