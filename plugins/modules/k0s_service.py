@@ -169,6 +169,7 @@ import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetsplit.k0s.plugins.module_utils import k0s_settings
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.process_exe import process_executable
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     HostFsError,
     atomic_write,
@@ -331,9 +332,8 @@ class Service(object):
         pid = self.main_pid()
         if pid is None or not self.p["binary"]:
             return None
-        try:
-            exe = os.readlink("/proc/%d/exe" % pid)
-        except OSError:
+        exe = process_executable(pid)   # the emulated program under qemu-user, not the interpreter
+        if exe is None:
             return None
         want = os.path.realpath(self.p["binary"])
         if exe == want:   # a replaced executable reads "<path> (deleted)": never equal
