@@ -40,8 +40,10 @@ EM = {"amd64": 62, "arm64": 183, "arm": 40}
 UNAME = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 
 # Runs inside a host (python3, under qemu on arm64): ELF machine and sha256 of every deployed file, the
-# store's links, the service. Nothing trusted: files are read, links resolved.
-STATE = r"""
+# store's links, the service. Nothing trusted: files are read, links resolved. The running k0s is read by
+# the collection's own process_exe.py (sent along): under qemu-user /proc/<pid>/exe names qemu.
+PROCESS_EXE = (REPO / "plugins" / "module_utils" / "process_exe.py").read_text()
+STATE = PROCESS_EXE + r"""
 import hashlib, json, os, platform, struct, subprocess, sys
 store = sys.argv[1]
 def sha(p):
@@ -76,10 +78,7 @@ out["unit_sha256"] = sha(path) if os.path.exists(path) else None
 out["active"] = run("systemctl", "is-active", unit + ".service")
 out["enabled"] = run("systemctl", "is-enabled", unit + ".service")
 out["pid"] = run("systemctl", "show", "-p", "MainPID", "--value", unit + ".service")
-try:
-    out["exe"] = os.readlink("/proc/%s/exe" % out["pid"])
-except OSError:
-    out["exe"] = None
+out["exe"] = process_executable(out["pid"]) if out["pid"] not in ("", "0") else None
 out["current_k0s"] = os.path.realpath(os.path.join(store, "current", "bin", "k0s"))
 print(json.dumps(out))
 """
