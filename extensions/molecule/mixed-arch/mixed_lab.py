@@ -12,7 +12,7 @@ Over ssh to each container, with eth0's rx_bytes read inside it (podman exec) be
    (store, links, unit, service pid and state compared before/after);
 3. upgrade_k0s to the -v2 pair: each host received exactly its architecture's changed streams (the bundle
    members the play reports: the streams whose sha256 differs between that architecture's v1 and v2
-   splits), its bytes at least those streams and beyond them no more than twice a no-change run; each host
+   splits), its bytes at least those streams and beyond them no more than 2.5 x a no-change run; each host
    then runs v2 built for its machine, previous -> the v1 release;
 4. the upgrade again: changed=0 on every host, nothing sent (its bytes are step 3's no-change measure).
 
@@ -35,6 +35,7 @@ import hostlab  # noqa: E402  (tests/hostlab.py, on the path fleetlab set)
 import hostnet  # noqa: E402
 
 STORE = "/var/lib/fleetsplit-k0s"
+OVERHEAD = 2.5   # an upgrade's bytes beyond its streams, at most this many no-change runs (see step 3)
 # ELF e_machine per architecture key (the ELF specification's numbers) and uname -m spellings.
 EM = {"amd64": 62, "arm64": 183, "arm": 40}
 UNAME = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
@@ -293,15 +294,20 @@ def main():
             sizes = stream_sizes(m2[a])
             content = sum(sizes[n] for n in changed)
             got = sent(out, h.name)
-            report.append("%-34s %-9s %-5s rx %9d bytes, streams sent %s = %d bytes, over content %d (wall %.1f s)"
-                          % ("upgrade -> -v2 pair", h.name, a, rx_up[h.name], got, content, rx_up[h.name] - content, secs_up))
+            report.append("%-34s %-9s %-5s rx %9d bytes, streams sent %s = %d bytes, over content %d = %.2f x the"
+                          " no-change run (wall %.1f s)" % ("upgrade -> -v2 pair", h.name, a, rx_up[h.name], got, content,
+                                                            rx_up[h.name] - content,
+                                                            (rx_up[h.name] - content) / float(max(rx_re[h.name], 1)), secs_up))
             if not changed or got != changed:
                 problems.append("%s: the upgrade sent %s, expected %s (its %s split's changed streams)" % (h.name, got, changed, a))
             if rx_up[h.name] < content:
                 problems.append("%s: received %d bytes, less than the streams sent (%d)" % (h.name, rx_up[h.name], content))
-            if rx_up[h.name] - content > 2 * rx_re[h.name]:
-                problems.append("%s: received %d bytes beyond the streams sent, more than twice a no-change run (%d)"
-                                % (h.name, rx_up[h.name] - content, rx_re[h.name]))
+            # Beyond the content only Ansible's own bytes: the upgrade runs more tasks than its no-change re-run
+            # (stop, switch, start, gate: 1.7-1.9 x its bytes measured). A changed stream sent twice adds at
+            # least runc's 3.1 MB (2.4 x a no-change run), which breaks this bound.
+            if rx_up[h.name] - content > OVERHEAD * rx_re[h.name]:
+                problems.append("%s: received %d bytes beyond the streams sent, more than %.1f x a no-change run (%d):"
+                                " content went twice" % (h.name, rx_up[h.name] - content, OVERHEAD, rx_re[h.name]))
             st = h.running(old_pid=s1[h.name]["pid"])
             check_running(h, st, m2[a], r2[a], problems, "after the upgrade", old_pid=s1[h.name]["pid"])
             if st["previous"] != s1[h.name]["current"]:
