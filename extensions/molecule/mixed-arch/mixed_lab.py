@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 from fleetlab import (FIXTURES, REPO, VENV_BIN, Failure, ansible_env, failures, log, setup_ssh,  # noqa: E402
-                      split_manifest, stream_sizes)
+                      split_manifest, stream_sizes, uploaded)
 import hostlab  # noqa: E402  (tests/hostlab.py, on the path fleetlab set)
 import hostnet  # noqa: E402
 
@@ -142,8 +142,8 @@ def write_inventory(hosts, workdir, key):
     return path
 
 
-def run(hosts, inv, playbook, executables, expect_ok=True):
-    """One ansible-playbook run: (parsed JSON, rc, rx bytes per host, seconds)."""
+def run(hosts, inv, playbook, executables, step, expect_ok=True):
+    """One ansible-playbook run: (parsed JSON, rc, rx bytes per host, seconds); its output in <workdir>/<step>.json."""
     argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / playbook),
             "-e", json.dumps({"k0s_executables": executables})]
     before = dict((h.name, hostlab.rx_bytes(h.name)) for h in hosts)
@@ -151,6 +151,7 @@ def run(hosts, inv, playbook, executables, expect_ok=True):
     p = subprocess.run(argv, env=ansible_env(), cwd=str(REPO), capture_output=True, text=True, check=False)
     secs = time.monotonic() - t0
     rx = dict((h.name, hostlab.rx_bytes(h.name) - before[h.name]) for h in hosts)
+    (inv.parent / ("%s.json" % step)).write_text(p.stdout + p.stderr)
     try:
         out = json.loads(p.stdout)
     except ValueError:
@@ -158,32 +159,6 @@ def run(hosts, inv, playbook, executables, expect_ok=True):
     if expect_ok and p.returncode != 0:
         raise Failure("%s failed (rc %d): %s" % (playbook, p.returncode, json.dumps(failures(out), indent=1)[:4000]))
     return out, p.returncode, rx, secs
-
-
-def results(out):
-    """Every (task name, host, result) of a run, loop items included."""
-    for play in out.get("plays", []):
-        for task in play.get("tasks", []):
-            for host, res in task.get("hosts", {}).items():
-                yield task["task"]["name"], host, res
-                for item in res.get("results", []) if isinstance(res.get("results"), list) else []:
-                    if isinstance(item, dict):
-                        yield task["task"]["name"], host, item
-
-
-def sent(out, host):
-    """Member names of the bundle uploaded to ``host`` ([] when the run uploaded none): the k0s_release
-    action reports bundle_bytes only when it transferred one; stream_bundle (run once, per architecture
-    when the fleet is mixed) reports every host's members."""
-    if not any(h == host and r.get("bundle_bytes") for _, h, r in results(out)):
-        return []
-    members = None
-    for _, _, r in results(out):
-        if isinstance(r.get("bundles"), dict) and host in r["bundles"]:
-            members = sorted(m["name"] for m in r["bundles"][host]["members"])
-    if members is None:
-        raise Failure("%s: a bundle was uploaded but no stream_bundle result names its members" % host)
-    return members
 
 
 def fixture_record(path):
@@ -265,7 +240,7 @@ def main():
 
         # 2. No executable for arm64: refused before any change, on every host.
         only = dict((a, p) for a, p in v2.items() if a != "arm64")
-        out, rc, rx, secs = run(hosts, inv, "deploy_k0s.yml", only, expect_ok=False)
+        out, rc, rx, secs = run(hosts, inv, "deploy_k0s.yml", only, "refused", expect_ok=False)
         msgs = " ".join(str(f["msg"]) for f in failures(out))
         arm = [h.name for h in hosts if h.arch == "arm64"]
         report.append("%-34s rc %d in %.1f s: %s" % ("refused (no arm64 executable)", rc, secs, msgs[:300]))
@@ -277,15 +252,15 @@ def main():
             if st != s1[h.name]:
                 diff = dict((k, (s1[h.name][k], st[k])) for k in st if st[k] != s1[h.name].get(k))
                 problems.append("%s: the refused run changed the host: %s" % (h.name, json.dumps(diff)[:1500]))
-            if any(h2 == h.name and r.get("bundle_bytes") for _, h2, r in results(out)):
-                problems.append("%s: the refused run uploaded a bundle" % h.name)
+            if uploaded(out, h.name):
+                problems.append("%s: the refused run uploaded %s" % (h.name, uploaded(out, h.name)))
 
         # 3. Upgrade to the -v2 pair: each host only its architecture's changed streams.
-        out, rc, rx_up, secs_up = run(hosts, inv, "upgrade_k0s.yml", v2)
+        out, rc, rx_up, secs_up = run(hosts, inv, "upgrade_k0s.yml", v2, "upgrade")
         m2 = dict((a, split_manifest(p)) for a, p in v2.items())
         r2 = dict((a, fixture_record(p)) for a, p in v2.items())
         # 4. Again: nothing (and the no-change bytes for the bound below).
-        out4, rc4, rx_re, secs_re = run(hosts, inv, "upgrade_k0s.yml", v2)
+        out4, rc4, rx_re, secs_re = run(hosts, inv, "upgrade_k0s.yml", v2, "upgrade-again")
         for h in hosts:
             a = h.arch
             old = dict((f["name"], f["sha256"]) for f in m1[a]["files"])
@@ -293,7 +268,7 @@ def main():
                              + (["k0s"] if m1[a]["stripped_executable"]["sha256"] != m2[a]["stripped_executable"]["sha256"] else []))
             sizes = stream_sizes(m2[a])
             content = sum(sizes[n] for n in changed)
-            got = sent(out, h.name)
+            got = uploaded(out, h.name)
             report.append("%-34s %-9s %-5s rx %9d bytes, streams sent %s = %d bytes, over content %d = %.2f x the"
                           " no-change run (wall %.1f s)" % ("upgrade -> -v2 pair", h.name, a, rx_up[h.name], got, content,
                                                             rx_up[h.name] - content,
@@ -314,10 +289,10 @@ def main():
                 problems.append("%s: previous -> %s, not the v1 release %s" % (h.name, st["previous"], s1[h.name]["current"]))
             report.append("%-34s %-9s %-5s rx %9d bytes, changed=%s, sent %s (wall %.1f s)"
                           % ("upgrade again (no change)", h.name, a, rx_re[h.name], out4["stats"][h.name]["changed"],
-                             sent(out4, h.name), secs_re))
-            if out4["stats"][h.name]["changed"] != 0 or sent(out4, h.name):
+                             uploaded(out4, h.name), secs_re))
+            if out4["stats"][h.name]["changed"] != 0 or uploaded(out4, h.name):
                 problems.append("%s: the upgrade's re-run changed %d, sent %s"
-                                % (h.name, out4["stats"][h.name]["changed"], sent(out4, h.name)))
+                                % (h.name, out4["stats"][h.name]["changed"], uploaded(out4, h.name)))
         log("streams: %s" % json.dumps(dict((a, dict((n[:16], s) for n, s in sorted(stream_sizes(m).items())))
                                             for a, m in sorted(m2.items()))))
     except Failure as e:

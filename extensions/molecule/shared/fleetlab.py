@@ -152,17 +152,33 @@ def task_results(out, name):
 
 
 PRESENT_TASK = "Upload, build and switch (or only build, with k0s_install_switch=false)"
-BUNDLE_TASK = "Bundle the streams each host lacks (on the controller, once for the play)"
+# A prefix: "... once for the play)", or "... once per split)" looped once per architecture of a mixed fleet.
+BUNDLE_TASK = "Bundle the streams each host lacks (on the controller, once"
+
+
+def all_results(out):
+    """Every (task name, host, result) of a run, in order, every play (batches too) and loop item."""
+    for play in out.get("plays", []):
+        for task in play.get("tasks", []):
+            for host, res in task.get("hosts", {}).items():
+                yield task["task"]["name"], host, res
+                for item in res.get("results", []) if isinstance(res.get("results"), list) else []:
+                    if isinstance(item, dict):
+                        yield task["task"]["name"], host, item
 
 
 def uploaded(out, host):
     """Names whose streams the run sent to ``host``: the members of the one bundle the k0s_release
-    action uploaded (it reports bundle_bytes only when it transferred one)."""
-    if not task_results(out, PRESENT_TASK).get(host, {}).get("bundle_bytes"):
+    action uploaded (it reports bundle_bytes only when it transferred one); stream_bundle runs once
+    (per split) and its result names every host's members."""
+    if not any(h == host and r.get("bundle_bytes") for n, h, r in all_results(out)
+               if n == PRESENT_TASK or n.endswith(" : " + PRESENT_TASK)):
         return []
-    for res in task_results(out, BUNDLE_TASK).values():   # run_once: one host carries the result
-        return sorted(m["name"] for m in res.get("bundles", {}).get(host, {}).get("members", []))
-    return []
+    members = []
+    for name, _, res in all_results(out):
+        if BUNDLE_TASK in name and host in (res.get("bundles") or {}):
+            members = sorted(m["name"] for m in res["bundles"][host]["members"])
+    return members
 
 
 def split_manifest(executable):
