@@ -25,14 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fleetlab import (FIXTURES, NO_JOINS, REPO, Failure, Host, log, measured_run, run_playbook,  # noqa: E402
-                      setup_ssh, task_results, write_inventory)
+                      every_result, setup_ssh, task_results, write_inventory)
 
 sys.path.insert(0, str(REPO / ".build" / "collections"))
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_images import stable_mtime_ns  # noqa: E402
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file  # noqa: E402
 
 PRESENT = "Send the image bundles the worker lacks and remove the ones no longer wanted"
-BUNDLES = "Bundle the image streams each worker lacks (on the controller, once for the play)"
+# A prefix: "... once for the play)", or "... once per image set)" looped once per architecture of a mixed fleet.
+BUNDLES = "Bundle the image streams each worker lacks (on the controller, once"
 IMAGES = "/var/lib/k0s/images"
 STATUS = "/var/lib/k0s/fake-cluster/images-status.json"
 PRUNE = "Remove the image bundles only the previous release wanted"
@@ -72,8 +73,9 @@ def sent(out, host):
     """(bundle_bytes, member names) the k0s_images action uploaded to ``host``, (0, []) when nothing."""
     got = task_results(out, PRESENT).get(host, {}).get("bundle_bytes") or 0
     members = []
-    for res in task_results(out, BUNDLES).values():
-        members = sorted(m["name"] for m in res.get("bundles", {}).get(host, {}).get("members", []))
+    for name, _, res in every_result(out):
+        if BUNDLES in name and host in (res.get("bundles") or {}):
+            members = sorted(m["name"] for m in res["bundles"][host]["members"])
     return got, members if got else []
 
 

@@ -156,7 +156,7 @@ PRESENT_TASK = "Upload, build and switch (or only build, with k0s_install_switch
 BUNDLE_TASK = "Bundle the streams each host lacks (on the controller, once"
 
 
-def all_results(out):
+def every_result(out):
     """Every (task name, host, result) of a run, in order, every play (batches too) and loop item."""
     for play in out.get("plays", []):
         for task in play.get("tasks", []):
@@ -171,11 +171,11 @@ def uploaded(out, host):
     """Names whose streams the run sent to ``host``: the members of the one bundle the k0s_release
     action uploaded (it reports bundle_bytes only when it transferred one); stream_bundle runs once
     (per split) and its result names every host's members."""
-    if not any(h == host and r.get("bundle_bytes") for n, h, r in all_results(out)
+    if not any(h == host and r.get("bundle_bytes") for n, h, r in every_result(out)
                if n == PRESENT_TASK or n.endswith(" : " + PRESENT_TASK)):
         return []
     members = []
-    for name, _, res in all_results(out):
+    for name, _, res in every_result(out):
         if BUNDLE_TASK in name and host in (res.get("bundles") or {}):
             members = sorted(m["name"] for m in res["bundles"][host]["members"])
     return members
