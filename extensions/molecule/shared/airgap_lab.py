@@ -73,7 +73,7 @@ def sent(out, host):
     """(bundle_bytes, member names) the k0s_images action uploaded to ``host``, (0, []) when nothing."""
     got = task_results(out, PRESENT).get(host, {}).get("bundle_bytes") or 0
     members = []
-    for name, _, res in every_result(out):
+    for name, _host, res in every_result(out):
         if BUNDLES in name and host in (res.get("bundles") or {}):
             members = sorted(m["name"] for m in res["bundles"][host]["members"])
     return got, members if got else []

@@ -175,7 +175,7 @@ def uploaded(out, host):
                if n == PRESENT_TASK or n.endswith(" : " + PRESENT_TASK)):
         return []
     members = []
-    for name, _, res in every_result(out):
+    for name, _host, res in every_result(out):
         if BUNDLE_TASK in name and host in (res.get("bundles") or {}):
             members = sorted(m["name"] for m in res["bundles"][host]["members"])
     return members
