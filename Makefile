@@ -48,10 +48,10 @@ deploy: venv collection fixtures
 	  "'make fixtures', not a real k0s); for a real one: ansible-playbook deploy-k0s.yml -e k0s_executable=..."
 	$(BIN)/ansible-playbook deploy-k0s.yml -e k0s_executable=$(CURDIR)/$(DEPLOY_K0S)
 
-# ansible-lint first (fast, it fails on what a reviewer would see), then the tests; ansible-test sanity runs beside
-# the molecule scenarios (scripts/test-beside-molecule). test-hosts installs every package the tests need (podman,
-# runc, ...) before any test runs.
-test: test-hosts lint test-unit test-beside-molecule
+# ansible-lint first (fast, it fails on what a reviewer would see), then the molecule scenarios with ansible-test
+# sanity, test-unit and test-compat beside them (scripts/test-beside-molecule). test-hosts installs every package the
+# tests need (podman, runc, ...) before any test runs.
+test: test-hosts lint test-beside-molecule
 
 # ansible-lint --profile production (.ansible-lint), offline.
 lint: venv test-collections
@@ -75,7 +75,7 @@ test-compat: venv-compat collection fixtures
 test-hosts:
 	scripts/prepare-test-hosts
 
-# sanity and test-compat beside test-molecule (molecule mostly waits on hosts); every log printed whole.
+# sanity, test-unit and test-compat (one after the other) beside test-molecule (molecule mostly waits on hosts).
 test-beside-molecule: venv venv-compat collection test-collections fixtures test-hosts
 	scripts/test-beside-molecule
 
