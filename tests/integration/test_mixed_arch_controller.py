@@ -192,7 +192,7 @@ TWO_SPLITS_PLAY = """
       vars:
         _entry: "{{ (hostvars['localhost']['split_' ~ which].values() | first) }}"
       ansible.builtin.set_fact:
-        k0s_split: "{{ _entry.split }}"
+        k0s_split: "{{ _entry['split'] }}"
         k0s_split_dir: "{{ _entry.dir }}"
     - name: Install
       ansible.builtin.import_role:
@@ -306,3 +306,25 @@ def test_single_executable_of_another_machine_stops_every_host_before_install(tm
         assert not (tmp_path / host / "store").exists(), host
         assert not (tmp_path / host / "bin").exists(), host
     assert "Upload, build and switch" not in out, out
+
+
+def test_upgrade_checks_the_hosts_of_the_run_before_any_change(tmp_path):
+    """upgrade_k0s: the check play learns each host's architecture and records the run's hosts (after --limit) for
+    the localhost split play; a host without an executable stops the run before any host changes."""
+    inv = inventory(tmp_path, controllers=["c1"], workers=["w1", "w2"])
+    evars = json.dumps({"k0s_executables": {OTHER: str(FIXTURES / "k0s-small-zip")},
+                        "k0s_controller_cache_dir": str(tmp_path / "cache")})
+    m = platform.machine()
+    proc, out = run_playbook(["-i", inv, str(REPO / "playbooks/upgrade_k0s.yml"), "-e", evars], cwd=tmp_path)
+    assert proc.returncode != 0, out
+    assert "No k0s executable for the architecture of c1 (%s -> amd64), w1 (%s -> amd64), w2 (%s -> amd64)." % (
+        m, m, m) in out, out
+    assert "PLAY [Upgrade k0s controllers, one at a time]" not in out, out
+
+    proc, out = run_playbook(["-i", inv, str(REPO / "playbooks/upgrade_k0s.yml"), "-e", evars,
+                              "--limit", "w1,localhost"], cwd=tmp_path)
+    assert proc.returncode != 0, out
+    assert "No k0s executable for the architecture of w1 (%s -> amd64). k0s_executables has %s" % (m, OTHER) in out, out
+    for host in ("c1", "w1", "w2"):
+        assert not (tmp_path / host).exists(), host
+    assert not (tmp_path / "cache" / "split").exists()
