@@ -208,7 +208,7 @@ TWO_SPLITS_PLAY = """
 
 
 def test_install_bundles_per_split_each_host_gets_only_its_own(tmp_path, fixture_index):
-    a, b = fixture_index["k0s-small-zip"], fixture_index["k0s-small-legacy"]
+    a, b = fixture_index["k0s-small-zip"], arm64_fixtures(fixture_index, "k0s-small-zip-v2")[0]
     inv = inventory(tmp_path, workers=["h1", "h2", "h3"])
     doc = json.loads(inv.read_text())
     for host, which in (("h1", "a"), ("h2", "b"), ("h3", "a")):
