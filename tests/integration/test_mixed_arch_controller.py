@@ -328,3 +328,30 @@ def test_upgrade_checks_the_hosts_of_the_run_before_any_change(tmp_path):
     for host in ("c1", "w1", "w2"):
         assert not (tmp_path / host).exists(), host
     assert not (tmp_path / "cache" / "split").exists()
+
+
+def test_prepare_k0sctl_hosts_installs_each_host_its_architecture(tmp_path, fixture_index):
+    """prepare_k0sctl_hosts with k0s_executables: this host gets the amd64 k0s (the arm64 one, configured for other
+    hosts, is not even split), and k0sctl.yaml's spec.k0s.version is the common version it prints."""
+    import subprocess
+
+    import yaml
+    from test_k0sctl_playbook import _inventory
+
+    amd, arm = fixture_index["k0s-small-zip"], arm64_fixtures(fixture_index, "k0s-small-zip-arm64")[0]
+    root = tmp_path / "root"
+    for d in ("usr/bin", "usr/libexec", "var/lib"):
+        (root / d).mkdir(parents=True)
+    evars = {"k0s_executables": {"amd64": amd["path"], "arm64": arm["path"]},
+             "k0s_controller_cache_dir": str(tmp_path / "cache"), "k0sctl_install_path": str(root / "usr/bin/k0s"),
+             "k0s_libexec_dir": str(root / "usr/libexec/k0s"), "k0s_data_dir": str(root / "var/lib/k0s"),
+             "k0s_store_dir": str(root / "var/lib/fleetsplit-k0s"), "k0sctl_config_path": str(tmp_path / "k0sctl.yaml")}
+    proc, out = run_playbook(["-i", _inventory(tmp_path, ["node1"]), REPO / "playbooks" / "prepare_k0sctl_hosts.yml",
+                              "-e", json.dumps(evars)], cwd=tmp_path)
+    assert proc.returncode == 0, out
+    printed = subprocess.run([str(root / "usr/bin/k0s"), "version"], capture_output=True, check=True).stdout
+    doc = yaml.safe_load((tmp_path / "k0sctl.yaml").read_text())
+    assert printed.decode().strip() == doc["spec"]["k0s"]["version"] == amd["version"]
+    for name, meta in amd["binaries"].items():
+        assert sha256(root / "usr/libexec/k0s" / name) == meta["sha256"], name
+    assert [p.name for p in (tmp_path / "cache" / "split").iterdir()] == [sha256(amd["path"])]
