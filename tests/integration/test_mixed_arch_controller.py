@@ -192,7 +192,7 @@ TWO_SPLITS_PLAY = """
       vars:
         _entry: "{{ (hostvars['localhost']['split_' ~ which].values() | first) }}"
       ansible.builtin.set_fact:
-        k0s_split: "{{ _entry.split }}"
+        k0s_split: "{{ _entry['split'] }}"
         k0s_split_dir: "{{ _entry.dir }}"
     - name: Install
       ansible.builtin.import_role:
@@ -208,7 +208,7 @@ TWO_SPLITS_PLAY = """
 
 
 def test_install_bundles_per_split_each_host_gets_only_its_own(tmp_path, fixture_index):
-    a, b = fixture_index["k0s-small-zip"], fixture_index["k0s-small-legacy"]
+    a, b = fixture_index["k0s-small-zip"], arm64_fixtures(fixture_index, "k0s-small-zip-v2")[0]
     inv = inventory(tmp_path, workers=["h1", "h2", "h3"])
     doc = json.loads(inv.read_text())
     for host, which in (("h1", "a"), ("h2", "b"), ("h3", "a")):
@@ -306,3 +306,52 @@ def test_single_executable_of_another_machine_stops_every_host_before_install(tm
         assert not (tmp_path / host / "store").exists(), host
         assert not (tmp_path / host / "bin").exists(), host
     assert "Upload, build and switch" not in out, out
+
+
+def test_upgrade_checks_the_hosts_of_the_run_before_any_change(tmp_path):
+    """upgrade_k0s: the check play learns each host's architecture and records the run's hosts (after --limit) for
+    the localhost split play; a host without an executable stops the run before any host changes."""
+    inv = inventory(tmp_path, controllers=["c1"], workers=["w1", "w2"])
+    evars = json.dumps({"k0s_executables": {OTHER: str(FIXTURES / "k0s-small-zip")},
+                        "k0s_controller_cache_dir": str(tmp_path / "cache")})
+    m = platform.machine()
+    proc, out = run_playbook(["-i", inv, str(REPO / "playbooks/upgrade_k0s.yml"), "-e", evars], cwd=tmp_path)
+    assert proc.returncode != 0, out
+    assert "No k0s executable for the architecture of c1 (%s -> amd64), w1 (%s -> amd64), w2 (%s -> amd64)." % (
+        m, m, m) in out, out
+    assert "PLAY [Upgrade k0s controllers, one at a time]" not in out, out
+
+    proc, out = run_playbook(["-i", inv, str(REPO / "playbooks/upgrade_k0s.yml"), "-e", evars,
+                              "--limit", "w1,localhost"], cwd=tmp_path)
+    assert proc.returncode != 0, out
+    assert "No k0s executable for the architecture of w1 (%s -> amd64). k0s_executables has %s" % (m, OTHER) in out, out
+    for host in ("c1", "w1", "w2"):
+        assert not (tmp_path / host).exists(), host
+    assert not (tmp_path / "cache" / "split").exists()
+
+
+def test_prepare_k0sctl_hosts_installs_each_host_its_architecture(tmp_path, fixture_index):
+    """prepare_k0sctl_hosts with k0s_executables: this host gets the amd64 k0s (the arm64 one, configured for other
+    hosts, is not even split), and k0sctl.yaml's spec.k0s.version is the common version it prints."""
+    import subprocess
+
+    import yaml
+    from test_k0sctl_playbook import _inventory
+
+    amd, arm = fixture_index["k0s-small-zip"], arm64_fixtures(fixture_index, "k0s-small-zip-arm64")[0]
+    root = tmp_path / "root"
+    for d in ("usr/bin", "usr/libexec", "var/lib"):
+        (root / d).mkdir(parents=True)
+    evars = {"k0s_executables": {"amd64": amd["path"], "arm64": arm["path"]},
+             "k0s_controller_cache_dir": str(tmp_path / "cache"), "k0sctl_install_path": str(root / "usr/bin/k0s"),
+             "k0s_libexec_dir": str(root / "usr/libexec/k0s"), "k0s_data_dir": str(root / "var/lib/k0s"),
+             "k0s_store_dir": str(root / "var/lib/fleetsplit-k0s"), "k0sctl_config_path": str(tmp_path / "k0sctl.yaml")}
+    proc, out = run_playbook(["-i", _inventory(tmp_path, ["node1"]), REPO / "playbooks" / "prepare_k0sctl_hosts.yml",
+                              "-e", json.dumps(evars)], cwd=tmp_path)
+    assert proc.returncode == 0, out
+    printed = subprocess.run([str(root / "usr/bin/k0s"), "version"], capture_output=True, check=True).stdout
+    doc = yaml.safe_load((tmp_path / "k0sctl.yaml").read_text())
+    assert printed.decode().strip() == doc["spec"]["k0s"]["version"] == amd["version"]
+    for name, meta in amd["binaries"].items():
+        assert sha256(root / "usr/libexec/k0s" / name) == meta["sha256"], name
+    assert [p.name for p in (tmp_path / "cache" / "split").iterdir()] == [sha256(amd["path"])]

@@ -1,7 +1,6 @@
 """k0s_arch: the architecture key (Go's spelling, as k0s names its release assets) of hosts and executables, and
 which hosts of a mixed fleet no executable serves. Machines as hosts report them (uname -m, ansible_architecture)
 and as payload_split reports a real executable's ELF header."""
-import os
 import platform
 
 import pytest
