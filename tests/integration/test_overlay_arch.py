@@ -16,6 +16,8 @@ import pytest
 from imagelib import extract_tar
 from testlib import FIXTURES, REPO, ansible_env, recap, run_playbook, sha256, stage_in_chroot, tree_snapshot
 
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import image_sysupdate as su
+
 PLAYBOOK = str(REPO / "playbooks/deploy_k0s.yml")
 PAIR = {"amd64": "k0s-small-zip", "arm64": "k0s-small-zip-arm64"}
 # e_machine (ELF header offset 18, little-endian on all three) -> payload_split's elf_machine spelling.
@@ -106,21 +108,22 @@ def test_sysext_images_carry_their_architecture_and_share_one_channel(tmp_path, 
         release = subprocess.run(["unsquashfs", "-cat", str(tmp_path / "out" / name),
                                   "usr/lib/extension-release.d/extension-release.k0s"],
                                  capture_output=True, text=True, check=True).stdout
-        assert "ARCHITECTURE=%s\n" % name.split("-")[-1][:-4] in release, (key, release)
+        assert "ARCHITECTURE=%s\n" % {"amd64": "x86-64", "arm64": "arm64"}[key] in release, (key, release)
         tree = tmp_path / ("tree-" + key)
         subprocess.run(["unsquashfs", "-q", "-d", str(tree), str(tmp_path / "out" / name)], check=True,
                        capture_output=True)
         libexec = tree / "usr/libexec/k0s"
-        assert {n: machine(libexec / n) for n in os.listdir(str(libexec))} == \
-            {n: fixture_index[PAIR[key]]["elf_machine"] for n in fixture_index[PAIR[key]]["binaries"]}
+        binaries = fixture_index[PAIR[key]]["binaries"]
+        assert {n: (sha256(libexec / n), machine(libexec / n)) for n in binaries} == \
+            {n: (info["sha256"], fixture_index[PAIR[key]]["elf_machine"]) for n, info in binaries.items()}
+        assert machine(tree / "usr/bin/k0s") == fixture_index[PAIR[key]]["elf_machine"]
     assert sorted(os.listdir(str(channel))) == sorted(["SHA256SUMS", "k0s.conf"] + list(names.values()))
     sums = (channel / "SHA256SUMS").read_text()
     assert sums == "".join("%s  %s\n" % (sha256(channel / n), n) for n in sorted(names.values()))
     conf = (channel / "k0s.conf").read_text()
     for arch in ("x86-64", "arm64"):
+        # What sysupdate picks from that SHA256SUMS with the transfer file's pattern on a host of each architecture.
         client = Client(conf, tmp_path / ("host-" + arch), architecture=arch)
-        # What the client would pick from that SHA256SUMS, without a server: sysupdate's newest-of-arch rule.
-        from ansible_collections.fleetsplit.k0s.plugins.module_utils import image_sysupdate as su
         assert su.newest(sums, "k0s", client.arch)[1] == "k0s-v1.36.3+k0s.0-%s.raw" % arch
     proc, out = play(tmp_path, evars)
     assert proc.returncode == 0 and recap(out)["localhost"]["changed"] == 0, out
