@@ -89,3 +89,44 @@ def test_refuses_a_name_that_is_no_extension_name(inv, tmp_path):
     proc, out = play(inv[0], "-e", "k0s_sysext_image=%s" % img, "-e", "k0s_sysext_name=../k0s")
     assert proc.returncode != 0 and "k0s_sysext_name ../k0s is not a plain extension name" in out, out
     assert "Hash the image" not in out
+
+
+# Mixed fleets (issue 22): k0s_sysext_image with {arch}, each host's key from its platform facts. This machine is the
+# host w1 (x86_64 -> amd64); the arm64 image beside it must never be the one it takes.
+def arch_images(tmp_path, amd64=("k0sworker",), amd64_arch="x86-64", with_amd64=True):
+    images = tmp_path / "images"
+    images.mkdir()
+    for key, units, arch in ([("amd64", amd64, amd64_arch)] if with_amd64 else []) + [("arm64", ["k0sworker"], "arm64")]:
+        work = tmp_path / ("build-" + key)
+        work.mkdir()
+        shutil.move(squashfs(work, "k0s", units, arch), str(images / ("k0s-%s.raw" % key)))
+    return str(images / "k0s-{arch}.raw")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="w1 is this machine, expected amd64")
+def test_each_host_takes_the_image_of_its_architecture(inv, tmp_path):
+    # The amd64 image lacks the worker unit: the refusal names that image, so it is the one w1 took.
+    pattern = arch_images(tmp_path, amd64=["k0scontroller"])
+    proc, out = play(inv[0], "-e", "k0s_sysext_image=%s" % pattern)
+    assert proc.returncode != 0, out
+    assert "needs k0sworker.service but %s carries k0scontroller" % pattern.replace("{arch}", "amd64") in out, out
+    assert "k0s-arm64.raw carries" not in out and not os.path.exists(str(inv[1]))
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="w1 is this machine, expected amd64")
+def test_a_host_without_an_image_of_its_architecture_stops_the_run(inv, tmp_path):
+    pattern = arch_images(tmp_path, with_amd64=False)
+    proc, out = play(inv[0], "-e", "k0s_sysext_image=%s" % pattern)
+    assert proc.returncode != 0, out
+    assert "has no image for w1 (x86_64 -> amd64: %s is not a file on the controller)" % \
+        pattern.replace("{arch}", "amd64") in out, out
+    assert "Query the host" not in out and not os.path.exists(str(inv[1]))
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="w1 is this machine, expected amd64")
+def test_an_image_of_another_architecture_under_the_key_is_refused(inv, tmp_path):
+    pattern = arch_images(tmp_path, amd64_arch="arm64")
+    proc, out = play(inv[0], "-e", "k0s_sysext_image=%s" % pattern)
+    assert proc.returncode != 0, out
+    assert "w1 (x86_64 -> amd64) would take %s, built for ARCHITECTURE=arm64" % pattern.replace("{arch}", "amd64") in out, out
+    assert "Query the host" not in out and not os.path.exists(str(inv[1]))
