@@ -93,6 +93,16 @@ def local_inventory():
     return ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable]
 
 
+def local_host_vars(base, store_dir=None):
+    """Variables of a local-connection inventory host whose store, bin, libexec, data and etc paths are under ``base``
+    (none created), so several such hosts share one machine."""
+    return dict(ansible_connection="local", ansible_python_interpreter=sys.executable,
+                k0s_store_dir=str(store_dir or base / "store"), k0s_bin_dir=str(base / "bin"),
+                k0s_libexec_dir=str(base / "libexec"), k0s_data_dir=str(base / "data"),
+                k0s_config_path=str(base / "etc/k0s.yaml"), k0s_join_token_path=str(base / "etc/token"),
+                k0s_service_managers=["systemd"])
+
+
 def run_playbook(args, cwd=REPO, timeout=600, env=None):
     """ansible-playbook ARGS for real; returns (CompletedProcess, stdout+stderr)."""
     proc = subprocess.run([str(VENV_BIN / "ansible-playbook")] + [str(a) for a in args], cwd=str(cwd),

@@ -8,11 +8,10 @@ Arm64 hosts themselves are the molecule scenario mixed-arch (docs/testing.md).
 """
 import json
 import platform
-import sys
 
 import pytest
 
-from testlib import FIXTURES, REPO, recap, run_playbook, sha256, tree_snapshot
+from testlib import FIXTURES, REPO, local_host_vars, recap, run_playbook, sha256, tree_snapshot
 
 HERE = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine())
 OTHER = {"amd64": "arm64", "arm64": "amd64"}.get(HERE)
@@ -42,13 +41,7 @@ def inventory(tmp_path, controllers=(), workers=()):
     for group, hosts in (("k0s_controllers", controllers), ("k0s_workers", workers)):
         groups[group] = {"hosts": {}}
         for host in hosts:
-            base = tmp_path / host
-            groups[group]["hosts"][host] = dict(
-                ansible_connection="local", ansible_python_interpreter=sys.executable,
-                k0s_store_dir=str(base / "store"), k0s_bin_dir=str(base / "bin"),
-                k0s_libexec_dir=str(base / "libexec"), k0s_data_dir=str(base / "data"),
-                k0s_config_path=str(base / "etc/k0s.yaml"), k0s_join_token_path=str(base / "etc/token"),
-                k0s_service_managers=["systemd"])
+            groups[group]["hosts"][host] = local_host_vars(tmp_path / host)
     path = tmp_path / "inv.yml"
     path.write_text(json.dumps(groups))
     return path

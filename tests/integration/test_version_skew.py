@@ -6,9 +6,8 @@ Every inventory host is this machine (connection local) with its own release sto
 Rules: k0sproject/k0s docs/version-skew-policy.md, k0sproject/k0sctl phase/validate_facts.go.
 """
 import json
-import sys
 
-from testlib import FIXTURES, REPO, recap, run_playbook, tree_snapshot
+from testlib import FIXTURES, REPO, local_host_vars, recap, run_playbook, tree_snapshot
 
 TARGET = "v1.36.3+k0s.0"
 
@@ -33,13 +32,7 @@ def inventory(tmp_path, controllers, workers):
     for group, hosts in (("k0s_controllers", controllers), ("k0s_workers", workers)):
         groups[group] = {"hosts": {}}
         for host, version in hosts.items():
-            base = tmp_path / host
-            groups[group]["hosts"][host] = dict(
-                ansible_connection="local", ansible_python_interpreter=sys.executable,
-                k0s_store_dir=str(host_store(tmp_path, host, version)), k0s_bin_dir=str(base / "bin"),
-                k0s_libexec_dir=str(base / "libexec"), k0s_data_dir=str(base / "data"),
-                k0s_config_path=str(base / "etc/k0s.yaml"), k0s_join_token_path=str(base / "etc/token"),
-                k0s_service_managers=["systemd"])
+            groups[group]["hosts"][host] = local_host_vars(tmp_path / host, host_store(tmp_path, host, version))
     path = tmp_path / "inv.yml"
     path.write_text(json.dumps(groups))
     return path

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 from fleetlab import (FIXTURES, REPO, VENV_BIN, Failure, ansible_env, failures, log, setup_ssh,  # noqa: E402
-                      split_manifest)
+                      rx_run, sha256_file, split_manifest, write_inventory)
 import hostlab  # noqa: E402  (tests/hostlab.py, on the path fleetlab set)
-import hostnet  # noqa: E402
+
+K3S_GROUPS = (("k3s_servers", "server"), ("k3s_agents", "agent"))
 
 DATA = "/var/lib/rancher/k3s"
 BIN = "/usr/local/bin"
@@ -88,14 +88,6 @@ print(json.dumps(out))
 """
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(str(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Host(object):
     def __init__(self, spec):
         name, rest = spec.split("=", 1)
@@ -131,25 +123,6 @@ class Host(object):
             time.sleep(1)
 
 
-def write_inventory(hosts, workdir, key, server_url):
-    hostnet.ensure_routes([h.address for h in hosts], log=log)
-    # The token is read from the environment by the inventory itself: it never lands in a file here.
-    lines = ["all:", "  vars:", "    ansible_python_interpreter: /usr/bin/python3", "    ansible_user: root",
-             "    ansible_ssh_private_key_file: %s" % key,
-             "    ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-             "    k3s_server_url: %s" % server_url,
-             "    k3s_token: \"{{ lookup('ansible.builtin.env', 'FS_K3S_TOKEN') }}\"",
-             "  children:"]
-    for group, role in (("k3s_servers", "server"), ("k3s_agents", "agent")):
-        lines += ["    %s:" % group, "      hosts:"]
-        for h in hosts:
-            if h.role == role:
-                lines.append("        %s: {ansible_host: %s}" % (h.name, h.address))
-    path = workdir / "inventory.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def run(hosts, inv, executable, extra=(), json_out=True):
     """One deploy_k3s run: (parsed JSON or text, rx bytes per host, seconds)."""
     env = ansible_env()
@@ -157,11 +130,7 @@ def run(hosts, inv, executable, extra=(), json_out=True):
         env.pop("ANSIBLE_STDOUT_CALLBACK")
     argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / "deploy_k3s.yml"),
             "-e", "k3s_executable=%s" % executable] + list(extra)
-    before = dict((h.name, hostlab.rx_bytes(h.name)) for h in hosts)
-    t0 = time.monotonic()
-    p = subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, check=False)
-    secs = time.monotonic() - t0
-    rx = dict((h.name, hostlab.rx_bytes(h.name) - before[h.name]) for h in hosts)
+    p, rx, secs = rx_run(hosts, argv, env)
     if not json_out:
         if p.returncode != 0:
             raise Failure("ansible-playbook failed (rc %d): %s" % (p.returncode, (p.stdout + p.stderr)[-3000:]))
@@ -241,7 +210,9 @@ def main():
     v1, v2 = FIXTURES / "k3s", FIXTURES / "k3s-v2"
     problems, report = [], []
     try:
-        inv = write_inventory(hosts, workdir, setup_ssh(hosts, workdir), args.server_url)
+        # The token is read from the environment by the inventory itself: it never lands in a file here.
+        inv = write_inventory(hosts, workdir, "ssh", setup_ssh(hosts, workdir), groups=K3S_GROUPS, extra_vars=(
+            "k3s_server_url: %s" % args.server_url, "k3s_token: \"{{ lookup('ansible.builtin.env', 'FS_K3S_TOKEN') }}\""))
         m1 = split_manifest(v1)
         s1 = dict((h.name, h.running(sha256_file(v1))) for h in hosts)
         for h in hosts:

@@ -20,19 +20,16 @@ Over ssh to each container, with eth0's rx_bytes read inside it (podman exec) be
         --upgrade-executables '{...}' --hosts fs-mix-1:10.89.77.101:controller:amd64 ...
 """
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
-from fleetlab import (FIXTURES, REPO, VENV_BIN, Failure, ansible_env, failures, log, setup_ssh,  # noqa: E402
-                      split_manifest, stream_sizes, uploaded)
+from fleetlab import (FIXTURES, REPO, VENV_BIN, Failure, failures, log, setup_ssh,  # noqa: E402
+                      rx_run, split_manifest, stream_sizes, uploaded, write_inventory)
 import hostlab  # noqa: E402  (tests/hostlab.py, on the path fleetlab set)
-import hostnet  # noqa: E402
 
 STORE = "/var/lib/fleetsplit-k0s"
 OVERHEAD = 2.5   # an upgrade's bytes beyond its streams, at most this many no-change runs (see step 3)
@@ -85,14 +82,6 @@ print(json.dumps(out))
 """
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(str(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Host(object):
     def __init__(self, spec):
         self.name, self.address, self.role, self.arch = spec.split(":")
@@ -122,35 +111,11 @@ class Host(object):
             time.sleep(2)
 
 
-def write_inventory(hosts, workdir, key):
-    hostnet.ensure_routes([h.address for h in hosts], log=log)
-    lines = ["all:", "  vars:", "    ansible_python_interpreter: /usr/bin/python3", "    ansible_user: root",
-             "    ansible_ssh_private_key_file: %s" % key,
-             "    ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-             "    k0s_kubeconfig_path: %s" % (workdir / "kubeconfig"),
-             # Lean upgrade: the drain is not what this scenario proves (the upgrade scenario does).
-             "    k0s_upgrade_drain: false", "    k0s_upgrade_settle_seconds: 3",
-             "    k0s_upgrade_start_timeout: 90", "    k0s_upgrade_health_retries: 3", "    k0s_upgrade_health_delay: 2",
-             "  children:"]
-    for group, role in (("k0s_controllers", "controller"), ("k0s_workers", "worker")):
-        lines += ["    %s:" % group, "      hosts:"]
-        for h in hosts:
-            if h.role == role:
-                lines.append("        %s: {ansible_host: %s}" % (h.name, h.address))
-    path = workdir / "inventory.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def run(hosts, inv, playbook, executables, step, expect_ok=True):
     """One ansible-playbook run: (parsed JSON, rc, rx bytes per host, seconds); its output in <workdir>/<step>.json."""
     argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / playbook),
             "-e", json.dumps({"k0s_executables": executables})]
-    before = dict((h.name, hostlab.rx_bytes(h.name)) for h in hosts)
-    t0 = time.monotonic()
-    p = subprocess.run(argv, env=ansible_env(), cwd=str(REPO), capture_output=True, text=True, check=False)
-    secs = time.monotonic() - t0
-    rx = dict((h.name, hostlab.rx_bytes(h.name) - before[h.name]) for h in hosts)
+    p, rx, secs = rx_run(hosts, argv)
     (inv.parent / ("%s.json" % step)).write_text(p.stdout + p.stderr)
     try:
         out = json.loads(p.stdout)
@@ -225,7 +190,10 @@ def main():
         wrong = ["%s is %s, not %s" % (h.name, archs[h.name], h.arch) for h in hosts if archs[h.name] != h.arch]
         if wrong or len(set(archs.values())) < 2:
             raise Failure("not a mixed fleet: %s (%s)" % ("; ".join(wrong), archs))
-        inv = write_inventory(hosts, workdir, setup_ssh(hosts, workdir))
+        inv = write_inventory(hosts, workdir, "ssh", setup_ssh(hosts, workdir), extra_vars=(
+            # Lean upgrade: the drain is not what this scenario proves (the upgrade scenario does).
+            "k0s_upgrade_drain: false", "k0s_upgrade_settle_seconds: 3", "k0s_upgrade_start_timeout: 90",
+            "k0s_upgrade_health_retries: 3", "k0s_upgrade_health_delay: 2"))
         m1 = dict((a, split_manifest(p)) for a, p in v1.items())
         r1 = dict((a, fixture_record(p)) for a, p in v1.items())
 

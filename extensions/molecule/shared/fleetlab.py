@@ -16,7 +16,6 @@ also be run by hand against live scenario containers:
 """
 import argparse
 import glob
-import hashlib
 import json
 import os
 import signal
@@ -30,7 +29,9 @@ REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / ".cache" / "fixtures"
 VENV_BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 import hostlab  # noqa: E402  (tests/hostlab.py: exec, rx counter and ssh key of a test host)
+from build_fixtures import sha256_file  # noqa: E402  (one sha256 helper for the fixtures, the tests and the labs)
 import hostnet  # noqa: E402  (tests/hostnet.py: the route check before any ssh connection)
 STORE = "/var/lib/fleetsplit-k0s"
 BUDGET = 1.05
@@ -80,7 +81,12 @@ def setup_ssh(hosts, workdir):
     return key
 
 
-def write_inventory(hosts, workdir, connection, key=None):
+K0S_GROUPS = (("k0s_controllers", "controller"), ("k0s_workers", "worker"))
+
+
+def write_inventory(hosts, workdir, connection, key=None, extra_vars=(), groups=K0S_GROUPS):
+    """An inventory of ``hosts`` (each with name, address, role) in ``groups`` ((group, role) pairs), over ssh (after
+    the route check) or podman; ``extra_vars`` are more `name: value` lines for all hosts."""
     # The admin kubeconfig deploy_k0s writes on the controller goes to the workdir, not the repository (cwd).
     lines = ["all:", "  vars:", "    ansible_python_interpreter: /usr/bin/python3",
              "    k0s_kubeconfig_path: %s" % (workdir / "kubeconfig")]
@@ -91,8 +97,8 @@ def write_inventory(hosts, workdir, connection, key=None):
                   "    ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"]
     else:
         lines += ["    ansible_connection: containers.podman.podman"]
-    lines += ["  children:"]
-    for group, role in (("k0s_controllers", "controller"), ("k0s_workers", "worker")):
+    lines += ["    " + v for v in extra_vars] + ["  children:"]
+    for group, role in groups:
         lines += ["    %s:" % group, "      hosts:"]
         members = [h for h in hosts if h.role == role]
         for h in members:
@@ -183,12 +189,8 @@ def uploaded(out, host):
 
 def split_manifest(executable):
     """The controller's split manifest for ``executable`` (split cache, keyed by sha256)."""
-    h = hashlib.sha256()
-    with open(executable, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     cache = Path(os.path.expanduser("~/.cache/fleetsplit-k0s"))
-    path = cache / "split" / h.hexdigest() / "streams" / "manifest.json"
+    path = cache / "split" / sha256_file(executable) / "streams" / "manifest.json"
     if not path.exists():
         raise Failure("no split manifest at %s (the deploy should have created it)" % path)
     return json.loads(path.read_text())
@@ -207,6 +209,15 @@ def stream_sizes(manifest):
 # last run of cmd_bytes joins them.
 NO_JOINS = ("-e", "k0s_cluster_bootstrap=false")
 FORCE_SKEW = ("-e", "k0s_upgrade_allow_version_skew=true")
+
+
+def rx_run(hosts, argv, env=None):
+    """Runs ``argv`` from the repository: (CompletedProcess, bytes each host received, seconds)."""
+    before = dict((h.name, hostlab.rx_bytes(h.name)) for h in hosts)
+    t0 = time.monotonic()
+    p = subprocess.run(argv, env=env or ansible_env(), cwd=str(REPO), capture_output=True, text=True, check=False)
+    secs = time.monotonic() - t0
+    return p, dict((h.name, hostlab.rx_bytes(h.name) - before[h.name]) for h in hosts), secs
 
 
 def measured_run(hosts, inventory, executable, extra=()):
