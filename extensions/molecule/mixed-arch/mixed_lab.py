@@ -8,18 +8,24 @@ Over ssh to each container, with eth0's rx_bytes read inside it (podman exec) be
    for that machine (e_machine read inside the host) and carry the sha256 of its architecture's split and of
    the fixture builder's record (fixtures.json); the host's own k0s stages them from the data dir (on arm64
    under emulation) and its service runs the current release;
-2. deploy_k0s with k0s_executables lacking arm64: fails, naming fs-mix-3 and arm64, and no host changed
-   (store, links, unit, service pid and state compared before/after);
+2. deploy_k0s with k0s_executables lacking arm64, then with one amd64 k0s_executable for the whole fleet: each
+   fails naming fs-mix-3 and aarch64, and no host changed, the amd64 ones included (store, links, unit,
+   service pid and state compared before/after);
 3. upgrade_k0s to the -v2 pair: each host received exactly its architecture's changed streams (the bundle
    members the play reports: the streams whose sha256 differs between that architecture's v1 and v2
    splits), its bytes at least those streams and beyond them no more than 2.5 x a no-change run; each host
    then runs v2 built for its machine, previous -> the v1 release;
-4. the upgrade again: changed=0 on every host, nothing sent (its bytes are step 3's no-change measure).
+4. the upgrade again: changed=0 on every host, nothing sent (its bytes are step 3's no-change measure);
+5. deploy_k0s with k0s_version instead (before step 3): the converge executables served as that release's assets
+   (k0s-<version>-amd64, -arm64, -arm and sha256sums.txt) by http.server on 127.0.0.1, a private controller
+   cache: exactly the amd64 and arm64 assets are fetched (no host is arm), each checked against sha256sums.txt,
+   and no host changes (state compared, nothing sent): the result is the converge's.
 
     .venv/bin/python extensions/molecule/mixed-arch/mixed_lab.py --executables '{"amd64": ..., "arm64": ...}' \
         --upgrade-executables '{...}' --hosts fs-mix-1:10.89.77.101:controller:amd64 ...
 """
 import argparse
+import http.server
 import json
 import sys
 import tempfile
@@ -28,8 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 from fleetlab import (FIXTURES, REPO, VENV_BIN, Failure, failures, log, setup_ssh,  # noqa: E402
-                      rx_run, split_manifest, stream_sizes, uploaded, write_inventory)
+                      rx_run, sha256_file, split_manifest, stream_sizes, uploaded, write_inventory)
 import hostlab  # noqa: E402  (tests/hostlab.py, on the path fleetlab set)
+import threading  # noqa: E402
 
 STORE = "/var/lib/fleetsplit-k0s"
 OVERHEAD = 2.5   # an upgrade's bytes beyond its streams, at most this many no-change runs (see step 3)
@@ -111,10 +118,10 @@ class Host(object):
             time.sleep(2)
 
 
-def run(hosts, inv, playbook, executables, step, expect_ok=True):
+def run(hosts, inv, playbook, executables, step, expect_ok=True, extra_vars=None):
     """One ansible-playbook run: (parsed JSON, rc, rx bytes per host, seconds); its output in <workdir>/<step>.json."""
     argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / playbook),
-            "-e", json.dumps({"k0s_executables": executables})]
+            "-e", json.dumps(dict({"k0s_executables": executables}, **(extra_vars or {})))]
     p, rx, secs = rx_run(hosts, argv)
     (inv.parent / ("%s.json" % step)).write_text(p.stdout + p.stderr)
     try:
@@ -124,6 +131,48 @@ def run(hosts, inv, playbook, executables, step, expect_ok=True):
     if expect_ok and p.returncode != 0:
         raise Failure("%s failed (rc %d): %s" % (playbook, p.returncode, json.dumps(failures(out), indent=1)[:4000]))
     return out, p.returncode, rx, secs
+
+
+class Release(object):
+    """A k0s release laid out as the download role expects (<version>/k0s-<version>-<key>, sha256sums.txt), served
+    on 127.0.0.1 only; ``requests`` lists the paths asked for."""
+
+    def __init__(self, root, version, assets):
+        d = root / version
+        d.mkdir(parents=True)
+        sums = []
+        for key, path in sorted(assets.items()):
+            name = "k0s-%s-%s" % (version, key)
+            (d / name).symlink_to(path)
+            sums.append("%s  %s\n" % (sha256_file(path), name))
+        (d / "sha256sums.txt").write_text("".join(sums))
+        self.requests = requests = []
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def log_message(self, fmt, *args):
+                requests.append(self.path)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def check_unchanged(hosts, before, out, label, problems):
+    """Every host's state as ``before`` (files, store, links, unit, service pid) and nothing uploaded to it."""
+    for h in hosts:
+        st = h.state()
+        if st != before[h.name]:
+            diff = dict((k, (before[h.name].get(k), st[k])) for k in st if st[k] != before[h.name].get(k))
+            problems.append("%s: %s changed the host: %s" % (h.name, label, json.dumps(diff)[:1500]))
+        if uploaded(out, h.name):
+            problems.append("%s: %s uploaded %s" % (h.name, label, uploaded(out, h.name)))
 
 
 def fixture_record(path):
@@ -206,22 +255,42 @@ def main():
                           % (h.name, h.arch, h.role, sorted(set(f["e_machine"] for f in st["files"].values())),
                              len(st["files"]), st["current"], h.unit, st["pid"]))
 
-        # 2. No executable for arm64: refused before any change, on every host.
-        only = dict((a, p) for a, p in v2.items() if a != "arm64")
-        out, rc, rx, secs = run(hosts, inv, "deploy_k0s.yml", only, "refused", expect_ok=False)
-        msgs = " ".join(str(f["msg"]) for f in failures(out))
+        # 2. No executable for arm64: refused before any change, on every host. Then one amd64 k0s_executable for
+        # the whole fleet: the arm64 host's query refuses it, and that stops the amd64 hosts too, before install.
         arm = [h.name for h in hosts if h.arch == "arm64"]
-        report.append("%-34s rc %d in %.1f s: %s" % ("refused (no arm64 executable)", rc, secs, msgs[:300]))
-        if rc == 0 or not all(n in msgs for n in arm) or "arm64" not in msgs:
-            problems.append("k0s_executables without arm64: rc %d, messages %r (want a failure naming %s and arm64)"
-                            % (rc, msgs[:1000], arm))
-        for h in hosts:
-            st = h.state()
-            if st != s1[h.name]:
-                diff = dict((k, (s1[h.name][k], st[k])) for k in st if st[k] != s1[h.name].get(k))
-                problems.append("%s: the refused run changed the host: %s" % (h.name, json.dumps(diff)[:1500]))
-            if uploaded(out, h.name):
-                problems.append("%s: the refused run uploaded %s" % (h.name, uploaded(out, h.name)))
+        only = dict((a, p) for a, p in v2.items() if a != "arm64")
+        for label, executables, extra in (("no arm64 executable", only, None),
+                                          ("one amd64 k0s_executable", {}, {"k0s_executable": v2["amd64"]})):
+            out, rc, rx, secs = run(hosts, inv, "deploy_k0s.yml", executables, "refused", expect_ok=False, extra_vars=extra)
+            msgs = " ".join(str(f["msg"]) for f in failures(out))
+            report.append("%-34s rc %d in %.1f s: %s" % ("refused (%s)" % label, rc, secs, msgs[:300]))
+            if rc == 0 or not all(n in msgs for n in arm) or "aarch64" not in msgs:
+                problems.append("%s: rc %d, messages %r (want a failure naming %s and its machine aarch64)"
+                                % (label, rc, msgs[:1000], arm))
+            check_unchanged(hosts, s1, out, "the refused run (%s)" % label, problems)
+
+        # 5. The same release downloaded: one asset per architecture the hosts have, the converge's result.
+        version = set(r["version"] for r in r1.values())
+        if len(version) != 1:
+            raise Failure("the converge executables carry versions %s" % sorted(version))
+        version = version.pop()
+        served = dict(v1, arm=str(FIXTURES / "k0s-small-zip-arm"))
+        release = Release(workdir / "release", version, served)
+        try:
+            out, rc, rx, secs = run(hosts, inv, "deploy_k0s.yml", {}, "download", extra_vars={
+                "k0s_version": version, "k0s_download_base_url": release.base_url, "k0s_download_insecure": True,
+                "k0s_controller_cache_dir": str(workdir / "download-cache")})
+        finally:
+            release.close()
+        fetched = sorted(set(p.rsplit("-", 1)[1] for p in release.requests if "/k0s-" in p))
+        report.append("%-34s %s fetched %s (served %s) in %.1f s, changed=%s" % (
+            "deploy_k0s k0s_version=" + version, release.base_url, fetched, sorted(served), secs,
+            dict((h.name, out["stats"][h.name]["changed"]) for h in hosts)))
+        if fetched != sorted(set(h.arch for h in hosts)):
+            problems.append("k0s_version: fetched the assets %s, expected one per host architecture %s"
+                            % (fetched, sorted(set(h.arch for h in hosts))))
+        # The controller's changes (download, split into the private cache) count on the first host: compare hosts.
+        check_unchanged(hosts, s1, out, "the downloaded release (the converge's)", problems)
 
         # 3. Upgrade to the -v2 pair: each host only its architecture's changed streams.
         out, rc, rx_up, secs_up = run(hosts, inv, "upgrade_k0s.yml", v2, "upgrade")
