@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 from fleetlab import (FIXTURES, REPO, VENV_BIN, Failure, ansible_env, failures, log, setup_ssh,  # noqa: E402
-                      rx_run, sha256_file, split_manifest, write_inventory)
+                      HOST_SHA, rx_run, sha256_file, split_manifest, write_inventory)
 import hostlab  # noqa: E402  (tests/hostlab.py, on the path fleetlab set)
 
 K3S_GROUPS = (("k3s_servers", "server"), ("k3s_agents", "agent"))
@@ -39,15 +39,9 @@ PRESENT = "Build the data dir tree and install k3s"   # the task name goes on wi
 BUNDLE = "Bundle the streams each host lacks (on the controller, once for the play)"
 
 # Runs inside a host: what k3s and its service look like, nothing trusted (files hashed, links read).
-STATE = r"""
+STATE = HOST_SHA + r"""
 import hashlib, json, os, subprocess, sys
 data, bindir, unit, mgr = sys.argv[1:5]
-def sha(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 def read(p):
     try:
         with open(p) as f:

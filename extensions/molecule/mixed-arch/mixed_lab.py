@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 from fleetlab import (FIXTURES, REPO, VENV_BIN, Failure, failures, log, setup_ssh,  # noqa: E402
-                      rx_run, sha256_file, split_manifest, stream_sizes, uploaded, write_inventory)
+                      HOST_SHA, rx_run, sha256_file, split_manifest, stream_sizes, uploaded, write_inventory)
 import hostlab  # noqa: E402  (tests/hostlab.py, on the path fleetlab set)
 import threading  # noqa: E402
 
@@ -48,15 +48,9 @@ UNAME = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 # store's links, the service. Nothing trusted: files are read, links resolved. The running k0s is read by
 # the collection's own process_exe.py (sent along): under qemu-user /proc/<pid>/exe names qemu.
 PROCESS_EXE = (REPO / "plugins" / "module_utils" / "process_exe.py").read_text()
-STATE = PROCESS_EXE + r"""
-import hashlib, json, os, platform, struct, subprocess, sys
+STATE = PROCESS_EXE + HOST_SHA + r"""
+import json, os, platform, struct, subprocess, sys
 store = sys.argv[1]
-def sha(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 def elf(p):
     with open(p, "rb") as f:
         head = f.read(20)

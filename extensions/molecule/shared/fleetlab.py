@@ -373,16 +373,21 @@ def cmd_bytes(args):
 
 # --------------------------------------------------------------------------- fault
 
-# Runs inside a host: the store as it is, every file hashed (nothing trusted), links resolved.
-HOST_STATE = r"""
-import hashlib, json, os, sys
-store = sys.argv[1]
+# The start of every script the labs run inside a host (python3 there, maybe old): a streaming sha256.
+HOST_SHA = r"""
+import hashlib
 def sha(p):
     h = hashlib.sha256()
     with open(p, "rb") as f:
         for b in iter(lambda: f.read(1 << 20), b""):
             h.update(b)
     return h.hexdigest()
+"""
+
+# Runs inside a host: the store as it is, every file hashed (nothing trusted), links resolved.
+HOST_STATE = HOST_SHA + r"""
+import json, os, sys
+store = sys.argv[1]
 out = {"current": None, "files": {}, "extras": [], "manifest": None, "inodes": {}}
 cur = os.path.join(store, "current")
 if os.path.islink(cur):
