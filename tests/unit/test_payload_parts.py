@@ -156,6 +156,48 @@ def test_sink_commit_and_discard(tmp_path):
         fsio.open_exclusive(final, 0o644)
 
 
+def test_sink_takes_the_engines_crc32(deflate_engine):
+    """The controller's Sinks compute CRC-32 with the engine's function (isal/zlib-ng: carry-less multiply): same value."""
+    data = os.urandom(3 << 20) + b"tail"
+    sink = fsio.Sink(crc32=deflate_engine.crc32)
+    for piece in (data[:1], data[1:1 << 20], data[1 << 20:]):
+        sink.write(piece)
+    assert (sink.size, sink.crc32) == (len(data), zlib.crc32(data))
+
+
+def test_parallel_map_keeps_order_and_raises_the_first_failure():
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def square(n):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return n * n
+        finally:
+            with lock:
+                running[0] -= 1
+
+    assert streams.parallel_map(square, range(40), 3) == [n * n for n in range(40)]
+    assert 1 <= peak[0] <= 3
+    assert streams.parallel_map(square, [5], 2) == [25] and streams.parallel_map(square, [], 2) == []
+    started, gate = [], threading.Event()
+
+    def fail_on_odd(n):
+        started.append(n)
+        if n == 1:
+            gate.wait(5)          # item 3 fails first in time, item 1 first in order
+            raise ValueError("item 1")
+        if n == 3:
+            gate.set()
+            raise KeyError("item 3")
+        return n
+
+    with pytest.raises(ValueError, match="item 1"):
+        streams.parallel_map(fail_on_odd, range(100), 2)
+    assert len(started) < 100     # no item is started after a failure
+
+
 def test_output_checks(tmp_path):
     (tmp_path / "real").mkdir()
     os.symlink(str(tmp_path / "real"), str(tmp_path / "link"))
