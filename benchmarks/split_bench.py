@@ -36,6 +36,7 @@ FAST = engines.select("auto").name     # the engine a default run uses here
 CONTENDERS = [FAST] + (["zlib"] if FAST != "zlib" else [])
 CPU = {}   # (executable, engine): CPU seconds of each split process (robust to a loaded machine, unlike wall time)
 SPLIT_ENV = dict(os.environ)   # main() sets the bytecode cache
+SPLIT_CLI = [CLI]              # --cli: another checkout's k0s-payload (before/after comparisons in one run)
 
 
 def run(argv, stdout=None, ok_codes=(0,), env=None):
@@ -61,7 +62,7 @@ def time_split(exe, work, workers, ours, rss):
     """One `k0s-payload split` process per engine into a fresh directory: wall time and peak RSS appended."""
     for engine in CONTENDERS:
         out = fresh(os.path.join(work, "ours"))
-        t, m, cpu = run([sys.executable, CLI, "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
+        t, m, cpu = run([sys.executable, SPLIT_CLI[0], "split", exe, "--dest", out, "--stripped", os.path.join(out, "k0s"),
                          "--workers", str(workers)], env=dict(SPLIT_ENV, **{engines.ENV: engine}))
         ours.setdefault(engine, []).append(t)
         rss.setdefault(engine, []).append(m)
@@ -126,7 +127,9 @@ def main():
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--no-bytecode-cache", action="store_true",
                         help="split processes compile the collection's modules each time (PYTHONDONTWRITEBYTECODE=1)")
+    parser.add_argument("--cli", default=CLI, help="the k0s-payload to time (default: this checkout's)")
     args = parser.parse_args()
+    SPLIT_CLI[0] = args.cli
     if args.no_bytecode_cache:
         SPLIT_ENV.update(PYTHONDONTWRITEBYTECODE="1")
         SPLIT_ENV.pop("PYTHONPYCACHEPREFIX", None)
@@ -157,7 +160,8 @@ def main():
               (os.uname().nodename, os.cpu_count()) + tuple(load_before) + tuple(os.getloadavg()) + (
                   args.rounds, args.workers, "compiled every run" if args.no_bytecode_cache else "cached", FAST,
                   engines.get(FAST).version, "" if FAST != "zlib" else " (no isal/zlib-ng: only the zlib column)")))
-    print("engine zlib = FLEETSPLIT_DEFLATE_ENGINE=zlib, the path of a controller without isal/zlib-ng")
+    print("engine zlib = FLEETSPLIT_DEFLATE_ENGINE=zlib, the path of a controller without isal/zlib-ng; split: %s"
+          % os.path.relpath(args.cli, REPO))
     print("| format | fixture (MB inflated) | engine | split median (CPU) | baseline | baseline median (CPU) | ratio (target) "
           "| CPU ratio | split peak RSS |")
     print("| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |")

@@ -13,7 +13,7 @@ facade (``inspect``, ``extract``, ``split``, the output writers, and the names c
 * ``payload.streams``: bounded-memory inflating and verifying, gzip members (``inflate_gzip_member`` runs on hosts).
 * ``payload.engines``: the deflate engine of the controller (isal, zlib-ng or zlib; ``FLEETSPLIT_DEFLATE_ENGINE``).
 * ``payload.bundles``: stream bundles (``write_bundle`` on the controller, ``check_bundle_members`` on hosts).
-* ``payload.elf``: ELF headers through pyelftools (optional: ``HAS_PYELFTOOLS``), k0s version, Go build info.
+* ``payload.elf``: ELF end, machine, k0s version, Go build info, over ``payload.elfheaders`` (the tables, by ``struct``).
 * ``payload.zipfmt``: the zip archive k0s >= v1.36.1 appends (directory read by the standard library's zipfile).
 * ``payload.legacy``: the gzip members k0s <= v1.35 appends (names and BinDataSize from the ELF image).
 * ``payload.k3s``: the zstd tar a k3s executable embeds (embed.FS), read as a stream; ``payload.k3s_tree`` writes
@@ -21,8 +21,8 @@ facade (``inspect``, ``extract``, ``split``, the output writers, and the names c
 
 ``payload/__init__.py`` is empty and imports none of them: host-side modules import ``payload.streams``,
 ``payload.bundles``, ``payload.fsio`` and ``payload.errors`` directly (standard library, Python 3.6), never
-pyelftools, the ELF code or this file. pyelftools is only needed where ELF structures are read (``inspect``,
-``go_build_info``); without it the import still succeeds (``HAS_PYELFTOOLS`` is false).
+the ELF code or this file. pyelftools is the modules' declared requirement (``HAS_PYELFTOOLS``, found without
+importing it; ``open_elf`` refuses without it); the import of this file succeeds either way.
 
 See docs/payload-formats.md for the two formats and what is checked.
 """
