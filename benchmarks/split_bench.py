@@ -14,7 +14,7 @@ warm-up round) as on a controller that has run the CLI before, even when the cal
 PYTHONDONTWRITEBYTECODE; --no-bytecode-cache measures a process that compiles the collection's modules every
 time (as a module run through AnsiballZ's zip does).
 
-  python3 benchmarks/split_bench.py [--rounds 5] [--fixtures .cache/fixtures] [--workdir .cache/bench]
+  python3 benchmarks/split_bench.py [--rounds 7] [--fixtures .cache/fixtures] [--workdir .cache/bench]
                                     [--no-bytecode-cache]
 """
 import argparse
@@ -120,7 +120,7 @@ TARGETS = {"zip": 0.3, "legacy": 0.6}   # issue 19: zip split <= 0.3x unzip -o, 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--fixtures", default=os.path.join(REPO, ".cache", "fixtures"))
     parser.add_argument("--workdir", default=os.path.join(REPO, ".cache", "bench"))
