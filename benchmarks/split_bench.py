@@ -171,6 +171,10 @@ def main():
             r["baseline"], r["baseline_median_s"], r["baseline_cpu_median_s"], r["ratio"], r["target"],
             "" if r["ratio"] <= r["target"] else ", missed", r["split_cpu_median_s"] / r["baseline_cpu_median_s"],
             r["split_peak_rss_mib"]))
+    busy = max(load_before[0], os.getloadavg()[0])
+    if busy > 0.5 * (os.cpu_count() or 1):
+        print("WARNING: load average %.2f on %d cores: other work takes CPU the two split threads would use, so the "
+              "wall-clock ratios are not what a quiet machine gives (the CPU ratios move less)" % (busy, os.cpu_count()))
     for r in rows:
         print("target %s split <= %.1fx %s with %s: %s (%.2fx)" % (
             r["format"], r["target"], r["baseline"], r["engine"] if r["engine"] == "zlib" or FAST == "zlib"
