@@ -21,8 +21,9 @@ facade (``inspect``, ``extract``, ``split``, the output writers, and the names c
 
 ``payload/__init__.py`` is empty and imports none of them: host-side modules import ``payload.streams``,
 ``payload.bundles``, ``payload.fsio`` and ``payload.errors`` directly (standard library, Python 3.6), never
-the ELF code or this file. pyelftools is the modules' declared requirement (``HAS_PYELFTOOLS``, found without
-importing it; ``open_elf`` refuses without it); the import of this file succeeds either way.
+the ELF code or this file. The inspection (``inspect(..., reference_elf=True)``, Go build info) reads the ELF headers
+with pyelftools, payload_info's declared requirement (``HAS_PYELFTOOLS``, found without importing it); the split reads
+them with ``payload.elfheaders``. The import of this file succeeds either way.
 
 See docs/payload-formats.md for the two formats and what is checked.
 """
@@ -64,12 +65,13 @@ __all__ = [
 ]
 
 
-def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None):
+def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None, reference_elf=False):
     """Detect the payload format of ``path`` and list its entries. Raises PayloadError on anything odd.
 
     ``engine`` names the deflate engine (default: ``engines.select()``, the fastest installed or
     ``$FLEETSPLIT_DEFLATE_ENGINE``); the Payload keeps it for every later inflate and compression.
     ``workers``: legacy members are scanned that many at a time (``payload.legacy``).
+    ``reference_elf``: read the ELF headers with pyelftools (the inspection) instead of ``payload.elfheaders``.
 
     Legacy payloads have no directory, so their members are inflated to find where each ends; their
     entries come back with ``sha256`` set, and ``sink_for(name)`` (a Sink on a new file, or None) lets
@@ -78,7 +80,7 @@ def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None):
     engine = engines.select(engine)
     f, st = open_executable(path)
     with f:
-        elf = open_elf(f, path)
+        elf = open_elf(f, path, reference=reference_elf)
         end = elf_end(elf)
         size = st.st_size
         machine = elf_machine(elf)
