@@ -326,9 +326,9 @@ def test_fake_k0s_backup_restore_round_trip(tmp_path):
         (data / "manifests" / "marker").mkdir(parents=True)
         (data / "manifests" / "marker" / "m.yaml").write_text("PLAINTEXT-MARKER\n")
         run = subprocess.run([exe, "backup", "--save-path", str(tmp_path / "save"), "--data-dir", str(data),
-                              "--config", str(config)], env=env, capture_output=True, text=True)
+                              "--config", str(config)], env=env, capture_output=True, text=True, check=False)
         assert run.returncode == 0, run.stderr
-        busy = subprocess.run([exe, "restore", "x", "--data-dir", str(data)], env=env, capture_output=True, text=True)
+        busy = subprocess.run([exe, "restore", "x", "--data-dir", str(data)], env=env, capture_output=True, text=True, check=False)
         assert busy.returncode == 1 and "k0s must be down" in busy.stderr
     archives = os.listdir(tmp_path / "save")
     assert len(archives) == 1 and archives[0].startswith("k0s_backup_") and archives[0].endswith(".tar.gz")
@@ -337,16 +337,16 @@ def test_fake_k0s_backup_restore_round_trip(tmp_path):
     assert "fake-cluster/state.json" in kept and "pki/ca.key" in kept
     # Not running: backup refuses, restore over existing storage refuses and changes nothing.
     run = subprocess.run([exe, "backup", "--save-path", str(tmp_path / "save"), "--data-dir", str(data), "--config",
-                          str(config)], env=env, capture_output=True, text=True)
+                          str(config)], env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "unable to detect cluster status" in run.stderr
     before = files(data)
     run = subprocess.run([exe, "restore", str(archive), "--data-dir", str(data), "--config-out",
-                          str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True)
+                          str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "exists" in run.stderr and files(data) == before
     # Wiped: everything comes back, byte for byte and mode for mode.
     shutil.rmtree(data)
     run = subprocess.run([exe, "restore", str(archive), "--data-dir", str(data), "--config-out",
-                          str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, cwd=tmp_path)
+                          str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert files(data) == kept
     assert (tmp_path / "c.yaml").read_bytes() == config.read_bytes()
