@@ -13,7 +13,7 @@ description:
     C(k0s_age.py); layout and key handling in C(docs/backup.md).
   - O(state=check) refuses an empty or malformed O(recipients) (age X25519 public keys C(age1...)) and creates or
     repairs O(dir) (0700) and its C(.incoming/); returns the recipients' fingerprints.
-  - O(state=present) takes a backup fetched into C(<dir>/.incoming/) (O(src)): its sha256 must equal O(host_sha256)
+  - O(state=present) takes a backup fetched into C(<dir>/.incoming/) (O(src)); its sha256 must equal O(host_sha256)
     (what the host computed) and it must carry the age header; it is renamed to
     C(k0s-backup-<UTC time>-<host>-<sha256[:12]>.tar.gz.age) (0600) beside C(<name>.sha256), recorded in C(index.json)
     (time, k0s version, host, sha256, size, recipients' fingerprints) and only the newest O(keep) backups are kept.

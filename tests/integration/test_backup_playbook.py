@@ -64,7 +64,7 @@ def host_leftovers():
 
 def test_backup_encrypted_recorded_and_retained(lab):
     before = host_leftovers()
-    for _ in range(3):
+    for _attempt in range(3):
         proc, out = lab.run("backup_k0s", "-e", "k0s_backup_keep=2")
         assert proc.returncode == 0, out
         assert "c1: backup k0s-backup-" in out
