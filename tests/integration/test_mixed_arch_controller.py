@@ -42,6 +42,7 @@ def inventory(tmp_path, controllers=(), workers=()):
         groups[group] = {"hosts": {}}
         for host in hosts:
             groups[group]["hosts"][host] = local_host_vars(tmp_path / host)
+    groups["all"] = {"vars": {"k0s_upgrade_backup": False}}   # the backup first: tests/integration/test_backup_playbook.py
     path = tmp_path / "inv.yml"
     path.write_text(json.dumps(groups))
     return path

@@ -33,6 +33,7 @@ def inventory(tmp_path, controllers, workers):
         groups[group] = {"hosts": {}}
         for host, version in hosts.items():
             groups[group]["hosts"][host] = local_host_vars(tmp_path / host, host_store(tmp_path, host, version))
+    groups["all"] = {"vars": {"k0s_upgrade_backup": False}}   # the backup first: tests/integration/test_backup_playbook.py
     path = tmp_path / "inv.yml"
     path.write_text(json.dumps(groups))
     return path

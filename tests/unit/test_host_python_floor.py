@@ -21,8 +21,9 @@ MODULE_UTILS_PKG = COLLECTION_PKG + ".plugins.module_utils"
 FLOOR = (3, 6)
 
 HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token", "k0s_images", "k0s_reset", "k0s_sysext", "k3s_data")
-# Run where the k0s executable is (k0s_kubeconfig: the admin kubeconfig is written there).
-CONTROLLER_MODULES = ("image_bundles", "image_output", "image_root_paths", "k0s_kubeconfig", "payload_info",
+# Run where the k0s executable is (k0s_kubeconfig: the admin kubeconfig is written there; k0s_backup_store: the
+# backup store and the identity file that decrypts never leave the controller).
+CONTROLLER_MODULES = ("image_bundles", "image_output", "image_root_paths", "k0s_backup_store", "k0s_kubeconfig", "payload_info",
                       "payload_split", "stream_bundle", "sysext_channel")
 
 # Known stdlib additions after 3.6 (attribute or function names), with the version that added them.
@@ -101,7 +102,8 @@ def test_host_side_files_are_derived_from_imports():
                        "plugins/module_utils/payload/elfheaders.py",
                        "plugins/module_utils/payload/zipfmt.py", "plugins/module_utils/payload/legacy.py",
                        "plugins/module_utils/k0s_kubeconfig.py", "plugins/module_utils/image_sysext.py",
-                       "plugins/module_utils/image_sysupdate.py", "plugins/module_utils/payload/k3s.py"}
+                       "plugins/module_utils/image_sysupdate.py", "plugins/module_utils/payload/k3s.py",
+                       "plugins/module_utils/k0s_backup.py", "plugins/module_utils/k0s_age.py"}
     assert not {_rel(p) for p in HOST_FILES} & controller_only
 
 

@@ -89,7 +89,9 @@ def write_inventory(hosts, workdir, connection, key=None, extra_vars=(), groups=
     the route check) or podman; ``extra_vars`` are more `name: value` lines for all hosts."""
     # The admin kubeconfig deploy_k0s writes on the controller goes to the workdir, not the repository (cwd).
     lines = ["all:", "  vars:", "    ansible_python_interpreter: /usr/bin/python3",
-             "    k0s_kubeconfig_path: %s" % (workdir / "kubeconfig")]
+             "    k0s_kubeconfig_path: %s" % (workdir / "kubeconfig"),
+             # upgrade_k0s's backup first is the backup scenario's; the labs measure the upgrade itself.
+             "    k0s_upgrade_backup: false"]
     if connection == "ssh":
         hostnet.ensure_routes([h.address for h in hosts], log=log)
         lines += ["    ansible_user: root",
