@@ -213,7 +213,8 @@ class Fetcher(object):
             e.close()
             if e.code == 404:
                 raise MirrorError("mirror %s has no stream for %s: %s answered 404 (publish this k0s executable "
-                                  "into the mirror with fleetsplit.k0s.publish_k0s); nothing was switched"
+                                  "into the mirror with fleetsplit.k0s.publish_k0s, from this controller or one with "
+                                  "the same FLEETSPLIT_DEFLATE_ENGINE); nothing was switched"
                                   % (public_url(self.base), name, url))
             if e.code in (408, 429) or e.code >= 500:
                 raise _Transient("HTTP %d %s" % (e.code, e.reason))
