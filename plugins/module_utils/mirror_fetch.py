@@ -224,9 +224,11 @@ class Fetcher(object):
             raise _Transient(_reason(e))
         with resp:
             mode = "ab"
-            if have and resp.status == 206 and _range_start(resp.headers.get("Content-Range")) == have:
-                pass
-            else:
+            if resp.status == 206 and (not have or _range_start(resp.headers.get("Content-Range")) != have):
+                unlink_quietly(tmp)   # not the part asked for: the next attempt starts from the beginning
+                raise _Transient("the mirror answered a range request with another range (%s)"
+                                 % resp.headers.get("Content-Range"))
+            if resp.status != 206:
                 mode, have = "wb", 0
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and have + int(length) > size:
