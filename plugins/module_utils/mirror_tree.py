@@ -230,7 +230,7 @@ def publish(splits, dest, write=True):
             rel = "blobs/sha256/" + sha
             old = _existing(final) if exists else None
             if old is not None:
-                before.append(rel)
+                before.append(rel if old == sha else "%s (other bytes, sha256 %s)" % (rel, old))
             after.append(rel)
             if old == sha:
                 res["kept"].append(sha)

@@ -94,6 +94,8 @@ def test_republish_changes_nothing_and_a_forged_blob_is_replaced(tmp_path, split
     (dest / "blobs" / "sha256" / sha).write_bytes(b"forged")
     res = mt.publish(list(splits.values()), str(dest))
     assert res["replaced"] == [sha] and res["changed"] and "other bytes" in res["warnings"][0]
+    forged = hashlib.sha256(b"forged").hexdigest()
+    assert "blobs/sha256/%s (other bytes, sha256 %s)" % (sha, forged) in res["before"]
     assert hashlib.sha256((dest / "blobs" / "sha256" / sha).read_bytes()).hexdigest() == sha
     # No temporary names stay behind.
     assert not [p for p in dest.rglob(".*")]
