@@ -230,3 +230,61 @@ def test_bad_mirror_url_fails_in_the_query(tmp_path, url, words):
     p, out = _install(tmp_path, inv, "k0s-small-zip")
     assert recap(out)["p1"]["failed"] == 1 and words in " ".join(out.split()), out
     assert not (tmp_path / "p1" / "store" / "releases").exists()
+
+
+STAGED_PLAY = """
+- hosts: all
+  gather_facts: false
+  roles:
+    - role: fleetsplit.k0s.split
+  tasks:
+    - name: Stage (the upgrade role's way)
+      ansible.builtin.include_role:
+        name: fleetsplit.k0s.install
+      vars:
+        k0s_install_switch: false
+    - name: Record what was staged
+      ansible.builtin.copy:
+        content: "{{ {'missing': k0s_install_query.missing,
+                      'current': lookup('ansible.builtin.pipe', 'readlink ' ~ k0s_store_dir ~ '/current || true')} | to_json }}"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}.json"
+        mode: "0600"
+    - name: Switch
+      ansible.builtin.include_role:
+        name: fleetsplit.k0s.install
+        tasks_from: switch.yml
+"""
+
+
+def test_check_mode_and_staged_upgrade_pull(tmp_path):
+    """--check asks the mirror nothing and writes nothing; the upgrade role's stage-then-switch fetches while
+    staging (before the switch) and the switch needs no request."""
+    load_fixtures()
+    _publish(tmp_path, "k0s-small-zip")
+    _publish(tmp_path, "k0s-small-zip-v2")
+    v1, v2 = _streams(tmp_path, "k0s-small-zip"), _streams(tmp_path, "k0s-small-zip-v2")
+    changed = sorted(s for n, s in v2.items() if v1.get(n) != s)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "staged.yml").write_text(STAGED_PLAY)
+    with Mirror(tmp_path / "tree") as m:
+        inv = _inventory(tmp_path, m.url, pull=("p1",), push=())
+        (tmp_path / "install.yml").write_text(INSTALL_PLAY)
+        p, out = run_playbook(["--check", "--diff", "-i", inv, tmp_path / "install.yml",
+                               "-e", json.dumps(dict(k0s_executable=str(FIXTURES / "k0s-small-zip"),
+                                                     k0s_controller_cache_dir=str(tmp_path / "cache")))], cwd=tmp_path)
+        assert recap(out)["p1"]["failed"] == 0 and recap(out)["p1"]["changed"] > 0, out
+        assert m.log == [] and not (tmp_path / "p1" / "store" / "releases").exists()
+        p, out = _install(tmp_path, inv, "k0s-small-zip")
+        assert recap(out)["p1"]["failed"] == 0, out
+        cur = _current(tmp_path, "p1")
+        del m.log[:]
+        p, out = run_playbook(["-i", inv, tmp_path / "staged.yml",
+                               "-e", json.dumps(dict(k0s_executable=str(FIXTURES / "k0s-small-zip-v2"),
+                                                     out_dir=str(tmp_path / "out"),
+                                                     k0s_controller_cache_dir=str(tmp_path / "cache")))], cwd=tmp_path)
+        assert recap(out)["p1"]["failed"] == 0, out
+        staged = json.loads((tmp_path / "out" / "p1.json").read_text())
+        # While staging the host still ran the old release, and the mirror had already sent the changed streams.
+        assert staged["current"] == cur and len(staged["missing"]) == len(changed)
+        assert sorted(m.blob_requests()) == changed
+        assert _current(tmp_path, "p1") != cur
