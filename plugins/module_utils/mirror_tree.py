@@ -218,7 +218,8 @@ def publish(splits, dest, write=True):
     before, after = [], []
     plans = [release_of(s) for s in splits]
     dirs = [dest] + [os.path.join(dest, sub) for sub in ("blobs", os.path.join("blobs", "sha256"), "releases")]
-    exists = all([_real_dir(d, False) for d in dirs])   # all of them: each refuses a symlink
+    found = [_real_dir(d, False) for d in dirs]   # every one checked (each refuses a symlink), not just the first
+    exists = all(found)
     blob_dir = os.path.join(dest, "blobs", "sha256")
     seen, copies = set(), []
     for rid, doc, blobs in plans:

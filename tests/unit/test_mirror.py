@@ -98,7 +98,7 @@ def test_republish_changes_nothing_and_a_forged_blob_is_replaced(tmp_path, split
     assert "blobs/sha256/%s (other bytes, sha256 %s)" % (sha, forged) in res["before"]
     assert hashlib.sha256((dest / "blobs" / "sha256" / sha).read_bytes()).hexdigest() == sha
     # No temporary names stay behind.
-    assert not [p for p in dest.rglob(".*")]
+    assert not list(dest.rglob(".*"))
 
 
 def test_publish_check_mode_writes_nothing(tmp_path, splits):
