@@ -30,8 +30,8 @@ def _inventory(tmp_path, url, pull=("p1", "p2"), push=("h1",), **extra):
     for h in list(push) + list(pull):
         hosts[h] = local_host_vars(tmp_path / h)
         if h in pull:
-            hosts[h].update(k0s_distribution="pull", k0s_mirror_url=url, k0s_mirror_retries=1,
-                            k0s_mirror_timeout=2, **extra)
+            hosts[h].update(dict(k0s_distribution="pull", k0s_mirror_url=url, k0s_mirror_retries=1,
+                                 k0s_mirror_timeout=2), **extra)
     path = tmp_path / "inv.json"
     path.write_text(json.dumps({"k0s_workers": {"hosts": hosts}}))
     return path
@@ -222,11 +222,15 @@ def test_credentials_never_reach_the_output(tmp_path):
     assert not (tmp_path / "p9" / "store" / "current").exists()
 
 
-@pytest.mark.parametrize("url,words", [("ftp://127.0.0.1/x", "not an http:// or https:// URL"),
-                                       ("", "needs k0s_mirror_url")])
-def test_bad_mirror_url_fails_in_the_query(tmp_path, url, words):
+@pytest.mark.parametrize("url,extra,words", [
+    ("ftp://127.0.0.1/x", {}, "not an http:// or https:// URL"),
+    ("", {}, "needs k0s_mirror_url"),
+    ("https://127.0.0.1:9", {"k0s_mirror_ca_file": "/nonexistent/ca.pem"}, "does not exist on the host"),
+    ("http://127.0.0.1:9", {"k0s_distribution": "pul"}, "k0s_distribution"),
+])
+def test_bad_mirror_options_fail_before_any_change(tmp_path, url, extra, words):
     load_fixtures()
-    inv = _inventory(tmp_path, url, pull=("p1",), push=())
+    inv = _inventory(tmp_path, url, pull=("p1",), push=(), **extra)
     p, out = _install(tmp_path, inv, "k0s-small-zip")
     assert recap(out)["p1"]["failed"] == 1 and words in " ".join(out.split()), out
     assert not (tmp_path / "p1" / "store" / "releases").exists()
