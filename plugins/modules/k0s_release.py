@@ -373,7 +373,7 @@ selinux_relabeled:
   elements: str
 mirror:
   description: With O(mirror_url), what was fetched from the mirror - C(fetched) (names), C(requests), C(bytes), C(url).
-  returned: state is present and O(mirror_url) is set
+  returned: state is present and O(mirror_url) is set, not in check mode
   type: dict
   sample: {fetched: [k0s, runc], requests: 2, bytes: 10772880, url: "https://mirror.example/k0s"}
 changes:
