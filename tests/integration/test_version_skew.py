@@ -110,8 +110,8 @@ def test_query_facts_stand_in_for_the_slurp_and_name_an_unreadable_manifest():
     problems = k0s_version_skew("v1.36.3+k0s.0", {"c1": skipped, "w1": skipped}, run, ctl, queried)
     assert len(problems) == 1 and "c1 runs k0s v1.36.4+k0s.0" in problems[0] and "downgrade" in problems[0]
     assert k0s_version_skew("v1.36.4+k0s.0", {"c1": skipped, "w1": skipped}, run, ctl, queried) == []
-    broken = {"c1": {"current_k0s_version": None, "current_manifest_error": "current release r1 has no readable "
-                                                                             "manifest.json"}, "w1": None}
+    why = "current release r1 has no readable manifest.json"
+    broken = {"c1": {"current_k0s_version": None, "current_manifest_error": why}, "w1": None}
     problems = k0s_version_skew("v1.36.4+k0s.0", {"c1": skipped, "w1": {"msg": "file not found: x"}}, run, ctl, broken)
     assert any("no readable manifest.json" in p for p in problems), problems
 
