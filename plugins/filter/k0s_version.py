@@ -24,8 +24,8 @@ options:
     description:
       - Host name to the result of C(ansible.builtin.slurp) of C(<k0s_store_dir>/current/manifest.json) on that host.
         C(file not found) means no release (a fresh host); an unreachable or failed read is reported.
-      - Or host name to C({query: {current_release, current_k0s_version, current_manifest_readable}}), the same facts as
-        the C(fleetsplit.k0s.k0s_release) query reports them.
+      - Or host name to a dict whose key C(query) holds C(current_release), C(current_k0s_version) and
+        C(current_manifest_readable), the same facts as the C(fleetsplit.k0s.k0s_release) query reports them.
     type: dict
     required: true
   run:

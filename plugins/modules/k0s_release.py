@@ -157,21 +157,11 @@ options:
         first; the set of the current run is always kept. At least 1.
     type: int
     default: 3
-  verify:
-    description:
-      - Re-hash every file of the target release. By default a file whose size and mtime match its
-        C(manifest.json) record is trusted and only changed files are re-hashed, which keeps re-runs fast.
-    type: bool
-    default: false
-  selinux_relabel:
-    description:
-      - When SELinux is enabled (C(selinuxenabled) exits 0), label C(containerd), C(containerd-shim-runc-v2)
-        and C(runc) with C(container_runtime_exec_t) as k0s does. Silently skipped otherwise.
-    type: bool
-    default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
+  - fleetsplit.k0s.mirror
+  - fleetsplit.k0s.release_store
 attributes:
   action:
     support: full
@@ -188,14 +178,6 @@ attributes:
     details: Before and after list one line per file (its name and sha256) of the current and the target release.
   platform:
     platforms: posix
-notes:
-  - Security checks. Every directory written into, and each of its parents, must be owned by root (or the
-    user running the module) and must not be world-writable unless it is owned by root and has the sticky bit.
-    Symlinks along these paths must be owned by root (or that user). Directories inside the store must be real
-    directories. Violations fail with a message naming the path.
-  - All files are written to a temporary name and renamed into place; files are C(root:root 0755) when run as root.
-  - A store-wide lock (C(<store_dir>/.lock)) serialises concurrent runs on one host.
-  - Killed runs leave only temporary names (C(.<id>.tmp-*), C(.*.fleetsplit-tmp-*)); the next V(present) removes them.
 author:
   - fleetsplit.k0s maintainers (@fleetsplit)
 """
@@ -382,6 +364,11 @@ selinux_relabeled:
   returned: state is present
   type: list
   elements: str
+mirror:
+  description: With O(mirror_url), what was fetched from the mirror - C(fetched) (names), C(requests), C(bytes), C(url).
+  returned: state is present and O(mirror_url) is set, not in check mode
+  type: dict
+  sample: {fetched: [k0s, runc], requests: 2, bytes: 10772880, url: "https://mirror.example/k0s"}
 changes:
   description: One line per change made (or that would be made in check mode).
   returned: always
@@ -391,6 +378,7 @@ changes:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import HostFsError, os_error_message
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.mirror_fetch import MIRROR_OPTIONS
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_build import Runner
 
@@ -418,6 +406,7 @@ def main():
             keep_backups=dict(type="int", default=3),
             verify=dict(type="bool", default=False),
             selinux_relabel=dict(type="bool", default=True),
+            **MIRROR_OPTIONS
         ),
         required_if=[("state", "present", ("files", "executable")), ("state", "query", ("files", "executable"))],
         required_together=[("bundle", "bundle_members")],

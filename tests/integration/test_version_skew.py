@@ -6,6 +6,7 @@ Every inventory host is this machine (connection local) with its own release sto
 Rules: k0sproject/k0s docs/version-skew-policy.md, k0sproject/k0sctl phase/validate_facts.go.
 """
 import json
+import re
 
 from testlib import FIXTURES, REPO, local_host_vars, recap, run_playbook, tree_snapshot
 
@@ -98,6 +99,8 @@ def test_deploy_refuses_a_patch_downgrade_before_installing(tmp_path):
     assert ("c1 runs k0s v1.36.4+k0s.0, newer than the target v1.36.3+k0s.0: that is a downgrade, which k0s does not "
             "support.") in out, out
     assert snapshot(tmp_path, ["c1"]) == before
+    # The install query ran first and reported the version: no slurp module run of its own on the host.
+    assert re.search(r"Read the k0s version of each host's current release\] \*+\nskipping: \[c1\]", out), out
 
 
 def test_rollback_is_exempt(tmp_path):
