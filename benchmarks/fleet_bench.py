@@ -782,7 +782,7 @@ def render_pull(results, m1, m2, counts, args, head):
               % (title, big, 100 * ratio, mb(pl["egress_host"]), mb(pu["egress_host"]), "met" if ratio < 0.01 else "**missed**"))
     for kind, ref, title in (("upgrade", up_bytes, "changed streams"), ("fresh", fresh_ref, "all streams")):
         pl = P.get(("pull", kind, big))
-        if pl:
+        if pl and ref:
             ratio = pl["body_max"] / float(ref)
             w("| mirror bytes per host <= 1.05x %s (pull %s, %d hosts, busiest host) | %.3fx (%s vs %s; on the wire "
               "%s per host) | %s |" % (title, kind, big, ratio, mb(pl["body_max"]), mb(ref), mb(pl["mirror_tx_host"]),
