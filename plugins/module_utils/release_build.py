@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import mirror_fetch
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     TMP_MARK,
     HostFsError,
@@ -184,6 +185,7 @@ class Runner(LinkOps):
             if self.p.get(key) is not None:
                 check_path_param(key, self.p[key])
         check_layout(self.p)
+        mirror_fetch.check_params(self.p)
 
     def run(self):
         """Run the state the parameters name; the store lock is held until it returns or raises."""
@@ -451,6 +453,9 @@ class Runner(LinkOps):
         self.result["drift"] = self.drift(pl, rid, problems, old_cur)
         links = pl.link_plan()   # raises on foreign data-dir links before anything is built
         pl.bundle = self.check_bundle(items)
+        if self.p.get("mirror_url") and not self.check:   # pull: what no bundle or upload provides, from the mirror
+            self.result["mirror"] = mirror_fetch.fetch_missing(
+                self.p, [n for n in missing if pl.stream_path(self._by_name(items, n)) is None], self.s.streams_dir)
         # Everything needed must be available before anything is switched.
         unavailable = [n for n in missing if pl.stream_path(self._by_name(items, n)) is None]
         if unavailable and not self.check:

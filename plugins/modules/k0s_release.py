@@ -172,6 +172,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
+  - fleetsplit.k0s.mirror
 attributes:
   action:
     support: full
@@ -370,6 +371,11 @@ selinux_relabeled:
   returned: state is present
   type: list
   elements: str
+mirror:
+  description: With O(mirror_url), what was fetched from the mirror - C(fetched) (names), C(requests), C(bytes), C(url).
+  returned: state is present and O(mirror_url) is set
+  type: dict
+  sample: {fetched: [k0s, runc], requests: 2, bytes: 10772880, url: "https://mirror.example/k0s"}
 changes:
   description: One line per change made (or that would be made in check mode).
   returned: always
@@ -379,6 +385,7 @@ changes:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import HostFsError, os_error_message
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.mirror_fetch import MIRROR_OPTIONS
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_build import Runner
 
@@ -406,6 +413,7 @@ def main():
             keep_backups=dict(type="int", default=3),
             verify=dict(type="bool", default=False),
             selinux_relabel=dict(type="bool", default=True),
+            **MIRROR_OPTIONS
         ),
         required_if=[("state", "present", ("files", "executable")), ("state", "query", ("files", "executable"))],
         required_together=[("bundle", "bundle_members")],

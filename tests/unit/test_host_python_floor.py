@@ -22,7 +22,7 @@ FLOOR = (3, 6)
 
 HOST_MODULES = ("k0s_release", "k0s_service", "k0s_join_token", "k0s_images", "k0s_reset", "k0s_sysext", "k3s_data")
 # Run where the k0s executable is (k0s_kubeconfig: the admin kubeconfig is written there).
-CONTROLLER_MODULES = ("image_bundles", "image_output", "image_root_paths", "k0s_kubeconfig", "payload_info",
+CONTROLLER_MODULES = ("image_bundles", "image_output", "image_root_paths", "k0s_kubeconfig", "mirror_publish", "payload_info",
                       "payload_split", "stream_bundle", "sysext_channel")
 
 # Known stdlib additions after 3.6 (attribute or function names), with the version that added them.
