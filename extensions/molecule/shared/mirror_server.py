@@ -11,8 +11,9 @@ One file, two halves, standard library only on both:
                 re-reads <state>/control.json (missing = no fault):
                   {"corrupt": [hex, ...]}   blobs/sha256/<hex> served with one byte flipped (the middle one)
                   {"truncate": [hex, ...]}  half of the body sent, then the connection closed
-                  {"die_after": N}          the server exits after the N-th request since the control file
-                                            changed: the mirror goes away (mid-run)
+                  {"die_after": N}          the server answers N requests after the control file changed,
+                                            logs them, and exits: the mirror goes away (mid-run); requests
+                                            beyond the N-th get no answer (status 0 in the log)
   start / stop  run on the controller: the container (podman, --network fleetsplit-test --ip ADDRESS, the tree
                 bind-mounted read-only, the state directory read-write, this file as the program), the
                 route check of tests/hostnet.py, then a probe until the server answers.
@@ -52,18 +53,18 @@ CHUNK = 1 << 16
 # --------------------------------------------------------------------------- serve (inside the container)
 
 class Mirror(object):
-    """Shared state of the serving threads: the root, the log, the request count for die_after."""
+    """Shared state of the serving threads: the root, the log, the request counts for die_after."""
 
     def __init__(self, root, state):
         self.root = os.path.realpath(root)
         self.state = state
         self.lock = threading.Lock()
-        self.requests = 0
+        self.started = self.finished = 0
         self.control = ""
         self.log = open(os.path.join(state, ACCESS_LOG), "a")
 
-    def faults(self):
-        """The control file now; a change of it restarts the count die_after is checked against."""
+    def begin(self):
+        """(the control file's faults, this request's number since the control file last changed)."""
         try:
             with open(os.path.join(self.state, CONTROL)) as f:
                 text = f.read()
@@ -72,19 +73,21 @@ class Mirror(object):
             text, data = "", {}
         with self.lock:
             if text != self.control:
-                self.control, self.requests = text, 0
-        return data if isinstance(data, dict) else {}
+                self.control, self.started, self.finished = text, 0, 0
+            self.started += 1
+            return (data if isinstance(data, dict) else {}), self.started
 
     def record(self, entry, die_after=None):
-        """Log one request; True when it was the die_after-th since the control file last changed (the
-        caller then exits)."""
+        """Log one request. With die_after: True once the first die_after requests have all been logged (the
+        caller then exits), so the log holds every byte the mirror sent before it went away."""
         line = json.dumps(entry, sort_keys=True) + "\n"
         with self.lock:
-            self.requests += 1
             self.log.write(line)
             self.log.flush()
             os.fsync(self.log.fileno())
-            return isinstance(die_after, int) and self.requests >= die_after
+            if entry["status"]:
+                self.finished += 1
+            return isinstance(die_after, int) and self.finished >= die_after
 
     def resolve(self, path):
         """The regular file a URL path names inside the root, or None (404)."""
@@ -134,12 +137,19 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(body=True)
 
     def answer(self, body):
-        faults = self.mirror.faults()
+        faults, number = self.mirror.begin()
+        die_after = faults.get("die_after") if isinstance(faults.get("die_after"), int) else None
         path = self.path.split("?", 1)[0]
         entry = {"t": round(time.time(), 3), "method": self.command, "path": path, "status": 404, "bytes": 0,
                  "client": self.client_address[0]}
         if self.headers.get("Range"):
             entry["range"] = self.headers.get("Range")
+        if die_after is not None and number > die_after:
+            # Beyond the last request the mirror serves: no answer at all (status 0 in the log), as if gone.
+            entry.update(status=0, error="mirror going away (die_after %d)" % die_after)
+            self.close_connection = True
+            self.mirror.record(entry)
+            return
         blob = BLOB_RE.match(path)
         hexname = blob.group(1) if blob else None
         try:
@@ -148,7 +158,7 @@ class Handler(BaseHTTPRequestHandler):
             entry["error"] = "%s: %s" % (type(e).__name__, e)
             self.close_connection = True
         finally:
-            if self.mirror.record(entry, faults.get("die_after")):
+            if self.mirror.record(entry, die_after):
                 try:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
