@@ -213,7 +213,8 @@ class Fetcher(object):
             e.close()
             if e.code == 404:
                 raise MirrorError("mirror %s has no stream for %s: %s answered 404 (publish this k0s executable "
-                                  "into the mirror with fleetsplit.k0s.publish_k0s); nothing was switched"
+                                  "into the mirror with fleetsplit.k0s.publish_k0s, from this controller or one with "
+                                  "the same FLEETSPLIT_DEFLATE_ENGINE); nothing was switched"
                                   % (public_url(self.base), name, url))
             if e.code in (408, 429) or e.code >= 500:
                 raise _Transient("HTTP %d %s" % (e.code, e.reason))
@@ -223,9 +224,11 @@ class Fetcher(object):
             raise _Transient(_reason(e))
         with resp:
             mode = "ab"
-            if have and resp.status == 206 and _range_start(resp.headers.get("Content-Range")) == have:
-                pass
-            else:
+            if resp.status == 206 and (not have or _range_start(resp.headers.get("Content-Range")) != have):
+                unlink_quietly(tmp)   # not the part asked for: the next attempt starts from the beginning
+                raise _Transient("the mirror answered a range request with another range (%s)"
+                                 % resp.headers.get("Content-Range"))
+            if resp.status != 206:
                 mode, have = "wb", 0
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and have + int(length) > size:

@@ -217,11 +217,11 @@ def publish(splits, dest, write=True):
     res = dict(blobs=[], replaced=[], kept=[], releases=[], release_ids=[], index_changed=False, warnings=[])
     before, after = [], []
     plans = [release_of(s) for s in splits]
-    exists = _real_dir(dest, write)
-    for sub in ("blobs", os.path.join("blobs", "sha256"), "releases"):
-        exists = _real_dir(os.path.join(dest, sub), write) and exists
+    dirs = [dest] + [os.path.join(dest, sub) for sub in ("blobs", os.path.join("blobs", "sha256"), "releases")]
+    found = [_real_dir(d, False) for d in dirs]   # every one checked (each refuses a symlink), not just the first
+    exists = all(found)
     blob_dir = os.path.join(dest, "blobs", "sha256")
-    seen = set()
+    seen, copies = set(), []
     for rid, doc, blobs in plans:
         for sha, size, src, name in blobs:
             if sha in seen:
@@ -231,22 +231,29 @@ def publish(splits, dest, write=True):
             rel = "blobs/sha256/" + sha
             old = _existing(final) if exists else None
             if old is not None:
-                before.append(rel)
+                before.append(rel if old == sha else "%s (other bytes, sha256 %s)" % (rel, old))
             after.append(rel)
             if old == sha:
                 res["kept"].append(sha)
                 continue
-            if write:
-                _copy_blob(src, final, sha, size, name)
-            else:
-                got = _sha256(src)
-                if got != sha:
-                    raise MirrorTreeError("controller cache stream %s (%s) has sha256 %s, but the split gives %s; "
-                                          "run the fleetsplit.k0s.split role again" % (src, name, got, sha))
+            # Every source is checked before the first blob is written (and again while it is copied).
+            got = _sha256(src) if os.path.isfile(src) else "(missing)"
+            if got != sha:
+                raise MirrorTreeError("controller cache stream %s (%s) has sha256 %s, but the split of the k0s executable "
+                                      "in this run gives %s: the cache was changed since; nothing was published. Run "
+                                      "the fleetsplit.k0s.split role again" % (src, name, got, sha))
+            copies.append((src, final, sha, size, name))
             res["blobs"].append(sha)
             if old is not None:
                 res["replaced"].append(sha)
                 res["warnings"].append("replaced %s: it had other bytes (sha256 %s)" % (final, old))
+    if write:   # the first change: every check above passed
+        for d in dirs:
+            _real_dir(d, True)
+        exists = True
+        for args in copies:
+            _copy_blob(*args)
+    for rid, doc, blobs in plans:
         final = os.path.join(dest, "releases", rid + ".json")
         if exists and _existing(final) is not None:
             before.append("releases/%s.json" % rid)

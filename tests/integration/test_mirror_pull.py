@@ -30,8 +30,8 @@ def _inventory(tmp_path, url, pull=("p1", "p2"), push=("h1",), **extra):
     for h in list(push) + list(pull):
         hosts[h] = local_host_vars(tmp_path / h)
         if h in pull:
-            hosts[h].update(k0s_distribution="pull", k0s_mirror_url=url, k0s_mirror_retries=1,
-                            k0s_mirror_timeout=2, **extra)
+            hosts[h].update(dict(k0s_distribution="pull", k0s_mirror_url=url, k0s_mirror_retries=1,
+                                 k0s_mirror_timeout=2), **extra)
     path = tmp_path / "inv.json"
     path.write_text(json.dumps({"k0s_workers": {"hosts": hosts}}))
     return path
@@ -95,13 +95,13 @@ def test_publish_tree_is_content_addressed_and_idempotent(tmp_path):
     assert recap(out)["localhost"]["changed"] == 0 and recap(out)["localhost"]["failed"] == 0, out
     assert {x: x.stat().st_mtime_ns for x in tree.rglob("*")} == before
     # A blob with the right name and other bytes is replaced and reported; a second release joins the index.
+    p, out = _publish(tmp_path, "k0s-small-zip-v2", "--diff")
+    assert recap(out)["localhost"]["failed"] == 0 and "+blobs/sha256/" in out, out
     victim = tree / "blobs" / "sha256" / want["runc"]
     victim.write_bytes(b"not the stream")
-    p, out = _publish(tmp_path, "k0s-small-zip-v2", "--diff")
-    assert recap(out)["localhost"]["failed"] == 0, out
     p, out = _publish(tmp_path, "k0s-small-zip")
-    assert "replaced %s: it had other bytes" % victim in out.replace("\n", " ").replace("  ", " ") or \
-        "replaced" in out, out
+    assert recap(out)["localhost"]["changed"] == 1, out
+    assert "replaced %s: it had other bytes" % victim in " ".join(out.split()), out
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == want["runc"]
     assert len(json.loads((tree / "index.json").read_text())["releases"]) == 2
 
@@ -222,11 +222,73 @@ def test_credentials_never_reach_the_output(tmp_path):
     assert not (tmp_path / "p9" / "store" / "current").exists()
 
 
-@pytest.mark.parametrize("url,words", [("ftp://127.0.0.1/x", "not an http:// or https:// URL"),
-                                       ("", "needs k0s_mirror_url")])
-def test_bad_mirror_url_fails_in_the_query(tmp_path, url, words):
+@pytest.mark.parametrize("url,extra,words", [
+    ("ftp://127.0.0.1/x", {}, "not an http:// or https:// URL"),
+    ("", {}, "needs k0s_mirror_url"),
+    ("https://127.0.0.1:9", {"k0s_mirror_ca_file": "/nonexistent/ca.pem"}, "does not exist on the host"),
+    ("http://127.0.0.1:9", {"k0s_distribution": "pul"}, "k0s_distribution"),
+])
+def test_bad_mirror_options_fail_before_any_change(tmp_path, url, extra, words):
     load_fixtures()
-    inv = _inventory(tmp_path, url, pull=("p1",), push=())
+    inv = _inventory(tmp_path, url, pull=("p1",), push=(), **extra)
     p, out = _install(tmp_path, inv, "k0s-small-zip")
     assert recap(out)["p1"]["failed"] == 1 and words in " ".join(out.split()), out
     assert not (tmp_path / "p1" / "store" / "releases").exists()
+
+
+STAGED_PLAY = """
+- hosts: all
+  gather_facts: false
+  roles:
+    - role: fleetsplit.k0s.split
+  tasks:
+    - name: Stage (the upgrade role's way)
+      ansible.builtin.include_role:
+        name: fleetsplit.k0s.install
+      vars:
+        k0s_install_switch: false
+    - name: Record what was staged
+      ansible.builtin.copy:
+        content: "{{ {'missing': k0s_install_query.missing,
+                      'current': lookup('ansible.builtin.pipe', 'readlink ' ~ k0s_store_dir ~ '/current || true')} | to_json }}"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}.json"
+        mode: "0600"
+    - name: Switch
+      ansible.builtin.include_role:
+        name: fleetsplit.k0s.install
+        tasks_from: switch.yml
+"""
+
+
+def test_check_mode_and_staged_upgrade_pull(tmp_path):
+    """--check asks the mirror nothing and writes nothing; the upgrade role's stage-then-switch fetches while
+    staging (before the switch) and the switch needs no request."""
+    load_fixtures()
+    _publish(tmp_path, "k0s-small-zip")
+    _publish(tmp_path, "k0s-small-zip-v2")
+    v1, v2 = _streams(tmp_path, "k0s-small-zip"), _streams(tmp_path, "k0s-small-zip-v2")
+    changed = sorted(s for n, s in v2.items() if v1.get(n) != s)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "staged.yml").write_text(STAGED_PLAY)
+    with Mirror(tmp_path / "tree") as m:
+        inv = _inventory(tmp_path, m.url, pull=("p1",), push=())
+        (tmp_path / "install.yml").write_text(INSTALL_PLAY)
+        p, out = run_playbook(["--check", "--diff", "-i", inv, tmp_path / "install.yml",
+                               "-e", json.dumps(dict(k0s_executable=str(FIXTURES / "k0s-small-zip"),
+                                                     k0s_controller_cache_dir=str(tmp_path / "cache")))], cwd=tmp_path)
+        assert recap(out)["p1"]["failed"] == 0 and recap(out)["p1"]["changed"] > 0, out
+        assert m.log == [] and not (tmp_path / "p1" / "store" / "releases").exists()
+        p, out = _install(tmp_path, inv, "k0s-small-zip")
+        assert recap(out)["p1"]["failed"] == 0, out
+        cur = _current(tmp_path, "p1")
+        del m.log[:]
+        p, out = run_playbook(["-i", inv, tmp_path / "staged.yml",
+                               "-e", json.dumps(dict(k0s_executable=str(FIXTURES / "k0s-small-zip-v2"),
+                                                     out_dir=str(tmp_path / "out"),
+                                                     k0s_controller_cache_dir=str(tmp_path / "cache")))], cwd=tmp_path)
+        assert recap(out)["p1"]["failed"] == 0, out
+        staged = json.loads((tmp_path / "out" / "p1.json").read_text())
+        # While staging the host still ran the old release, and the mirror had already sent the changed streams.
+        assert staged["current"] == cur and len(staged["missing"]) == len(changed)
+        assert sorted(m.blob_requests()) == changed
+        assert _current(tmp_path, "p1") != cur

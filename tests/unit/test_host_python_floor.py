@@ -8,6 +8,7 @@ FLEETSPLIT_PYTHON36), the files are also compiled by it and the module_utils imp
 import __future__
 import ast
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -330,3 +331,55 @@ def test_host_modules_run_on_a_python_36_host(tmp_path):
     assert proc.returncode == 0, out
     assert json.loads((tmp_path / "query.json").read_text())["missing"] == ["k0s", "runc"]
     assert (tmp_path / "overlay" / "etc" / "systemd" / "system" / "k0sworker.service").read_text() == "[Unit]\n"
+
+
+# Run by Python 3.6: pull distribution's fetch (urllib) against a real mirror on 127.0.0.1 (served by the test):
+# a good stream, a corrupted one (refused), a truncated one resumed with Range.
+MIRROR_SMOKE = """
+import hashlib, os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import mirror_fetch as mf
+url, good, bad, cut, size = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+d = tempfile.mkdtemp()
+f = mf.Fetcher(url, timeout=5, retries=1, headers={"Authorization": "Bearer x"}, sleep=lambda s: None)
+f.fetch("a", good, size, d)
+with open(os.path.join(d, "a.gz"), "rb") as fh:
+    assert hashlib.sha256(fh.read()).hexdigest() == good
+try:
+    f.fetch("b", bad, size, d)
+    raise SystemExit("corrupted stream accepted")
+except mf.MismatchError as e:
+    assert bad in str(e) and "Bearer" not in str(e)
+f.sleep = lambda s: open(sys.argv[7], "w").close()   # the mirror stops truncating while the client backs off
+f.fetch("c", cut, size, d)
+assert sorted(os.listdir(d)) == ["a.gz", "c.gz"], os.listdir(d)
+print("ok", f.requests)
+"""
+
+
+@needs_36
+def test_real_python_36_fetches_from_a_mirror(tmp_path):
+    from mirrorlib import Mirror
+    from testlib import COLLECTIONS, ensure_collection_link
+    ensure_collection_link()
+    blobs = tmp_path / "tree" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    names = []
+    for i in range(3):
+        data = os.urandom(100000) + bytes([i])
+        name = hashlib.sha256(data).hexdigest()
+        (blobs / name).write_bytes(data)
+        names.append(name)
+    healed = tmp_path / "healed"
+    with Mirror(tmp_path / "tree") as m:
+        m.faults.update(corrupt={names[1]}, truncate={names[2]}, ranges=True)
+
+        class Heal(set):   # the truncation ends once the Python 3.6 client signals its backoff
+            def __contains__(self, item):
+                return not healed.exists() and set.__contains__(self, item)
+        m.faults["truncate"] = Heal({names[2]})
+        proc = subprocess.run([PYTHON36, "-I", "-c", MIRROR_SMOKE, str(COLLECTIONS), m.url] + names
+                              + ["100001", str(healed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True, check=False, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith("ok 4"), proc.stdout
+        assert [e["range"] for e in m.log][-2:] == [None, "bytes=50000-"], m.log
