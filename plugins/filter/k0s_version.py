@@ -24,6 +24,8 @@ options:
     description:
       - Host name to the result of C(ansible.builtin.slurp) of C(<k0s_store_dir>/current/manifest.json) on that host.
         C(file not found) means no release (a fresh host); an unreachable or failed read is reported.
+      - Or host name to C({query: {current_release, current_k0s_version, current_manifest_readable}}), the same facts as
+        the C(fleetsplit.k0s.k0s_release) query reports them.
     type: dict
     required: true
   run:
@@ -71,6 +73,13 @@ def _version_of(host, read):
         return None, "no manifest read for this host"
     if read.get("unreachable"):
         return None, "unreachable (%s)" % (read.get("msg") or "no connection")
+    query = read.get("query")
+    if isinstance(query, dict):   # the install role's query (k0s_release state=query) read the manifest already
+        if not query.get("current_release"):
+            return None, None     # no current release: a fresh host
+        if not query.get("current_manifest_readable"):
+            return None, "its current release's manifest.json could not be read"
+        return query.get("current_k0s_version") or None, None
     if "content" in read:
         try:
             manifest = json.loads(base64.b64decode(read["content"]).decode("utf-8"))

@@ -397,7 +397,11 @@ class Runner(LinkOps):
     def common_result(self):
         cur = self.s.pointer(self.s.current_link)
         exe = self.s.exe_link
+        man = self.s.manifest(cur) if cur else None
         self.result.update(current_release=cur, previous_release=self.s.pointer(self.s.previous_link),
+                           # the version skew check reads it here instead of a module run of its own per host
+                           current_k0s_version=(man or {}).get("k0s_version") or None,
+                           current_manifest_readable=man is not None if cur else None,
                            releases=self.s.list_releases(),
                            # what a k0s started now runs: compare with /proc/<pid>/exe of the running one
                            current_executable=os.path.realpath(exe) if os.path.exists(exe) else None)

@@ -243,6 +243,18 @@ current_release:
   description: Release C(current) points to after the run (before it in check mode), or null.
   returned: always
   type: str
+current_k0s_version:
+  description:
+    - The k0s version recorded in the manifest of the release C(current) points to (as the run found it before any
+      switch for V(query) and in check mode), or null (no current release, or none recorded). The version skew
+      check of deploy_k0s reads it from the query.
+  returned: always
+  type: str
+  sample: v1.36.3+k0s.0
+current_manifest_readable:
+  description: Whether the current release's C(manifest.json) could be read; null when there is no current release.
+  returned: always
+  type: bool
 previous_release:
   description: Release C(previous) points to after the run, or null.
   returned: always

@@ -130,3 +130,17 @@ def test_filter_reads_slurped_manifests():
     assert len(p) == 2, p   # c1 1.34 -> 1.35 is one step; w1 fresh; w2 records no version
     assert k0s_version_skew("v1.36.0+k0s.0", {"c1": slurped("v1.34.1+k0s.0")}, ["c1"], ["c1"])[0].startswith(
         "c1 runs k0s v1.34.1+k0s.0 and the target v1.36.0+k0s.0 skips minor version v1.35")
+
+
+def test_filter_reads_the_install_querys_versions():
+    """deploy_k0s takes the versions from k0s_release's query (k0s_install_current) instead of slurping again."""
+    def query(release, version, readable=True):
+        return {"query": {"current_release": release, "current_k0s_version": version,
+                          "current_manifest_readable": readable if release else None}}
+    reads = {"c1": query("v1.34.1+k0s.0-0123", "v1.34.1+k0s.0"), "w1": query(None, None),
+             "w2": query("r-without-version", None), "w3": query("r-broken", None, readable=False)}
+    p = k0s_version_skew("v1.35.0+k0s.0", reads, ["c1", "w1", "w2", "w3"], ["c1"])
+    assert p == ["could not read the k0s version of w3: its current release's manifest.json could not be read; the "
+                 "version skew check needs it" + FORCE], p
+    assert k0s_version_skew("v1.36.0+k0s.0", {"c1": reads["c1"]}, ["c1"], ["c1"])[0].startswith(
+        "c1 runs k0s v1.34.1+k0s.0 and the target v1.36.0+k0s.0 skips minor version v1.35")

@@ -265,9 +265,14 @@ def test_build_and_switch_then_rerun_is_up_to_date(host, v1):
 
 
 def test_switch_to_a_new_release_records_previous(host, v1, v2):
+    fresh = host.run("query", v1)
+    assert (fresh["current_release"], fresh["current_k0s_version"], fresh["current_manifest_readable"]) == (None, None, None)
     r1 = host.install(v1)
     q = host.run("query", v2)
     assert q["missing"] == ["k0s", "runc"], "xtables is already in the store"
+    # What the version skew check of deploy_k0s reads: the current release's recorded version, before any switch.
+    assert (q["current_release"], q["current_k0s_version"], q["current_manifest_readable"]) == \
+        (r1["release_id"], v1["k0s_version"], True)
     host.upload(v2, q["missing"])
     r2 = host.run("present", v2, diff=True)
     # Content already on the host is copied (its own inode), never uploaded again.
