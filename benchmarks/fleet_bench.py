@@ -552,7 +552,7 @@ def main():
             way_args = {"push": [], "pull": pull_vars,
                         # Ansible's own default ssh_args carry -C; the module code the controller still sends
                         # (base64 of zipped Python) shrinks by ~30 %, while push's gzip streams would not.
-                        "pull-ssh-C": pull_vars + ["-e", "ansible_ssh_extra_args=-o Compression=yes"]}
+                        "pull-ssh-C": pull_vars + ["-e", "ansible_ssh_extra_args=-C"]}
             for i, n in enumerate(pull_counts):
                 names = fleet.names[:n]
                 for way in (WAYS if i % 2 == 0 else WAYS[::-1]):
