@@ -290,7 +290,8 @@ host:
   description:
     - Facts about the host the roles need, so a play does not have to gather facts.
     - C(architecture) as C(uname -m) prints it; C(service_mgr) is V(systemd), V(openrc) or the name of PID 1.
-    - C(node_name) is the lowercased host name (k0s's default node name).
+    - C(node_name) is the lowercased host name (k0s's default node name). C(current_k0s_version) is the k0s version of
+      the current release (its C(manifest.json)), null without one (C(current_manifest_error) when it cannot be read).
     - C(k0s_cluster) says what O(data_dir) tells about cluster membership, by k0s's own rules -
       C(controller_ca_sha256) (sha256 of C(pki/ca.crt) when it and C(pki/ca.key) exist, else null),
       C(etcd_member), C(kubelet_conf), C(kubelet_bootstrap_conf) (booleans), C(kubelet_ca_sha256) (sha256 of
@@ -302,6 +303,7 @@ host:
     architecture: x86_64
     service_mgr: systemd
     node_name: worker-1
+    current_k0s_version: v1.36.3+k0s.0
     k0s_cluster:
       controller_ca_sha256: null
       etcd_member: false
@@ -385,9 +387,8 @@ selinux_relabeled:
   elements: str
 mirror:
   description: With O(mirror_url), what was fetched from the mirror - C(fetched) (names), C(requests), C(bytes), C(url).
-  returned: state is present and O(mirror_url) is set
+  returned: state is present and O(mirror_url) is set, not in check mode
   type: dict
-  sample: {fetched: [k0s, runc], requests: 2, bytes: 10772880, url: "https://mirror.example/k0s"}
 changes:
   description: One line per change made (or that would be made in check mode).
   returned: always

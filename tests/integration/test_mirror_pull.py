@@ -101,7 +101,8 @@ def test_publish_tree_is_content_addressed_and_idempotent(tmp_path):
     victim.write_bytes(b"not the stream")
     p, out = _publish(tmp_path, "k0s-small-zip")
     assert recap(out)["localhost"]["changed"] == 1, out
-    assert "replaced %s: it had other bytes" % victim in " ".join(out.split()), out
+    # ansible-core 2.16 wraps warnings anywhere, also inside the path: compare without white space.
+    assert ("replaced %s: it had other bytes" % victim).replace(" ", "") in "".join(out.split()), out
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == want["runc"]
     assert len(json.loads((tree / "index.json").read_text())["releases"]) == 2
 
