@@ -557,9 +557,7 @@ def main():
             for i, n in enumerate(pull_counts):
                 names = fleet.names[:n]
                 for way in (WAYS if i % 2 == 0 else WAYS[::-1]):
-                    # With ssh compression only the fresh deploy (the egress target's run): time on this machine.
-                    kinds = (("fresh", v1, ver1),) if way.endswith("-C") else (("fresh", v1, ver1), ("upgrade", v2, ver2))
-                    for kind, exe, version in kinds:
+                    for kind, exe, version in (("fresh", v1, ver1), ("upgrade", v2, ver2)):
                         if kind == "fresh":
                             fleet.reset(names)
                         log("push vs pull, %d host(s): %s %s" % (n, way, kind))
