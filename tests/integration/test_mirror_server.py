@@ -69,7 +69,7 @@ def test_serves_blobs_and_logs_each_request_with_the_bytes_sent(mirror):
     base, state = mirror
     status, body, headers = get(base + "/blobs/sha256/" + HEX)
     assert (status, hashlib.sha256(body).hexdigest(), headers["Content-Length"]) == (200, HEX, str(len(BLOB)))
-    status, body, _ = get(base + "/index.json")
+    status, body = get(base + "/index.json")[:2]
     assert status == 200 and json.loads(body) == {"releases": []}
     log = entries(state)
     assert [(e["method"], e["path"], e["status"], e["bytes"], e["client"]) for e in log] == [
@@ -94,9 +94,9 @@ def test_range_requests(mirror):
     base, state = mirror
     status, body, headers = get(base + "/blobs/sha256/" + HEX, {"Range": "bytes=1000-"})
     assert (status, body, headers["Content-Range"]) == (206, BLOB[1000:], "bytes 1000-%d/%d" % (len(BLOB) - 1, len(BLOB)))
-    status, body, _ = get(base + "/blobs/sha256/" + HEX, {"Range": "bytes=-4"})
+    status, body = get(base + "/blobs/sha256/" + HEX, {"Range": "bytes=-4"})[:2]
     assert (status, body) == (206, b"tail")
-    status, _, headers = get(base + "/blobs/sha256/" + HEX, {"Range": "bytes=%d-" % len(BLOB)})
+    status, dummy, headers = get(base + "/blobs/sha256/" + HEX, {"Range": "bytes=%d-" % len(BLOB)})
     assert (status, headers["Content-Range"]) == (416, "bytes */%d" % len(BLOB))
     assert [e["bytes"] for e in entries(state)] == [len(BLOB) - 1000, 4, 0]
 
@@ -104,11 +104,11 @@ def test_range_requests(mirror):
 def test_corrupt_fault_flips_one_byte_even_in_a_range(mirror):
     base, state = mirror
     mirror_server.set_faults(state, corrupt=[HEX])
-    status, body, _ = get(base + "/blobs/sha256/" + HEX)
+    status, body = get(base + "/blobs/sha256/" + HEX)[:2]
     assert status == 200 and len(body) == len(BLOB) and body != BLOB
     assert [i for i in range(len(BLOB)) if body[i] != BLOB[i]] == [len(BLOB) // 2]
     assert body == mirror_server.flipped(BLOB)
-    status, part, _ = get(base + "/blobs/sha256/" + HEX, {"Range": "bytes=%d-" % (len(BLOB) // 2 - 10)})
+    part = get(base + "/blobs/sha256/" + HEX, {"Range": "bytes=%d-" % (len(BLOB) // 2 - 10)})[1]
     assert part == body[len(BLOB) // 2 - 10:]
     assert [e.get("fault") for e in entries(state)] == ["corrupt", "corrupt"]
     mirror_server.set_faults(state)

@@ -305,6 +305,9 @@ def start(name, ip, tree, state, port=PORT, image=IMAGE, network=NETWORK):
     _podman(["run", "-d", "--name", name, "--hostname", name, "--runtime=runc", "--pull=never",
              "--network=%s" % network, "--ip=%s" % ip, "--label", "fleetsplit.mirror=1",
              "--ulimit", "nofile=%d:%d" % (nofile, nofile), "--ulimit", "nproc=32768:32768",
+             # A fixed MAC (from the address): restarted after a die_after fault, the mirror keeps the MAC the hosts'
+             # ARP caches hold, else their next requests time out until ARP notices (the restart's new random MAC).
+             "--mac-address", "0a:58:" + ":".join("%02x" % int(o) for o in ip.split(".")),
              "-v", "%s:%s:ro" % (tree, ROOT_IN), "-v", "%s:%s:rw" % (state, STATE_IN),
              "-v", "%s:%s:ro" % (program, PROGRAM_IN),
              image, "python3", "-u", PROGRAM_IN, "serve", "--root", ROOT_IN, "--state", STATE_IN, "--port", str(port)])
