@@ -14,7 +14,7 @@ description:
     controller in the run, or set C(k0s_upgrade_allow_version_skew=true)).
   - The rules are k0s's (C(docs/version-skew-policy.md) in k0sproject/k0s) and k0sctl's downgrade check
     (C(phase/validate_facts.go) in k0sproject/k0sctl). See docs/upgrade.md, "Version skew".
-positional: _input, reads, run, controllers, queried
+positional: _input, reads, run, controllers
 options:
   _input:
     description: The target k0s version (C(k0s_split.k0s_version)); null when the executable carries none.
@@ -24,8 +24,8 @@ options:
     description:
       - Host name to the result of C(ansible.builtin.slurp) of C(<k0s_store_dir>/current/manifest.json) on that host.
         C(file not found) means no release (a fresh host); an unreachable or failed read is reported.
-      - Or host name to C({query: {current_release, current_k0s_version, current_manifest_readable}}), the same facts as
-        the C(fleetsplit.k0s.k0s_release) query reports them.
+      - Or host name to a dict whose key C(query) holds C(current_release), C(current_k0s_version) and
+        C(current_manifest_readable), the same facts as the C(fleetsplit.k0s.k0s_release) query reports them.
     type: dict
     required: true
   run:
@@ -38,13 +38,6 @@ options:
     type: list
     elements: str
     required: true
-  queried:
-    description:
-      - Host name to the C(host) result of the C(fleetsplit.k0s.k0s_release) query (the install role's query), which
-        reports C(current_k0s_version) (and C(current_manifest_error)); a host found here needs no O(reads) entry.
-        deploy_k0s passes it, so the check costs no module run of its own.
-    type: dict
-    required: false
 author:
   - fleetsplit.k0s maintainers (@fleetsplit)
 """
@@ -100,21 +93,14 @@ def _version_of(host, read):
     return None, msg or "reading its current release's manifest.json failed"
 
 
-def k0s_version_skew(target, reads, run, controllers, queried=None):
+def k0s_version_skew(target, reads, run, controllers):
     if not isinstance(reads, dict):
         raise AnsibleFilterError("k0s_version_skew: reads must be a dict of host -> slurp result")
-    queried = dict((h, q) for h, q in (queried or {}).items() if isinstance(q, dict) and "current_k0s_version" in q)
     current, unreadable = {}, {}
     for host, read in reads.items():
-        if host in queried:
-            continue
         current[host], why = _version_of(host, read)
         if why:
             unreadable[host] = why
-    for host, facts in queried.items():
-        current[host] = facts.get("current_k0s_version") or None
-        if facts.get("current_manifest_error"):
-            unreadable[host] = str(facts["current_manifest_error"])
     return skew_problems(target, current, list(run), list(controllers), unreadable)
 
 

@@ -13,7 +13,7 @@ facade (``inspect``, ``extract``, ``split``, the output writers, and the names c
 * ``payload.streams``: bounded-memory inflating and verifying, gzip members (``inflate_gzip_member`` runs on hosts).
 * ``payload.engines``: the deflate engine of the controller (isal, zlib-ng or zlib; ``FLEETSPLIT_DEFLATE_ENGINE``).
 * ``payload.bundles``: stream bundles (``write_bundle`` on the controller, ``check_bundle_members`` on hosts).
-* ``payload.elf``: ELF headers through pyelftools (optional: ``HAS_PYELFTOOLS``), k0s version, Go build info.
+* ``payload.elf``: ELF end, machine, k0s version, Go build info, over ``payload.elfheaders`` (the tables, by ``struct``).
 * ``payload.zipfmt``: the zip archive k0s >= v1.36.1 appends (directory read by the standard library's zipfile).
 * ``payload.legacy``: the gzip members k0s <= v1.35 appends (names and BinDataSize from the ELF image).
 * ``payload.k3s``: the zstd tar a k3s executable embeds (embed.FS), read as a stream; ``payload.k3s_tree`` writes
@@ -21,8 +21,9 @@ facade (``inspect``, ``extract``, ``split``, the output writers, and the names c
 
 ``payload/__init__.py`` is empty and imports none of them: host-side modules import ``payload.streams``,
 ``payload.bundles``, ``payload.fsio`` and ``payload.errors`` directly (standard library, Python 3.6), never
-pyelftools, the ELF code or this file. pyelftools is only needed where ELF structures are read (``inspect``,
-``go_build_info``); without it the import still succeeds (``HAS_PYELFTOOLS`` is false).
+the ELF code or this file. The inspection (``inspect(..., reference_elf=True)``, Go build info) reads the ELF headers
+with pyelftools, payload_info's declared requirement (``HAS_PYELFTOOLS``, found without importing it); the split reads
+them with ``payload.elfheaders``. The import of this file succeeds either way.
 
 See docs/payload-formats.md for the two formats and what is checked.
 """
@@ -35,9 +36,8 @@ import os
 import re
 import shutil
 import struct
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
-from .k0s_hostfs import atomic_write
 from .payload.bundles import BUNDLE_FORMAT, bundle_id, check_bundle_members, write_bundle
 from .payload import engines
 from .payload.elf import (HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, elf_end, elf_machine, go_build_info, k0s_version,
@@ -46,12 +46,11 @@ from .payload.errors import CorruptPayloadError, PayloadError
 from .payload.fsio import (CHUNK, Sink, check_name, check_output_dir, check_output_file, commit, ensure_output_dir,
                            ensure_private_dir, prepare_output, remove_quietly, sha256_file,
                            temp_path)
-from .payload import k3s, k3s_tree
 from .payload.legacy import read_legacy
 from .payload.model import (FORMAT_BARE, FORMAT_K3S, FORMAT_LEGACY, FORMAT_ZIP, METHOD_DEFLATE, METHOD_STORE, Entry,
                             Payload)
 from .payload.streams import (GZIP_HEADER, MAX_OUTPUT, copy_range, entry_stream, executable_stream, inflate_entry,
-                              inflate_gzip_member, inflate_range, verify_sink)
+                              inflate_gzip_member, inflate_range, parallel_map, verify_sink)
 from .payload.zipfmt import LOCAL_HEADER, read_zip
 
 # The names callers import from here (modules, scripts/k0s-payload, benchmarks, tests).
@@ -66,12 +65,13 @@ __all__ = [
 ]
 
 
-def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None):
+def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None, reference_elf=False):
     """Detect the payload format of ``path`` and list its entries. Raises PayloadError on anything odd.
 
     ``engine`` names the deflate engine (default: ``engines.select()``, the fastest installed or
     ``$FLEETSPLIT_DEFLATE_ENGINE``); the Payload keeps it for every later inflate and compression.
     ``workers``: legacy members are scanned that many at a time (``payload.legacy``).
+    ``reference_elf``: read the ELF headers with pyelftools (the inspection) instead of ``payload.elfheaders``.
 
     Legacy payloads have no directory, so their members are inflated to find where each ends; their
     entries come back with ``sha256`` set, and ``sink_for(name)`` (a Sink on a new file, or None) lets
@@ -80,7 +80,7 @@ def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None):
     engine = engines.select(engine)
     f, st = open_executable(path)
     with f:
-        elf = open_elf(f, path)
+        elf = open_elf(f, path, reference=reference_elf)
         end = elf_end(elf)
         size = st.st_size
         machine = elf_machine(elf)
@@ -90,6 +90,7 @@ def inspect(path, sink_for=None, engine=None, workers=2, k3s_first=None):
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             if end == size:
                 # Nothing appended: a bare k0s, or k3s (its archive lives inside the Go image).
+                from .payload import k3s   # here: zstandard and tarfile cost every k0s split ~10 ms of start-up
                 archive = k3s.locate(elf, mm, path)
                 if archive is None:
                     return Payload(path, size, FORMAT_BARE, end, [], machine, k0s_version(elf), st.st_mtime_ns,
@@ -182,13 +183,8 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
         order = sorted(entries, key=lambda e: -e.size)
         done = {}
         try:
-            if workers > 1 and len(order) > 1:
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    for entry, outcome in zip(order, pool.map(work, order)):
-                        done[entry.name] = outcome
-            else:
-                for entry in order:
-                    done[entry.name] = work(entry)
+            for entry, outcome in zip(order, parallel_map(work, order, workers)):
+                done[entry.name] = outcome
         except BaseException:
             for temp in temps.values():
                 remove_quietly(temp)
@@ -208,18 +204,21 @@ def extract(payload, dest=None, mode=0o755, workers=2, write=True, mtime_ns=None
     return results
 
 
-def _produce(payload, final, mode, write, fsync, produce):
+def _produce(payload, final, mode, write, fsync, produce, before_commit=None):
     """Run ``produce(fd, sink)`` on the executable into a temp file beside ``final``, then commit it by sha256.
 
-    With ``write=False`` the bytes are only counted and hashed. Returns (sink, sha256, changed).
+    With ``write=False`` the bytes are only counted and hashed. ``before_commit()``, called once the temp
+    file is complete, may wait or raise (the temp file is then removed). Returns (sink, sha256, changed).
     """
     temp = temp_path(final) if write else None
     fd = os.open(payload.path, os.O_RDONLY)
     try:
-        sink = Sink(temp, mode)
+        sink = Sink(temp, mode, engine_of(payload).crc32)
         try:
             produce(fd, sink)
             sink.close(fsync=fsync and write)
+            if before_commit is not None:
+                before_commit()
         except BaseException:
             sink.discard()
             raise
@@ -230,13 +229,16 @@ def _produce(payload, final, mode, write, fsync, produce):
     return sink, digest, changed
 
 
-def write_stripped(payload, out_path, mode=0o755, write=True, mtime_ns=None, fsync=False):
-    """The executable without its payload: byte for byte the bare build. Returns dict(size, sha256, crc32, path, changed)."""
+def write_stripped(payload, out_path, mode=0o755, write=True, mtime_ns=None, fsync=False, before_commit=None):
+    """The executable without its payload: byte for byte the bare build. Returns dict(size, sha256, crc32, path, changed).
+
+    ``before_commit``: as for ``_produce`` (``_split`` runs this beside the inflating and commits after it).
+    """
     write = write and out_path is not None
     if write:
         prepare_output(out_path, os.path.dirname(os.path.abspath(out_path)))
     sink, digest, changed = _produce(payload, out_path, mode, write, fsync,
-                                     lambda fd, sink_: copy_range(fd, 0, payload.stripped_size, sink_))
+                                     lambda fd, sink_: copy_range(fd, 0, payload.stripped_size, sink_), before_commit)
     if write and mtime_ns is not None:
         os.utime(out_path, ns=(mtime_ns, mtime_ns))
     return {"path": out_path, "size": sink.size, "sha256": digest, "crc32": sink.crc32, "changed": changed}
@@ -322,10 +324,10 @@ def _executable_stream_holds(path, stripped, engine):
         trailer = struct.pack("<II", stripped["crc32"] & 0xFFFFFFFF, stripped["size"] & 0xFFFFFFFF)
         if os.pread(fd, 10, 0) != GZIP_HEADER or os.pread(fd, 8, st.st_size - 8) != trailer:
             return None
-        sink = Sink()
+        sink = Sink(crc32=engine.crc32)
         inflate_range(fd, 10, st.st_size - 18, METHOD_DEFLATE, sink, path, engine)
         verify_sink(sink, stripped["size"], stripped["crc32"], stripped["sha256"], path)
-        whole = Sink()      # the sha256 of the very bytes just verified (same descriptor)
+        whole = Sink(crc32=engine.crc32)      # the sha256 of the very bytes just verified (same descriptor)
         copy_range(fd, 0, st.st_size, whole)
     except PayloadError:
         return None
@@ -334,14 +336,65 @@ def _executable_stream_holds(path, stripped, engine):
     return {"stream": path, "stream_size": whole.size, "stream_sha256": whole.hash.hexdigest(), "changed": False}
 
 
+class _Beside(object):
+    """``function()`` in a thread beside the caller's work, its commit held until that work has passed.
+
+    ``function`` gets ``before_commit``, which waits for ``passed()`` or ``failed()``; after ``failed()`` it
+    raises, so nothing is committed when another output of the same split failed its checks.
+    """
+
+    def __init__(self, function):
+        self._decided = threading.Event()
+        self._ok = False
+        self._outcome = {}
+        self._thread = threading.Thread(target=self._run, args=(function,))
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self, function):
+        try:
+            self._outcome["result"] = function(self._before_commit)
+        except BaseException as e:   # re-raised by result()
+            self._outcome["error"] = e
+
+    def _before_commit(self):
+        self._decided.wait()
+        if not self._ok:
+            raise PayloadError("not committed: another output of this split failed")
+
+    def passed(self):
+        self._ok = True
+        self._decided.set()
+
+    def failed(self):
+        self._decided.set()
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["result"]
+
+
 def _split(payload, dest, stripped_executable, streams_dest, mode, workers, prewritten, images_dest, write, mtime_ns):
-    """One pass over every output; returns (result, [outputs whose bytes differ from what the source gives])."""
-    files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns, prewritten=prewritten)
-    # Image bundles: their own directory (or only facts), never libexec, never a stream for the release store.
-    images = extract(payload, images_dest, mode=IMAGE_MODE, workers=workers, write=write, entries=payload.images) \
-        if payload.images else []
-    stripped = write_stripped(payload, stripped_executable, mode=mode, write=write, mtime_ns=mtime_ns) \
-        if stripped_executable else stripped_digest(payload)
+    """One pass over every output; returns (result, [outputs whose bytes differ from what the source gives]).
+
+    The stripped executable (12 MB to copy and hash) is produced beside the inflating, which leaves a core
+    idle at its end (the entries differ in size); it is committed only after every entry passed.
+    """
+    stripped_job = _Beside(lambda before_commit: write_stripped(payload, stripped_executable, mode=mode, write=write,
+                                                                mtime_ns=mtime_ns, before_commit=before_commit))
+    try:
+        files = extract(payload, dest, mode=mode, workers=workers, write=write, mtime_ns=mtime_ns, prewritten=prewritten)
+        # Image bundles: their own directory (or only facts), never libexec, never a stream for the release store.
+        images = extract(payload, images_dest, mode=IMAGE_MODE, workers=workers, write=write, entries=payload.images) \
+            if payload.images else []
+    except BaseException:
+        stripped_job.failed()
+        raise
+    stripped_job.passed()
+    stripped = stripped_job.result()
     differ = [f["path"] for f in files + images if f["changed"]]
     if stripped_executable and stripped["changed"]:
         differ.append(stripped_executable)
@@ -430,9 +483,11 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
     given (mode 0644, same checks as binaries), never with the binaries. ``engine``: as for ``inspect``.
     """
     prewritten, firsts = {}, []
+    engine = engines.select(engine)
 
     def k3s_first(archive, engine):
         """k3s: outputs that do not exist yet are written by the walk that checks the archive (one decompression)."""
+        from .payload import k3s_tree
         firsts.append(k3s_tree.FirstPass(archive, dest, streams_dest, engine))
         return firsts[-1]
 
@@ -443,7 +498,7 @@ def split(src, dest=None, stripped_executable=None, streams_dest=None, mode=0o75
             return None
         ensure_output_dir(dest)
         prewritten[name] = temp_path(final)
-        return Sink(prewritten[name], mode)
+        return Sink(prewritten[name], mode, engine.crc32)
 
     try:
         payload = require_payload(inspect(src, sink_for if write and dest else None, engine, workers,
@@ -484,6 +539,7 @@ def _split_k3s(payload, dest, stripped_executable, streams_dest, mode, write, fi
     """k3s: ``dest`` is a k3s data dir (``data/<hash>/`` as k3s extracts it), ``streams_dest`` gets
     ``k3s/<sha256>.gz`` per distinct file content and ``bin/k3s.gz``; compared first, written only when they differ.
     ``first_pass``: the k3s_tree.FirstPass whose walk already wrote what did not exist (temporary until here)."""
+    from .payload import k3s, k3s_tree
     archive, engine = payload.k3s, engine_of(payload)
     prewritten = first_pass.writer if first_pass else None
     result = describe(payload)
@@ -581,6 +637,7 @@ def mark_used(entry, src):
                     return
     except (IOError, OSError):
         pass
+    from .k0s_hostfs import atomic_write   # here: its imports (secrets, ...) cost every split's start-up
     atomic_write(marker, body)
 
 

@@ -439,12 +439,6 @@ class Runner(LinkOps):
             # even when nothing else changes.
             self.result["up_to_date"] = False
         self.result["host"] = host_facts(self.p["data_dir"])
-        # The version skew check (roles/upgrade skew.yml) reads it here instead of one more module run per host.
-        cur = self.result.get("current_release")
-        man = self.s.manifest(cur) if cur else None
-        self.result["host"]["current_k0s_version"] = (man or {}).get("k0s_version") or None
-        if cur and man is None:
-            self.result["host"]["current_manifest_error"] = "current release %s has no readable manifest.json" % cur
         self.result.pop("diff", None)
 
     def run_present(self):

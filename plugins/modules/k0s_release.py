@@ -157,22 +157,11 @@ options:
         first; the set of the current run is always kept. At least 1.
     type: int
     default: 3
-  verify:
-    description:
-      - Re-hash every file of the target release. By default a file whose size and mtime match its
-        C(manifest.json) record is trusted and only changed files are re-hashed, which keeps re-runs fast.
-    type: bool
-    default: false
-  selinux_relabel:
-    description:
-      - When SELinux is enabled (C(selinuxenabled) exits 0), label C(containerd), C(containerd-shim-runc-v2)
-        and C(runc) with C(container_runtime_exec_t) as k0s does. Silently skipped otherwise.
-    type: bool
-    default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
   - fleetsplit.k0s.mirror
+  - fleetsplit.k0s.release_store
 attributes:
   action:
     support: full
@@ -189,14 +178,6 @@ attributes:
     details: Before and after list one line per file (its name and sha256) of the current and the target release.
   platform:
     platforms: posix
-notes:
-  - Security checks. Every directory written into, and each of its parents, must be owned by root (or the
-    user running the module) and must not be world-writable unless it is owned by root and has the sticky bit.
-    Symlinks along these paths must be owned by root (or that user). Directories inside the store must be real
-    directories. Violations fail with a message naming the path.
-  - All files are written to a temporary name and renamed into place; files are C(root:root 0755) when run as root.
-  - A store-wide lock (C(<store_dir>/.lock)) serialises concurrent runs on one host.
-  - Killed runs leave only temporary names (C(.<id>.tmp-*), C(.*.fleetsplit-tmp-*)); the next V(present) removes them.
 author:
   - fleetsplit.k0s maintainers (@fleetsplit)
 """
@@ -290,8 +271,7 @@ host:
   description:
     - Facts about the host the roles need, so a play does not have to gather facts.
     - C(architecture) as C(uname -m) prints it; C(service_mgr) is V(systemd), V(openrc) or the name of PID 1.
-    - C(node_name) is the lowercased host name (k0s's default node name). C(current_k0s_version) is the k0s version of
-      the current release (its C(manifest.json)), null without one (C(current_manifest_error) when it cannot be read).
+    - C(node_name) is the lowercased host name (k0s's default node name).
     - C(k0s_cluster) says what O(data_dir) tells about cluster membership, by k0s's own rules -
       C(controller_ca_sha256) (sha256 of C(pki/ca.crt) when it and C(pki/ca.key) exist, else null),
       C(etcd_member), C(kubelet_conf), C(kubelet_bootstrap_conf) (booleans), C(kubelet_ca_sha256) (sha256 of
@@ -303,7 +283,6 @@ host:
     architecture: x86_64
     service_mgr: systemd
     node_name: worker-1
-    current_k0s_version: v1.36.3+k0s.0
     k0s_cluster:
       controller_ca_sha256: null
       etcd_member: false
@@ -389,6 +368,7 @@ mirror:
   description: With O(mirror_url), what was fetched from the mirror - C(fetched) (names), C(requests), C(bytes), C(url).
   returned: state is present and O(mirror_url) is set, not in check mode
   type: dict
+  sample: {fetched: [k0s, runc], requests: 2, bytes: 10772880, url: "https://mirror.example/k0s"}
 changes:
   description: One line per change made (or that would be made in check mode).
   returned: always

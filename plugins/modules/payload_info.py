@@ -186,7 +186,7 @@ def main():
         module.fail_json(msg=missing_required_lib('pyelftools'), exception=PYELFTOOLS_IMPORT_ERROR)
     p = module.params
     try:
-        payload = inspect(p['src'])
+        payload = inspect(p['src'], reference_elf=True)   # pyelftools, the reference parser (the split has its own)
         if payload.format == FORMAT_BARE and p['require_payload']:
             module.fail_json(msg="%s has no embedded payload (the ELF image ends at end of file)" % p['src'])
         result = describe(payload)

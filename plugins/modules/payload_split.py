@@ -117,7 +117,6 @@ attributes:
   platform:
     platforms: posix
 requirements:
-  - pyelftools >= 0.26, in the Python that runs the module (normally the controller's)
   - zstandard >= 0.25, only for k3s executables
 notes:
   - A stripped B(legacy) k0s (v1.35 and earlier) has no fallback to C(PATH); it only works when each
@@ -291,9 +290,9 @@ import hashlib
 import json
 import os
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_payload import (
-    FORMAT_LEGACY, HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, PayloadError, check_output_file, ensure_private_dir,
+    FORMAT_LEGACY, PayloadError, check_output_file, ensure_private_dir,
     inspect, mark_used, prune_cache, sha256_file, split)
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import atomic_write
 
@@ -371,8 +370,6 @@ def main():
         module.exit_json(changed=any(v != "ok" for v in dirs.values()), private_dirs=dirs)
     if not (p['dest'] or p['stripped_executable'] or p['streams_dest'] or p['images_dest']):
         module.fail_json(msg="one of the following is required: dest, stripped_executable, streams_dest, images_dest")
-    if not HAS_PYELFTOOLS:
-        module.fail_json(msg=missing_required_lib('pyelftools'), exception=PYELFTOOLS_IMPORT_ERROR)
 
     try:
         names = [e.name for e in inspect(p['src']).entries] if module._diff else []

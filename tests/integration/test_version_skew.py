@@ -102,20 +102,6 @@ def test_deploy_refuses_a_patch_downgrade_before_installing(tmp_path):
     assert re.search(r"Read the k0s version of each host's current release\] \*+\nskipping: \[c1\]", out), out
 
 
-def test_query_facts_stand_in_for_the_slurp_and_name_an_unreadable_manifest():
-    from ansible_collections.fleetsplit.k0s.plugins.filter.k0s_version import k0s_version_skew
-    run, ctl = ["c1", "w1"], ["c1"]
-    skipped = {"skipped": True, "changed": False}
-    queried = {"c1": {"current_k0s_version": "v1.36.4+k0s.0"}, "w1": {"current_k0s_version": None}}
-    problems = k0s_version_skew("v1.36.3+k0s.0", {"c1": skipped, "w1": skipped}, run, ctl, queried)
-    assert len(problems) == 1 and "c1 runs k0s v1.36.4+k0s.0" in problems[0] and "downgrade" in problems[0]
-    assert k0s_version_skew("v1.36.4+k0s.0", {"c1": skipped, "w1": skipped}, run, ctl, queried) == []
-    why = "current release r1 has no readable manifest.json"
-    broken = {"c1": {"current_k0s_version": None, "current_manifest_error": why}, "w1": None}
-    problems = k0s_version_skew("v1.36.4+k0s.0", {"c1": skipped, "w1": {"msg": "file not found: x"}}, run, ctl, broken)
-    assert any("no readable manifest.json" in p for p in problems), problems
-
-
 def test_rollback_is_exempt(tmp_path):
     # k0s_upgrade_rollback=true: no split, no skew check; the upgrade role then rolls back (nothing to go back to
     # here, so it fails later, on the host, not on the version).

@@ -99,6 +99,7 @@ def test_host_side_files_are_derived_from_imports():
                                              "plugins/module_utils/k3s_tree.py"}
     # Host modules carry only the stream/bundle side of the payload library: no ELF, zip or legacy readers.
     controller_only = {"plugins/module_utils/k0s_payload.py", "plugins/module_utils/payload/elf.py",
+                       "plugins/module_utils/payload/elfheaders.py",
                        "plugins/module_utils/payload/zipfmt.py", "plugins/module_utils/payload/legacy.py",
                        "plugins/module_utils/k0s_kubeconfig.py", "plugins/module_utils/image_sysext.py",
                        "plugins/module_utils/image_sysupdate.py", "plugins/module_utils/payload/k3s.py"}

@@ -19,7 +19,8 @@ import zlib
 
 import pytest
 
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload import bundles, elf, errors, fsio, legacy, model, streams, zipfmt
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload import (bundles, elf, elfheaders, errors, fsio, legacy, model,
+                                                                             streams, zipfmt)
 
 PACKAGE = os.path.dirname(os.path.abspath(fsio.__file__))
 PLUGINS = os.path.dirname(os.path.dirname(PACKAGE))
@@ -156,6 +157,48 @@ def test_sink_commit_and_discard(tmp_path):
         fsio.open_exclusive(final, 0o644)
 
 
+def test_sink_takes_the_engines_crc32(deflate_engine):
+    """The controller's Sinks compute CRC-32 with the engine's function (isal/zlib-ng: carry-less multiply): same value."""
+    data = os.urandom(3 << 20) + b"tail"
+    sink = fsio.Sink(crc32=deflate_engine.crc32)
+    for piece in (data[:1], data[1:1 << 20], data[1 << 20:]):
+        sink.write(piece)
+    assert (sink.size, sink.crc32) == (len(data), zlib.crc32(data))
+
+
+def test_parallel_map_keeps_order_and_raises_the_first_failure():
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def square(n):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return n * n
+        finally:
+            with lock:
+                running[0] -= 1
+
+    assert streams.parallel_map(square, range(40), 3) == [n * n for n in range(40)]
+    assert 1 <= peak[0] <= 3
+    assert streams.parallel_map(square, [5], 2) == [25] and streams.parallel_map(square, [], 2) == []
+    started, gate = [], threading.Event()
+
+    def fail_on_odd(n):
+        started.append(n)
+        if n == 1:
+            gate.wait(5)          # item 3 fails first in time, item 1 first in order
+            raise ValueError("item 1")
+        if n == 3:
+            gate.set()
+            raise KeyError("item 3")
+        return n
+
+    with pytest.raises(ValueError, match="item 1"):
+        streams.parallel_map(fail_on_odd, range(100), 2)
+    assert len(started) < 100     # no item is started after a failure
+
+
 def test_output_checks(tmp_path):
     (tmp_path / "real").mkdir()
     os.symlink(str(tmp_path / "real"), str(tmp_path / "link"))
@@ -203,6 +246,71 @@ def test_elf_refusals(tmp_path, small):
     with open(path, "rb") as f, pytest.raises(errors.PayloadError, match="cannot parse ELF headers"):
         elf.open_elf(f, path)
     assert elf.go_build_info(str(tmp_path / "script")) is None
+
+
+def _elf_files(fixtures):
+    """Every ELF file among the fixtures: k0s executables (zip, legacy; amd64, arm, arm64), bare builds, their binaries."""
+    root = os.path.dirname(fixtures["k0s-zip"]["path"])
+    found = []
+    for directory, dummy, names in os.walk(root):
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    found.append(path)
+    return found
+
+
+def test_elf_headers_read_as_pyelftools_reads_them(fixtures):
+    """payload.elfheaders (struct) against pyelftools on every fixture ELF: header, every section and segment, the
+    sections the library reads. Type names agree where elfheaders names them (it names the ones the library uses)."""
+    from elftools.elf.elffile import ELFFile
+    paths = _elf_files(fixtures)
+    assert len(paths) >= 20 and any("arm64" in p for p in paths) and any(p.endswith("-arm") for p in paths)
+    for path in paths:
+        with open(path, "rb") as f:
+            theirs, ours = ELFFile(f), elfheaders.ElfImage(f)
+            for key, value in ours.header.items():
+                assert value == theirs.header[key] or key in ("e_type", "e_version"), (path, key)
+            assert (ours.elfclass, ours.little_endian, ours.num_sections()) == \
+                (theirs.elfclass, theirs.little_endian, theirs.num_sections()), path
+            for mine, pyelf in zip(ours.iter_sections(), theirs.iter_sections()):
+                assert mine.name == pyelf.name, path
+                for key in elfheaders._SECTION_FIELDS:
+                    known = key != "sh_type" or mine[key] in elfheaders.SECTION_TYPES.values()
+                    assert mine[key] == pyelf[key] or not known, (path, mine.name, key)
+            assert len(list(ours.iter_segments())) == theirs.num_segments(), path
+            for mine, pyelf in zip(ours.iter_segments(), theirs.iter_segments()):
+                for key in elfheaders._SEGMENT_FIELDS[64]:
+                    known = key != "p_type" or mine[key] in elfheaders.SEGMENT_TYPES.values()
+                    assert mine[key] == pyelf[key] or not known, (path, key)
+            for name in (".rodata", ".noptrdata", ".data", ".symtab", ".strtab", ".go.buildinfo", ".bss", ".nope"):
+                mine, pyelf = ours.get_section_by_name(name), theirs.get_section_by_name(name)
+                assert (mine is None) == (pyelf is None), (path, name)
+                if mine is not None and mine["sh_type"] != "SHT_NOBITS":   # (pyelftools gives sh_size zeros for those)
+                    assert mine.data() == pyelf.data(), (path, name)
+            assert elf.elf_end(ours) == elf.elf_end(theirs) and elf.elf_machine(ours) == elf.elf_machine(theirs), path
+
+
+def test_elf_headers_refuse_what_lies_outside_the_file(tmp_path, small):
+    bare = read(small["zip"]["bare_path"])
+    header = elfheaders.ElfImage(io.BytesIO(bare)).header
+    cases = {
+        "class": (bare[:4] + b"\x03" + bare[5:], "invalid EI_CLASS 3"),
+        "sections": (bare[:header["e_shoff"] + 100], "section header table .* lies outside the file"),
+        "entsize": (bare[:0x3a] + struct.pack("<H", 10) + bare[0x3c:], "section header table entry size 10 is smaller"),
+        "segments": (bare[:0x20] + struct.pack("<Q", len(bare) - 8) + bare[0x28:], "program header table .* outside"),
+    }
+    for name, (data, message) in cases.items():
+        path = write(tmp_path / name, data)
+        with open(path, "rb") as f, pytest.raises(errors.PayloadError, match="cannot parse ELF headers: " + message):
+            elf.open_elf(f, path)
+    shifted = bytearray(bare)   # a section that claims bytes past the end: its data is refused, not cut short
+    image = elfheaders.ElfImage(io.BytesIO(bytes(shifted)))
+    rodata = image.get_section_by_name(".rodata")
+    rodata._fields["sh_size"] = len(bare)
+    with pytest.raises(elfheaders.ElfFormatError, match="section '.rodata' .* lies outside the file"):
+        rodata.data()
 
 
 def test_go_build_info_of_bare_build(small):

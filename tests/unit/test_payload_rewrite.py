@@ -151,3 +151,27 @@ def test_legacy_fused_write_failure_leaves_dest_as_it_was(tmp_path, fixtures):
     with pytest.raises(kp.CorruptPayloadError, match=last.name):
         kp.split(str(exe), dest=str(dest))
     assert os.listdir(dest) == ["runc"] and (dest / "runc").read_bytes() == b"previous runc\n"
+
+
+@pytest.mark.parametrize("name", ["k0s-small-zip", "k0s-small-legacy"])
+def test_stripped_executable_made_beside_the_inflating_is_not_committed_when_an_entry_fails(tmp_path, fixtures, name):
+    """_split produces the stripped executable in a thread beside the entries' inflate: an entry that fails its
+    checks leaves no stripped executable (nor its temp file) behind, as when it was written after them."""
+    fx = fixtures[name]
+    payload = kp.inspect(fx["path"])
+    victim = max(payload.entries, key=lambda e: e.size)
+    data = bytearray(open(fx["path"], "rb").read())
+    data[victim.data_offset + victim.compressed_size // 2] ^= 0xFF
+    exe = tmp_path / "k0s-damaged"
+    exe.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(kp.CorruptPayloadError, match=victim.name):
+        kp.split(str(exe), dest=str(out / "libexec"), stripped_executable=str(out / "k0s"), workers=2)
+    left = [os.path.relpath(os.path.join(d, f), str(out)) for d, dummy, files in os.walk(str(out)) for f in files]
+    assert left == []
+    # The same split of the genuine executable: the stripped executable is the bare build, byte for byte.
+    result = kp.split(fx["path"], dest=str(out / "libexec"), stripped_executable=str(out / "k0s"), workers=2)
+    assert (out / "k0s").read_bytes() == open(fx["bare_path"], "rb").read()
+    assert result["stripped_executable"]["changed"] and result["stripped_executable"]["sha256"] == \
+        kp.sha256_file(fx["bare_path"])

@@ -95,7 +95,10 @@ def get(name, strict=True):
 
 
 def select(name=None):
-    """The engine to use: ``name``, else ``$FLEETSPLIT_DEFLATE_ENGINE``, else (``auto``) the fastest installed."""
+    """The engine to use: ``name`` (or an Engine, returned as it is), else ``$FLEETSPLIT_DEFLATE_ENGINE``, else
+    (``auto``) the fastest installed."""
+    if isinstance(name, Engine):
+        return name
     name = (name or os.environ.get(ENV) or "auto").strip().lower()
     if name != "auto":
         return get(name)

@@ -204,18 +204,23 @@ def remove_quietly(path):
 
 
 class Sink(object):
-    """Counts, checksums and (optionally) writes the bytes of one output file."""
+    """Counts, checksums and (optionally) writes the bytes of one output file.
 
-    def __init__(self, path=None, mode=0o755):
+    ``crc32``: the CRC-32 function (zlib's by default; the controller passes its engine's, which computes
+    the same value with carry-less multiplication, about ten times faster than zlib's).
+    """
+
+    def __init__(self, path=None, mode=0o755, crc32=zlib.crc32):
         self.path = path
         self.size = 0
         self.crc32 = 0
+        self._crc32 = crc32
         self.hash = hashlib.sha256()
         self.file = open_exclusive(path, mode) if path else None
 
     def write(self, data):
         self.size += len(data)
-        self.crc32 = zlib.crc32(data, self.crc32)
+        self.crc32 = self._crc32(data, self.crc32)
         self.hash.update(data)
         if self.file is not None:
             try:

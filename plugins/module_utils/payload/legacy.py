@@ -20,13 +20,12 @@ from __future__ import absolute_import, division, print_function
 import re
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 from .elf import section_bytes
 from .errors import CorruptPayloadError, PayloadError
 from .fsio import CHUNK, Sink, check_names
 from .model import METHOD_DEFLATE, Entry
-from .streams import PipedSink, feed
+from .streams import PipedSink, feed, parallel_map
 
 _LEGACY_NAME = re.compile(rb"bin/([A-Za-z0-9._+-]+?)\.gz")
 
@@ -116,7 +115,7 @@ def _scan_member(mm, pos, size, name, what, out=None, engine=zlib):
     (``PipedSink``); the member's end comes from the inflater (``unused_data``), not from a second pass.
     """
     data_offset = pos + gzip_header_length(mm, pos, size, what)
-    piped = PipedSink(out if out is not None else Sink())
+    piped = PipedSink(out if out is not None else Sink(crc32=engine.crc32))
     inflater = engine.decompressobj(-15)
     cur = data_offset
     try:
@@ -175,9 +174,8 @@ def _scan_guessed(mm, path, start, size, names, sink_for, engine, workers):
     order = sorted(range(len(names)), key=lambda i: starts[i] - bounds[i])
     found = {}
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for index, entry in zip(order, pool.map(one, order)):
-                found[index] = entry
+        for index, entry in zip(order, parallel_map(one, order, workers)):
+            found[index] = entry
         entries = [found[i] for i in range(len(names))]
         if any(e.member_offset + e.member_size != bounds[i] for i, e in enumerate(entries)):
             raise CorruptPayloadError("a guessed member start is not where the previous member ends")
