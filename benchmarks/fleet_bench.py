@@ -10,6 +10,12 @@ interface), and measures in the same run:
   3. upgrade where 2 binaries changed (fixture k0s-zip -> k0s-zip-v2: runc, kubectl and the
      stripped k0s differ), each way;
   4. fleet growth: fresh deploy_k0s.yml on 1, 3, 6 and 12 hosts (forks = hosts);
+  5. push vs pull (issue 17) on 3 and 12 hosts (--pull): fresh deploy and upgrade with k0s_distribution push
+     and pull, the hosts pulling from fs-bench-mirror (10.89.77.140: extensions/molecule/shared/mirror_server.py
+     in the same Debian image, serving what playbooks/publish_k0s.yml wrote): the controller's egress (what the
+     hosts received minus the mirror's eth0 tx), the mirror's bytes (wire and body, per host from its access
+     log), wall time, the controller's CPU (ansible-playbook's process tree and its ssh masters), and a
+     projection to 1,000 hosts;
   and the controller-side split (benchmarks/split_bench.py).
 
 Per run: wall time of the ansible-playbook process, bytes received per host (eth0 rx_bytes read
@@ -18,7 +24,7 @@ module code), and changed count per host from PLAY RECAP. After every run each h
 the expected k0s version as running (`k0s status`), untimed. The results table in
 docs/performance.md is rewritten between its markers.
 
-  python3 benchmarks/fleet_bench.py [--reps 3] [--growth 1,3,6,12] [--quick] [--keep] [--no-doc]
+  python3 benchmarks/fleet_bench.py [--reps 3] [--growth 1,3,6,12] [--pull 3,12] [--only-pull] [--quick] [--keep] [--no-doc]
 
 Needs root, podman and the images from scripts/prepare-test-hosts; `make bench-fleet` prepares all.
 """
@@ -29,6 +35,7 @@ import glob
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -41,6 +48,8 @@ VENV_BIN = os.path.join(REPO, ".venv", "bin")
 sys.path.insert(0, os.path.join(REPO, "tests"))
 import hostlab  # noqa: E402  (tests/hostlab.py: exec, rx counter and ssh key of a test host)
 import hostnet  # noqa: E402  (tests/hostnet.py: the route check before any ssh connection)
+sys.path.insert(0, os.path.join(REPO, "extensions", "molecule", "shared"))
+import mirror_server  # noqa: E402  (the pull tests' mirror: a container serving the published tree, access log)
 IMAGE = "localhost/fleetsplit-debian-systemd:bookworm"
 NETWORK = "fleetsplit-test"
 NAME = "fs-bench-%d"
@@ -49,8 +58,13 @@ MAX_HOSTS = 30
 DEPLOY = os.path.join(REPO, "playbooks", "deploy_k0s.yml")
 WHOLE = os.path.join(REPO, "benchmarks", "baseline", "copy-whole-k0s.yml")
 PERFILE = os.path.join(REPO, "benchmarks", "baseline", "copy-split-files.yml")
+PUBLISH = os.path.join(REPO, "playbooks", "publish_k0s.yml")
+MIRROR_NAME, MIRROR_IP = "fs-bench-mirror", "10.89.77.140"   # the pull runs' mirror (issue 17)
 DOC = os.path.join(REPO, "docs", "performance.md")
 BEGIN, END = "<!-- fleet-bench:begin -->", "<!-- fleet-bench:end -->"
+# -ssh-C: the same with ssh compression (Ansible's default ssh_args carry -C; this benchmark's ssh_args do not).
+WAYS = ("push", "pull", "push-ssh-C", "pull-ssh-C")
+PULL_BEGIN, PULL_END = "<!-- fleet-bench-pull:begin -->", "<!-- fleet-bench-pull:end -->"
 RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 METHODS = {"split": DEPLOY, "whole": WHOLE, "perfile": PERFILE}
 LABELS = {"split": "deploy_k0s.yml (split)", "whole": "copy whole k0s (baseline)",
@@ -80,7 +94,6 @@ def pmap(fn, items, workers=6):
 
 def nofile_limit():
     # Root here may lack CAP_SYS_RESOURCE: stay at or below the hard limit (as the molecule config does).
-    import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     want = int(os.environ.get("FLEETSPLIT_NOFILE", "20000"))
     return want if hard == resource.RLIM_INFINITY else min(want, hard)
@@ -198,6 +211,48 @@ class Fleet:
         return max(pmap(one, names))
 
 
+class BenchMirror:
+    """The pull runs' mirror (issue 17): fs-bench-mirror (10.89.77.140), a container from the same Debian image
+    running extensions/molecule/shared/mirror_server.py over <workdir>/mirror/tree (written by publish_k0s.yml);
+    what it sent per run: eth0 tx bytes (framing included), body bytes per host from its access log, its CPU."""
+
+    def __init__(self, fleet, workdir):
+        self.fleet = fleet
+        self.tree = os.path.join(workdir, "mirror", "tree")
+        self.state = os.path.join(workdir, "mirror", "state")
+        self.offset = 0
+        self.url = None
+
+    def start(self):
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.url = mirror_server.start(MIRROR_NAME, MIRROR_IP, self.tree, self.state)
+        self.offset = mirror_server.read_log(self.state)[1]   # past the readiness probe
+
+    @staticmethod
+    def stop():
+        mirror_server.stop(MIRROR_NAME)
+
+    def snapshot(self):
+        self.tx0 = mirror_server.tx_bytes(MIRROR_NAME)
+        self.cpu0 = self.fleet.cpu_seconds([MIRROR_NAME]).get(MIRROR_NAME)
+        self.offset = mirror_server.read_log(self.state, self.offset)[1]
+
+    def delta(self, names):
+        time.sleep(0.5)   # a request is logged right after its last byte went out
+        entries, self.offset = mirror_server.read_log(self.state, self.offset)
+        by_ip = dict((Fleet.addr(n), n) for n in names)
+        body = dict((n, 0) for n in names)
+        for e in entries:
+            if e["client"] in by_ip:
+                body[by_ip[e["client"]]] += e["bytes"]
+        bad = [e for e in entries if e["status"] not in (200, 206)]
+        if bad:
+            raise BenchError("the mirror answered %d request(s) with an error: %s" % (len(bad), bad[:3]))
+        cpu1 = self.fleet.cpu_seconds([MIRROR_NAME]).get(MIRROR_NAME)
+        return {"tx": mirror_server.tx_bytes(MIRROR_NAME) - self.tx0, "requests": len(entries), "body": body,
+                "cpu_s": cpu1 - self.cpu0 if cpu1 is not None and self.cpu0 is not None else None}
+
+
 # ------------------------------------------------------------------------------------------ ansible
 
 class Ansible:
@@ -234,8 +289,19 @@ class Ansible:
             json.dump(inv, f, indent=1)   # JSON is YAML
         return path
 
-    def play(self, playbook, names, executable, label, env_extra=None, extra_args=()):
-        """One measured ansible-playbook run on ``names``: wall time, rx bytes per host, changed per host."""
+    def publish(self, executable, dest):
+        """publish_k0s.yml on the controller: the executable's split (same cache) into the mirror's tree (untimed)."""
+        env = dict(os.environ, ANSIBLE_CONFIG=self.cfg, ANSIBLE_FORCE_COLOR="0",
+                   PATH=VENV_BIN + os.pathsep + os.environ["PATH"])
+        env.pop("ANSIBLE_COLLECTIONS_PATH", None)
+        run([os.path.join(VENV_BIN, "ansible-playbook"), PUBLISH, "-e", "k0s_executable=%s" % executable,
+             "-e", "k0s_publish_dest=%s" % dest, "-e", "k0s_controller_cache_dir=%s" % self.cache_dir],
+            env=env, cwd=REPO, timeout=600)
+
+    def play(self, playbook, names, executable, label, env_extra=None, extra_args=(), mirror=None):
+        """One measured ansible-playbook run on ``names``: wall time, rx bytes per host, changed per host, the
+        controller's CPU (the playbook's process tree and its ssh masters); with ``mirror`` (a BenchMirror) also
+        what the mirror sent."""
         self.seq += 1
         tag = "%03d-%s" % (self.seq, label)
         cp_dir = os.path.join("/tmp", "fsb-cp-%d-%d" % (os.getpid(), self.seq))   # short: ControlPath length limit
@@ -249,20 +315,27 @@ class Ansible:
                 "-e", "k0s_executable=%s" % executable, "-e", "k0s_controller_cache_dir=%s" % self.cache_dir]
         argv += list(extra_args)
         before = self.fleet.rx_bytes(names)
+        if mirror:
+            mirror.snapshot()
         cpu_before, busy_before = self.fleet.cpu_seconds(names), machine_busy_seconds()
+        children_before = children_cpu_seconds()
         start = time.perf_counter()
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, check=False)
         wall = time.perf_counter() - start
+        # The controller: ansible-playbook and every process it waited for (workers, ssh clients), plus the ssh
+        # ControlMaster processes, which detach (they encrypt what the run sends), read before they are closed.
+        controller_cpu = children_cpu_seconds() - children_before + ssh_master_cpu_seconds(cp_dir)
         busy = machine_busy_seconds() - busy_before
         cpu_after = self.fleet.cpu_seconds(names)
         after = self.fleet.rx_bytes(names)
+        mirrored = mirror.delta(names) if mirror else None
         self._close_masters(cp_dir)
         logfile = os.path.join(self.workdir, "logs", tag + ".log")
         with open(logfile, "w") as f:
             f.write("$ %s\n\n%s" % (" ".join(map(shlex.quote, argv)), proc.stdout))
         if proc.returncode != 0:
             raise BenchError("%s failed (exit %d); log: %s\n%s" % (label, proc.returncode, logfile, proc.stdout[-3000:]))
-        recap = dict((m.group(1), (int(m.group(3)), int(m.group(4)), int(m.group(5))))
+        recap = dict((m.group(1), (int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(2))))
                      for m in RECAP_RE.finditer(proc.stdout))
         missing = [n for n in names if n not in recap]
         bad = [n for n in names if n in recap and (recap[n][1] or recap[n][2])]
@@ -271,7 +344,8 @@ class Ansible:
         return {"label": label, "hosts": len(names), "wall_s": wall, "log": logfile,
                 "rx": dict((n, after[n] - before[n]) for n in names),
                 "changed": dict((n, recap[n][0]) for n in names), "profile": proc.stdout if env_extra else None,
-                "busy_cpu_s": busy,
+                "ok": dict((n, recap[n][3]) for n in names),
+                "busy_cpu_s": busy, "controller_cpu_s": controller_cpu, "mirror": mirrored,
                 "host_cpu_s": (sum(cpu_after[n] - cpu_before[n] for n in names)
                                if len(cpu_after) == len(names) == len(cpu_before) else None)}
 
@@ -326,6 +400,32 @@ def machine_busy_seconds():
     return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_seconds():
+    """User + system CPU seconds of every child process this benchmark has waited for so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def ssh_master_cpu_seconds(cp_dir):
+    """CPU seconds of the live ssh ControlMaster processes of one run (their command line names its ControlPath
+    directory; they detach from ansible-playbook, so its rusage does not count them)."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read()
+            if cp_dir.encode() not in cmd or not cmd.startswith(b"ssh"):
+                continue
+            with open("/proc/%s/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def mb(n):
     return "%.2f MB" % (n / 1e6)
 
@@ -339,6 +439,10 @@ def main():
     ap.add_argument("--growth", default="1,3,6,12", help="host counts for the fleet-growth deploys")
     ap.add_argument("--growth-reps", type=int, default=1)
     ap.add_argument("--split-rounds", type=int, default=3, help="rounds of benchmarks/split_bench.py")
+    ap.add_argument("--pull", default="3,12",
+                    help="host counts for the push vs pull runs (fresh deploy and upgrade each way; '' = none)")
+    ap.add_argument("--only-pull", action="store_true",
+                    help="only the push vs pull runs (rewrites only their block of docs/performance.md)")
     ap.add_argument("--quick", action="store_true", help="harness check: 1 rep, growth 1,3, 1 split round, no doc")
     ap.add_argument("--keep", action="store_true", help="leave the fs-bench-* hosts running afterwards")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
@@ -350,7 +454,13 @@ def main():
     if args.quick:
         args.reps, args.perfile_reps, args.growth, args.growth_reps, args.split_rounds, args.no_doc = \
             1, 1, "1,3", 1, 1, True
+        args.pull = "3" if args.pull else ""
     growth = sorted(set(int(x) for x in args.growth.split(",")))
+    pull_counts = sorted(set(int(x) for x in args.pull.split(",") if x.strip()))
+    if args.only_pull:
+        if not pull_counts:
+            raise BenchError("--only-pull needs --pull host counts")
+        growth = []
     if os.geteuid() != 0:
         raise BenchError("run as root (rootful podman test hosts)")
     v1, v2 = os.path.join(args.fixtures, "k0s-zip"), os.path.join(args.fixtures, "k0s-zip-v2")
@@ -371,16 +481,19 @@ def main():
     load_before = open("/proc/loadavg").read().split()[:3]
 
     # Controller-side split first, while nothing else of ours runs.
-    log("controller-side split (benchmarks/split_bench.py, %d rounds)" % args.split_rounds)
-    split_json = os.path.join(args.workdir, "split.json")
-    sp = run([os.path.join(VENV_BIN, "python"), os.path.join(REPO, "benchmarks", "split_bench.py"), "--rounds", str(args.split_rounds),
-              "--fixtures", args.fixtures, "--json", split_json], timeout=1800)
-    split_table = [l for l in sp.stdout.splitlines() if l.startswith("|")]
-    split_rows = json.load(open(split_json))
+    split_table, split_rows = [], []
+    if not args.only_pull:
+        log("controller-side split (benchmarks/split_bench.py, %d rounds)" % args.split_rounds)
+        split_json = os.path.join(args.workdir, "split.json")
+        sp = run([os.path.join(VENV_BIN, "python"), os.path.join(REPO, "benchmarks", "split_bench.py"), "--rounds",
+                  str(args.split_rounds), "--fixtures", args.fixtures, "--json", split_json], timeout=1800)
+        split_table = [l for l in sp.stdout.splitlines() if l.startswith("|")]
+        split_rows = json.load(open(split_json))
 
-    nhosts = max(growth + [3])
+    nhosts = max(growth + [3] + pull_counts)
     fleet = Fleet(nhosts, args.workdir)
     ans = Ansible(fleet, args.workdir, cache_dir)
+    mirror = BenchMirror(fleet, args.workdir) if pull_counts else None
     results = {"runs": {}}
 
     def rec(key, playbook, names, exe, label, version):
@@ -405,7 +518,7 @@ def main():
         ans.play(DEPLOY, one, v2, "warmup-v2", extra_args=["--check"])
         m1, m2 = split_manifest(cache_dir, v1), split_manifest(cache_dir, v2)
 
-        for rep in range(args.reps):
+        for rep in range(0 if args.only_pull else args.reps):
             # Alternate the order so slow drifts in machine load hit both ways alike.
             for method in (("split", "whole") if rep % 2 == 0 else ("whole", "split")):
                 log("3 hosts, cycle %d/%d: %s fresh, no-op, upgrade" % (rep + 1, args.reps, method))
@@ -414,11 +527,12 @@ def main():
                 rec((method, "noop"), METHODS[method], h3, v1, method + "-noop", ver1)
                 rec((method, "upgrade"), METHODS[method], h3, v2, method + "-upgrade", ver2)
 
-        log("3 hosts: per-file copy loop fresh + %d no-op re-runs" % args.perfile_reps)
-        fleet.reset(h3)
-        rec(("perfile", "fresh"), PERFILE, h3, v1, "perfile-fresh", ver1)
-        for dummy in range(args.perfile_reps):
-            rec(("perfile", "noop"), PERFILE, h3, v1, "perfile-noop", ver1)
+        if not args.only_pull:
+            log("3 hosts: per-file copy loop fresh + %d no-op re-runs" % args.perfile_reps)
+            fleet.reset(h3)
+            rec(("perfile", "fresh"), PERFILE, h3, v1, "perfile-fresh", ver1)
+            for dummy in range(args.perfile_reps):
+                rec(("perfile", "noop"), PERFILE, h3, v1, "perfile-noop", ver1)
 
         for rep in range(args.growth_reps):
             for n in growth:
@@ -426,6 +540,31 @@ def main():
                 log("growth %d/%d: fresh deploy_k0s.yml on %d host(s)" % (rep + 1, args.growth_reps, n))
                 fleet.reset(names)
                 rec(("growth", n), DEPLOY, names, v1, "growth-%d" % n, ver1)
+
+        if pull_counts:
+            # Push vs pull (issue 17): the same fresh deploy and upgrade, the hosts fetching from the mirror or the
+            # controller sending them the streams; the order alternates per host count.
+            log("publishing k0s-zip and k0s-zip-v2 into the mirror's tree (untimed), starting %s" % MIRROR_NAME)
+            shutil.rmtree(mirror.tree, ignore_errors=True)
+            ans.publish(v1, mirror.tree)
+            ans.publish(v2, mirror.tree)
+            mirror.start()
+            pull_vars = ["-e", "k0s_distribution=pull", "-e", "k0s_mirror_url=%s" % mirror.url]
+            # With ssh compression the module code the controller sends (base64 of zipped Python) shrinks by
+            # ~30 %; push's gzip streams do not, they only cost the compression's CPU.
+            way_args = {"push": [], "pull": pull_vars, "push-ssh-C": ["-e", "ansible_ssh_extra_args=-C"],
+                        "pull-ssh-C": pull_vars + ["-e", "ansible_ssh_extra_args=-C"]}
+            for i, n in enumerate(pull_counts):
+                names = fleet.names[:n]
+                for way in (WAYS if i % 2 == 0 else WAYS[::-1]):
+                    for kind, exe, version in (("fresh", v1, ver1), ("upgrade", v2, ver2)):
+                        if kind == "fresh":
+                            fleet.reset(names)
+                        log("push vs pull, %d host(s): %s %s" % (n, way, kind))
+                        r = ans.play(DEPLOY, names, exe, "%s-%s-%d" % (way, kind, n), mirror=mirror,
+                                     extra_args=way_args[way])
+                        r["ready_s"] = r["wall_s"] + fleet.settle(names, version)
+                        results["runs"].setdefault((way, kind, n), []).append(r)
 
         if args.profile:
             prof = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "12"}
@@ -440,18 +579,28 @@ def main():
         if not args.keep:
             log("removing the fs-bench-* hosts")
             fleet.destroy()
+            if mirror:
+                mirror.stop()
 
     total = time.perf_counter() - t_all
     load_after = open("/proc/loadavg").read().split()[:3]
     # Raw numbers first, so a rendering problem loses nothing.
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
-        json.dump({"runs": dict(("%s/%s" % k, v) for k, v in results["runs"].items()),
+        json.dump({"runs": dict(("/".join(map(str, k)), v) for k, v in results["runs"].items()),
                    "split": split_rows}, f, indent=1, default=str)
-    report = render(results, split_table, split_rows, m1, m2, growth, args, started, total, load_before, load_after)
-    print(report)
-    if not args.no_doc:
-        update_doc(report)
-        log("rewrote the results in %s" % os.path.relpath(DOC, REPO))
+    head = header(started, total, load_before, load_after)
+    if not args.only_pull:
+        report = render(results, split_table, split_rows, m1, m2, growth, args, head)
+        print(report)
+        if not args.no_doc:
+            update_doc(report)
+            log("rewrote the results in %s" % os.path.relpath(DOC, REPO))
+    if pull_counts:
+        report = render_pull(results, m1, m2, pull_counts, args, head)
+        print(report)
+        if not args.no_doc:
+            update_doc(report, PULL_BEGIN, PULL_END)
+            log("rewrote the push vs pull results in %s" % os.path.relpath(DOC, REPO))
     log("done in %.0f s" % total)
 
 
@@ -469,7 +618,15 @@ def profile_lines(r):
     return [l for l in lines[i + 1:] if l.strip()]
 
 
-def render(results, split_table, split_rows, m1, m2, growth, args, started, total, load_before, load_after):
+def header(started, total, load_before, load_after):
+    uname = os.uname()
+    return ("Measured %s on `%s` (%s %s, %d cores, %.1f GiB RAM); load average before/after: %s / %s; total %.0f s."
+            % (started.strftime("%Y-%m-%d %H:%M %Z"), uname.nodename, uname.sysname, uname.release, os.cpu_count(),
+               os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, " ".join(load_before),
+               " ".join(load_after), total))
+
+
+def render(results, split_table, split_rows, m1, m2, growth, args, head):
     runs = results["runs"]
     S = dict((k, summarize(v)) for k, v in runs.items())
     up_names, up_bytes = changed_stream_bytes(m1, m2)
@@ -477,11 +634,7 @@ def render(results, split_table, split_rows, m1, m2, growth, args, started, tota
     whole_size = m1["file_size"]
     out = []
     w = out.append
-    uname = os.uname()
-    w("Measured %s on `%s` (%s %s, %d cores, %.1f GiB RAM); load average before/after: %s / %s; total %.0f s."
-      % (started.strftime("%Y-%m-%d %H:%M %Z"), uname.nodename, uname.sysname, uname.release, os.cpu_count(),
-         os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, " ".join(load_before),
-         " ".join(load_after), total))
+    w(head)
     w("Command: `make bench-fleet` (`benchmarks/fleet_bench.py --reps %d --perfile-reps %d --growth %s "
       "--growth-reps %d --split-rounds %d`). Fixtures: `k0s-zip` (%s whole, %s in gzip streams incl. `k0s.gz`) "
       "-> `k0s-zip-v2` (changed: %s, %s in streams)."
@@ -578,17 +731,103 @@ def render(results, split_table, split_rows, m1, m2, growth, args, started, tota
     return "\n".join(out)
 
 
-def update_doc(report):
+def pull_numbers(r):
+    """Per-run figures of a push or pull run: the controller's egress is what the hosts received minus what the
+    mirror sent (its eth0 tx, framing included), so the mirror's HTTP/TCP overhead is not counted as controller's."""
+    n = r["hosts"]
+    mirror = r["mirror"] or {"tx": 0, "body": {}, "requests": 0, "cpu_s": None}
+    egress = sum(r["rx"].values()) - mirror["tx"]
+    body = list(mirror["body"].values()) or [0]
+    return {"n": n, "wall": r["wall_s"], "egress": egress, "egress_host": egress / n, "mirror_tx_host": mirror["tx"] / n,
+            "body_host": statistics.mean(body), "body_max": max(body), "requests": mirror["requests"],
+            "cpu": r["controller_cpu_s"], "cpu_host": r["controller_cpu_s"] / n, "mirror_cpu": mirror["cpu_s"],
+            "tasks": statistics.mean(r["ok"].values()), "changed": sorted(set(r["changed"].values()))}
+
+
+def render_pull(results, m1, m2, counts, args, head):
+    runs = results["runs"]
+    up_names, up_bytes = changed_stream_bytes(m1, m2)
+    fresh_ref = all_stream_bytes(m1)
+    P = {}
+    for key, rs in runs.items():
+        if len(key) == 3 and key[0] in WAYS:
+            nums = [pull_numbers(r) for r in rs]
+            P[key] = nums[len(nums) // 2] if len(nums) % 2 else nums[0]
+    out = []
+    w = out.append
+    w(head)
+    w("Command: `benchmarks/fleet_bench.py%s --pull %s`: `deploy_k0s.yml` with `k0s_distribution` push (default) or pull "
+      "(`k0s_mirror_url` %s, the tree `publish_k0s.yml` wrote from the same controller cache); forks = max(5, hosts); "
+      "fresh deploy of `k0s-zip` (%s in streams), then the upgrade to `k0s-zip-v2` (changed: %s, %s in streams)."
+      % (" --only-pull" if args.only_pull else "", ",".join(map(str, counts)), mirror_server.url_of(MIRROR_IP),
+         mb(fresh_ref), ", ".join(up_names), mb(up_bytes)))
+    w("")
+    w("| hosts | run | way | wall | controller egress per host | mirror egress per host (wire / body) | "
+      "controller CPU (per host) | mirror CPU | tasks per host | changed per host |")
+    w("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in counts:
+        for kind in ("fresh", "upgrade"):
+            for way in WAYS:
+                x = P.get((way, kind, n))
+                if not x:
+                    continue
+                w("| %d | %s | %s | %.1f s | %s | %s / %s | %.1f s (%.2f s) | %s | %.0f | %s |" % (
+                    n, "fresh deploy" if kind == "fresh" else "upgrade", way, x["wall"], mb(x["egress_host"]),
+                    mb(x["mirror_tx_host"]), mb(x["body_host"]), x["cpu"], x["cpu_host"],
+                    "-" if x["mirror_cpu"] is None else "%.1f s" % x["mirror_cpu"], x["tasks"],
+                    "-".join(map(str, x["changed"][:1] + x["changed"][1:][-1:]))))
+    w("")
+    w("| target | measured | result |")
+    w("| --- | --- | --- |")
+    big = max(counts)
+    for push, pull in (("push", "pull"), ("push-ssh-C", "pull-ssh-C")):   # the same ssh settings on both sides
+        for kind, title in (("fresh", "fresh deploy"), ("upgrade", "upgrade")):
+            pu, pl = P.get((push, kind, big)), P.get((pull, kind, big))
+            if pu and pl:
+                ratio = pl["egress"] / float(pu["egress"])
+                w("| controller egress, %s < 1%% of %s (%s, %d hosts) | %.2f %% (%s vs %s per host) | %s |"
+                  % (pull, push, title, big, 100 * ratio, mb(pl["egress_host"]), mb(pu["egress_host"]),
+                     "met" if ratio < 0.01 else "**missed**"))
+    for kind, ref, title in (("upgrade", up_bytes, "changed streams"), ("fresh", fresh_ref, "all streams")):
+        pl = P.get(("pull", kind, big)) or P.get(("pull-ssh-C", kind, big))
+        if pl and ref:
+            ratio = pl["body_max"] / float(ref)
+            w("| mirror bytes per host <= 1.05x %s (pull %s, %d hosts, busiest host) | %.3fx (%s vs %s; on the wire "
+              "%s per host) | %s |" % (title, kind, big, ratio, mb(pl["body_max"]), mb(ref), mb(pl["mirror_tx_host"]),
+                                       "met" if ratio <= 1.05 else "**missed**"))
+    # Projection: per-host costs from the measured runs (the controller's CPU as a line through the smallest and
+    # the largest host count, so its per-run fixed part is not multiplied).
+    small = min(counts)
+    w("")
+    w("Projected to 1,000 hosts from these runs (fresh deploy; controller CPU as fixed + per host, fitted through "
+      "%d and %d hosts; bytes per host from the %d-host run):" % (small, big, big))
+    w("")
+    w("| way | controller egress | mirror egress | controller CPU per host | per host-task | controller CPU, 1,000 hosts "
+      "| controller egress time at 1 Gbit/s |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for way in WAYS:
+        a, b = P.get((way, "fresh", small)), P.get((way, "fresh", big))
+        if not (a and b):
+            continue
+        slope = (b["cpu"] - a["cpu"]) / float(big - small) if big > small else b["cpu_host"]
+        fixed = b["cpu"] - slope * big
+        w("| %s | %.1f GB | %.1f GB | %.2f s | %.3f s | %.0f s (%.1f min on 1 core) | %.0f s |" % (
+            way, 1000 * b["egress_host"] / 1e9, 1000 * b["mirror_tx_host"] / 1e9, slope, slope / max(b["tasks"], 1),
+            fixed + 1000 * slope, (fixed + 1000 * slope) / 60, 1000 * b["egress_host"] * 8 / 1e9))
+    return "\n".join(out)
+
+
+def update_doc(report, begin=BEGIN, end=END):
     if not os.path.exists(DOC):
-        raise BenchError("%s is missing (it holds the %s ... %s markers)" % (DOC, BEGIN, END))
+        raise BenchError("%s is missing (it holds the %s ... %s markers)" % (DOC, begin, end))
     text = open(DOC).read()
-    if BEGIN not in text or END not in text:
-        raise BenchError("%s lacks the markers %s and %s" % (DOC, BEGIN, END))
-    head, rest = text.split(BEGIN, 1)
-    dummy, tail = rest.split(END, 1)
+    if begin not in text or end not in text:
+        raise BenchError("%s lacks the markers %s and %s" % (DOC, begin, end))
+    head, rest = text.split(begin, 1)
+    dummy, tail = rest.split(end, 1)
     tmp = DOC + ".tmp"
     with open(tmp, "w") as f:
-        f.write(head + BEGIN + "\n" + report + "\n" + END + tail)
+        f.write(head + begin + "\n" + report + "\n" + end + tail)
     os.rename(tmp, DOC)
 
 

@@ -11,7 +11,11 @@ connections leave the machine (docs/testing.md, "Test traffic stays here").
 1. refuses an address outside the project network's subnet,
 2. gives the network's bridge its gateway address when the backend left it without one (the bridge
    exists once a container is attached, so call this after the hosts are up),
-3. asks the kernel (`ip route get`) where each address goes and refuses unless it is that bridge.
+3. pins the bridge's MAC address: a Linux bridge whose address nobody set takes the lowest MAC of its ports,
+   so a container leaving or joining the network (the pull scenario's mirror going away mid-run) can change the
+   controller's MAC under the hosts' ARP caches, and every live ssh connection stalls until ARP notices
+   (measured: two minutes). Setting it to its current value keeps it (addr_assign_type 3 = set);
+4. asks the kernel (`ip route get`) where each address goes and refuses unless it is that bridge.
 
     python3 tests/hostnet.py 10.89.77.31 10.89.77.32     # exit 0: every route is the bridge; 1: refused
 
@@ -59,6 +63,19 @@ def bridge_addresses(bridge):
     return [ipaddress.ip_address(a["local"]) for link in links for a in link.get("addr_info", [])]
 
 
+def pin_bridge_mac(bridge, log=print):
+    """Keep the bridge's MAC from following its ports (see the module docstring); a no-op once set."""
+    base = "/sys/class/net/%s/" % bridge
+    with open(base + "addr_assign_type") as f:
+        if f.read().strip() == "3":   # NET_ADDR_SET: already fixed
+            return
+    with open(base + "address") as f:
+        mac = f.read().strip()
+    _run(["ip", "link", "set", "dev", bridge, "address", mac])
+    log("hostnet: pinned bridge %s to its MAC %s (a container leaving would change it under live connections)"
+        % (bridge, mac))
+
+
 def route_device(address):
     routes = json.loads(_run(["ip", "-j", "route", "get", str(address)]))
     return routes[0].get("dev") if routes else None
@@ -77,6 +94,7 @@ def ensure_routes(addresses, network=NETWORK, log=print):
         _run(["ip", "addr", "add", "%s/%d" % (gateway, subnet.prefixlen), "dev", bridge])
         log("hostnet: gave bridge %s its gateway address %s/%d (the network backend left it without one)"
             % (bridge, gateway, subnet.prefixlen))
+    pin_bridge_mac(bridge, log)
     wrong = ["%s -> %s" % (a, dev) for a, dev in ((a, route_device(a)) for a in targets) if dev != bridge]
     if wrong:
         raise RouteRefused("route does not go to the project bridge %s, refusing to connect: %s"

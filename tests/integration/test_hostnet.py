@@ -48,3 +48,12 @@ def test_a_host_address_routes_to_the_bridge_once_the_bridge_exists():
     address = str(subnet.network_address + 250)
     assert hostnet.ensure_routes([address], log=lambda m: None) == bridge
     assert hostnet.route_device(address) == bridge
+
+
+def test_the_bridge_mac_is_pinned():
+    """A container leaving the network must not change the controller's MAC under live connections."""
+    bridge, subnet, dummy = hostnet.network_info()
+    if hostnet.bridge_addresses(bridge) is None:
+        pytest.skip("bridge %s not created yet (no test host has been started)" % bridge)
+    hostnet.ensure_routes([str(subnet.network_address + 250)], log=lambda m: None)
+    assert Path("/sys/class/net/%s/addr_assign_type" % bridge).read_text().strip() == "3"
