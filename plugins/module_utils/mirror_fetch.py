@@ -12,7 +12,6 @@ and sha256 checks. Credentials (headers, a URL's user:password) never appear in 
 Standard library only (urllib), Python 3.6 syntax; no Ansible import.
 """
 
-import hashlib
 import os
 import re
 import socket
@@ -34,6 +33,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     tmp_name,
     unlink_quietly,
 )
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import sha256_file
 
 CHUNK = 1 << 20
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -184,7 +184,7 @@ class Fetcher(object):
                 raise MirrorError("mirror %s: could not fetch the stream for %s (%s) after %d attempt%s: %s; "
                                   "nothing was switched" % (public_url(self.base), name, url, self.retries + 1,
                                                             "" if self.retries == 0 else "s", last))
-            got = _sha256(tmp)
+            got = sha256_file(tmp)
             if got != sha:
                 raise MismatchError("mirror %s served other bytes for the stream of %s: %s has sha256 %s, but the "
                                     "split of the k0s executable in this run gives %s; refused, nothing was switched"
@@ -275,14 +275,6 @@ def _range_start(value):
     return int(m.group(1)) if m else None
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def clean_leftovers(dest_dir):
     """Temporary names of killed fetches in ``dest_dir``."""
     out = []
@@ -321,7 +313,7 @@ def fetch_missing(params, names, dest_dir, fetcher=None):
             sha, size = want[name]
             final = os.path.join(dest_dir, name + ".gz")
             st = lstat_or_none(final)
-            if st is not None and os.path.isfile(final) and st.st_size == size and _sha256(final) == sha:
+            if st is not None and os.path.isfile(final) and st.st_size == size and sha256_file(final) == sha:
                 continue
             f.fetch(name, sha, size, dest_dir)
             fetched.append(name)

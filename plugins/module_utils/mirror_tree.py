@@ -22,7 +22,7 @@ import stat
 
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_arch import goarch
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.errors import PayloadError
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import CHUNK, check_name
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.payload.fsio import CHUNK, check_name, sha256_file
 
 TREE_FORMAT = 1
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -90,14 +90,6 @@ def _json_bytes(doc):
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _real_dir(path, write):
     """``path`` must be a real directory (never a symlink, which could point the tree elsewhere); created when
     writing. Returns False when it does not exist (check mode)."""
@@ -123,7 +115,7 @@ def _existing(path):
         return None
     if not stat.S_ISREG(st.st_mode):
         raise MirrorTreeError("refusing to replace %s: it is not a regular file" % path)
-    return _sha256(path)
+    return sha256_file(path)
 
 
 def _tmp(final):
@@ -237,7 +229,7 @@ def publish(splits, dest, write=True):
                 res["kept"].append(sha)
                 continue
             # Every source is checked before the first blob is written (and again while it is copied).
-            got = _sha256(src) if os.path.isfile(src) else "(missing)"
+            got = sha256_file(src) if os.path.isfile(src) else "(missing)"
             if got != sha:
                 raise MirrorTreeError("controller cache stream %s (%s) has sha256 %s, but the split of the k0s executable "
                                       "in this run gives %s: the cache was changed since; nothing was published. Run "
