@@ -130,8 +130,8 @@ class Lab(object):
             if len(hexes) != len(set(hexes)):
                 self.problems.append("%s: %s fetched a stream more than once: %s" % (label, name, sorted(hexes)))
             if exact and sorted(hexes) != sorted(want[name]):
-                self.problems.append("%s: %s fetched %s, expected exactly %s" % (label, name, sorted(h[:12] for h in hexes),
-                                                                                sorted(h[:12] for h in want[name])))
+                self.problems.append("%s: %s fetched %s, expected exactly %s"
+                                     % (label, name, sorted(h[:12] for h in hexes), sorted(h[:12] for h in want[name])))
             if not exact and not set(hexes) <= set(want[name]):
                 self.problems.append("%s: %s fetched %s, not among the streams it lacked %s"
                                      % (label, name, sorted(hexes), sorted(want[name])))
@@ -195,8 +195,8 @@ def bad_copies(lab, bad_hashes):
     """{host: [paths]} of files whose sha256 is one of ``bad_hashes`` (store and Ansible's temporary dirs)."""
     found = {}
     for h in lab.hosts:
-        out = h.sh("python3 -c '%s' '%s' %s /root/.ansible/tmp /tmp" % (FIND_SHA.replace("'", "'\\''"),
-                                                                         json.dumps(sorted(bad_hashes)), STORE))
+        out = h.sh("python3 -c '%s' '%s' %s /root/.ansible/tmp /tmp"
+                   % (FIND_SHA.replace("'", "'\\''"), json.dumps(sorted(bad_hashes)), STORE))
         if json.loads(out):
             found[h.name] = json.loads(out)
     return found
@@ -258,8 +258,9 @@ def main():
         for h in lab.hosts:
             ratio = sent[h.name] / float(content)
             report.append("upgrade (%s) %s: mirror sent %d bytes for %d in changed streams (%.3fx), rx %d, "
-                          "uploaded by the controller %s, %.1f s" % (args.upgrade_playbook, h.name, sent[h.name], content,
-                                                                      ratio, rx[h.name], uploaded(out, h.name), secs))
+                          "uploaded by the controller %s, %.1f s"
+                          % (args.upgrade_playbook, h.name, sent[h.name], content, ratio, rx[h.name], uploaded(out, h.name),
+                             secs))
             if ratio > BUDGET:
                 problems.append("upgrade: %s got %.3fx the changed streams from the mirror (budget %.2f)" % (h.name, ratio, BUDGET))
             if uploaded(out, h.name):
