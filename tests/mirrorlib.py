@@ -8,7 +8,7 @@ thread of the test process, logs every request and injects faults. Nothing leave
         m.faults["fail"] = 2           # the next 2 requests get 503
         m.faults["stall"] = {hex}      # send nothing for longer than the client's timeout
         m.faults["ranges"] = True      # honour Range (206) requests
-        m.log                      # [{"method", "path", "status", "bytes", "range", "headers"}]
+        m.log                      # [{"method", "path", "status", "bytes", "range", "headers"}], once settled
 """
 import http.server
 import os
@@ -30,6 +30,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                     range=self.headers.get("Range"), headers=dict(self.headers.items())))
 
     def do_GET(self):   # noqa: N802 (http.server's naming)
+        # The client may see the answer before the entry is logged: close() waits for requests in flight.
+        with self.server.settled:
+            self.server.in_flight += 1
+        try:
+            self._answer()
+        finally:
+            with self.server.settled:
+                self.server.in_flight -= 1
+                self.server.settled.notify_all()
+
+    def _answer(self):
         faults = self.server.faults
         if faults.get("fail", 0) > 0:
             faults["fail"] -= 1
@@ -84,11 +95,19 @@ class Mirror(object):
         self.server.root = str(root)
         self.server.log = []
         self.server.faults = {}
+        self.server.in_flight = 0
+        self.server.settled = threading.Condition()
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
         self._thread = None
 
+    def settle(self, timeout=10):
+        """Wait until no request is being answered (its entry is then in the log)."""
+        with self.server.settled:
+            self.server.settled.wait_for(lambda: self.server.in_flight == 0, timeout)
+
     @property
     def log(self):
+        self.settle()
         return self.server.log
 
     @property
@@ -104,6 +123,7 @@ class Mirror(object):
         return self
 
     def close(self):
+        self.settle()
         self.server.shutdown()
         self.server.server_close()
 
