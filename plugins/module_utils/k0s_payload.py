@@ -38,6 +38,7 @@ import shutil
 import struct
 import threading
 
+from .k0s_hostfs import atomic_write
 from .payload.bundles import BUNDLE_FORMAT, bundle_id, check_bundle_members, write_bundle
 from .payload import engines
 from .payload.elf import (HAS_PYELFTOOLS, PYELFTOOLS_IMPORT_ERROR, elf_end, elf_machine, go_build_info, k0s_version,
@@ -637,7 +638,6 @@ def mark_used(entry, src):
                     return
     except (IOError, OSError):
         pass
-    from .k0s_hostfs import atomic_write   # here: its imports (secrets, ...) cost every split's start-up
     atomic_write(marker, body)
 
 
