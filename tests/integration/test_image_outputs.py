@@ -194,7 +194,7 @@ def private_entries(out):
     return json.loads("[%s]" % found)
 
 
-@pytest.mark.parametrize("image", ["tar", "sysext"])
+@pytest.mark.parametrize("image", ["tar", pytest.param("sysext", marks=pytest.mark.newest_core_only)])
 def test_image_with_private_files_is_private_and_never_published(tmp_path, image):
     """A 0600 file in the image (k0s.yaml from k0s_config, the env file from k0s_env; OpenRC's conf.d in an
     archive) makes the image 0600 and is named; a sysext without one stays 0644 (conf.d is dropped from it).

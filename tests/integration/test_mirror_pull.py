@@ -156,6 +156,9 @@ def test_mixed_push_and_pull_fleet_fetches_only_what_is_missing(tmp_path):
         assert _current(tmp_path, "p1") == _current(tmp_path, "h1")
 
 
+# The faults are handled by the host library (mirror_fetch, stdlib); the playbook path is the one the other pull tests
+# run under both ansible-core ends.
+@pytest.mark.newest_core_only
 def test_corrupt_truncated_and_vanished_mirror_switch_nothing_then_converge(tmp_path):
     load_fixtures()
     p, out = _publish(tmp_path, "k0s-small-zip")

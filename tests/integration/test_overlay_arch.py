@@ -90,6 +90,7 @@ def test_tar_images_one_per_architecture(tmp_path, fixture_index):
 
 
 @pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools not installed")
+@pytest.mark.newest_core_only   # the per-architecture playbook path is test_dir_overlays_one_per_architecture's
 def test_sysext_images_carry_their_architecture_and_share_one_channel(tmp_path, fixture_index):
     """Default names (out/k0s-<version>-<arch>.raw) already differ; both land in one sysupdate channel whose
     SHA256SUMS lists both, and each architecture's client picks its own (test_sysext_channel.Client's rules)."""
