@@ -48,8 +48,8 @@ deploy: venv collection fixtures
 	  "'make fixtures', not a real k0s); for a real one: ansible-playbook deploy-k0s.yml -e k0s_executable=..."
 	$(BIN)/ansible-playbook deploy-k0s.yml -e k0s_executable=$(CURDIR)/$(DEPLOY_K0S)
 
-# ansible-lint first (fast, it fails on what a reviewer would see), then four lanes: the molecule scenarios in two,
-# test-unit in one, ansible-test sanity then test-compat in the last (scripts/test-beside-molecule). test-hosts installs every package the
+# ansible-lint first (fast, it fails on what a reviewer would see), then the molecule scenarios with ansible-test
+# sanity, test-unit and test-compat beside them (scripts/test-beside-molecule). test-hosts installs every package the
 # tests need (podman, runc, ...) before any test runs.
 test: test-hosts lint test-beside-molecule
 
@@ -75,7 +75,7 @@ test-compat: venv-compat collection fixtures
 test-hosts:
 	scripts/prepare-test-hosts
 
-# Two molecule lanes, test-unit, sanity then test-compat: four lanes on the 2 cores (molecule mostly waits on hosts).
+# sanity, test-unit and test-compat (one after the other) beside test-molecule (molecule mostly waits on hosts).
 test-beside-molecule: venv venv-compat collection test-collections fixtures test-hosts
 	scripts/test-beside-molecule
 

@@ -35,6 +35,10 @@ class Lab:
         config.parent.mkdir(parents=True)
         config.write_text("apiVersion: k0s.k0sproject.io/v1beta1\nkind: ClusterConfig\n")
         self.store = tmp_path / "backups"
+        # The host's temporary directories go here, not /var/tmp: another pytest run beside this one (make test runs
+        # test-unit and test-compat in parallel lanes) backs up there too.
+        self.host_tmp = tmp_path / "host-tmp"
+        self.host_tmp.mkdir(mode=0o700)
         self.identity, self.recipient = k0s_age.generate_identity()
         self.identity_file = tmp_path / "identity"
         self.identity_file.write_text(self.identity + "\n")
@@ -42,7 +46,8 @@ class Lab:
         self.ctl = FakeController(str(self.exe), self.base / "data")
         self.inv = tmp_path / "inv.yml"
         self.inv.write_text(json.dumps({"k0s_controllers": {"hosts": {"c1": self.hv}},
-                                        "all": {"vars": {"k0s_backup_dir": str(self.store)}}}))
+                                        "all": {"vars": {"k0s_backup_dir": str(self.store),
+                                                         "k0s_backup_host_tmp_dir": str(self.host_tmp)}}}))
 
     def run(self, playbook, *extra, recipients=True):
         evars = {"k0s_backup_recipients": [self.recipient]} if recipients else {}
@@ -58,17 +63,17 @@ def fixture_lab(tmp_path):
         yield lab
 
 
-def host_leftovers():
-    return sorted(p for p in os.listdir("/var/tmp") if p.endswith((".k0s-backup", ".k0s-restore")))
+def host_leftovers(lab):
+    return sorted(p for p in os.listdir(str(lab.host_tmp)) if p.endswith((".k0s-backup", ".k0s-restore")))
 
 
 def test_backup_encrypted_recorded_and_retained(lab):
-    before = host_leftovers()
+    before = host_leftovers(lab)
     for _attempt in range(3):
         proc, out = lab.run("backup_k0s", "-e", "k0s_backup_keep=2")
         assert proc.returncode == 0, out
         assert "c1: backup k0s-backup-" in out
-    assert host_leftovers() == before
+    assert host_leftovers(lab) == before
     index = kb.load_index(str(lab.store))
     assert len(index) == 2 and all(e["host"] == "c1" and e["k0s_version"] == "v1.36.3+k0s.0" for e in index)
     assert stat.S_IMODE(lab.store.stat().st_mode) == 0o700
@@ -90,11 +95,11 @@ def test_backup_encrypted_recorded_and_retained(lab):
 
 
 def test_check_mode_writes_nothing(lab):
-    before = host_leftovers()
+    before = host_leftovers(lab)
     proc, out = lab.run("backup_k0s", "--check")
     assert proc.returncode == 0, out
     assert "c1: would back up k0s v1.36.3+k0s.0" in out
-    assert not lab.store.exists() and host_leftovers() == before
+    assert not lab.store.exists() and host_leftovers(lab) == before
 
 
 @pytest.mark.parametrize("case", ["no-recipient", "bad-recipient", "no-age", "no-config"])
@@ -159,4 +164,4 @@ def test_restore_refuses_before_touching_the_host(lab):
     proc, out = lab.run("restore_k0s", *ident, recipients=False)
     assert proc.returncode == 2 and "is truncated" in out, out
     assert tree_snapshot(lab.base / "data") == data
-    assert not [p for p in host_leftovers() if p.endswith(".k0s-restore")]
+    assert not [p for p in host_leftovers(lab) if p.endswith(".k0s-restore")]
