@@ -35,8 +35,8 @@ class Lab:
         config.parent.mkdir(parents=True)
         config.write_text("apiVersion: k0s.k0sproject.io/v1beta1\nkind: ClusterConfig\n")
         self.store = tmp_path / "backups"
-        # The host's temporary directories go here, not /var/tmp: another pytest run beside this one (make test runs
-        # test-unit and test-compat in parallel lanes) backs up there too.
+        # The host's temporary directories go here, not /var/tmp: another pytest run on the machine (test-unit and
+        # test-compat side by side) backs up there too and its directory would count as this test's leftover.
         self.host_tmp = tmp_path / "host-tmp"
         self.host_tmp.mkdir(mode=0o700)
         self.identity, self.recipient = k0s_age.generate_identity()
