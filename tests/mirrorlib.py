@@ -30,7 +30,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                     range=self.headers.get("Range"), headers=dict(self.headers.items())))
 
     def do_GET(self):   # noqa: N802 (http.server's naming)
-        # The client may see the answer before the entry is logged: close() waits for requests in flight.
+        # The client may see the answer before the entry is logged: log and close() wait for requests in flight.
         with self.server.settled:
             self.server.in_flight += 1
         try:
