@@ -2,7 +2,8 @@
 # Copyright: fleetsplit.k0s maintainers
 # Apache License 2.0 (see LICENSE)
 """Action for fleetsplit.k0s.k0s_release: uploads a controller-side stream bundle (O(bundle_src)) into the
-task's remote temporary directory and runs the module on it, in one task (plugin_utils/bundle_upload.py,
+task's remote temporary directory and runs the module on it through the compact module transport
+(plugin_utils/compact_module.py), in one task (plugin_utils/bundle_upload.py,
 shared with k0s_images; a plain put_file, not ansible.builtin.copy: within the 5 % overhead budget of a small
 upgrade).
 """
@@ -13,6 +14,7 @@ import os
 import re
 
 from ansible.plugins.action import ActionBase
+from ansible_collections.fleetsplit.k0s.plugins.module_utils import release_build
 from ansible_collections.fleetsplit.k0s.plugins.plugin_utils.bundle_upload import run_with_bundle
 
 MODULE = "fleetsplit.k0s.k0s_release"
@@ -26,7 +28,8 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         args = dict(self._task.args)
-        result.update(run_with_bundle(self, MODULE, args, task_vars, "k0s-streams.bundle"))
+        result.update(run_with_bundle(self, MODULE, args, task_vars, "k0s-streams.bundle",
+                                      compact=(release_build.SPEC, release_build.__name__)))
         if result.get("failed") and args.get("bundle_src") is not None:
             self._name_cache_file(result, args, os.path.realpath(os.path.expanduser(str(args["bundle_src"]))))
         return result

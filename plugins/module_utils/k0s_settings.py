@@ -27,6 +27,8 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # and in a comment or script; no "%" (systemd specifiers) and no "$".
 PLAIN_COMPONENT = re.compile(r"[A-Za-z0-9._+@-]+")
 CONTROL = re.compile(u"[\x00-\x1f\x7f-\x9f]")   # C0, DEL and C1
+# A service (unit or init script) name: letters, digits, ._@- only, never starting with - or .
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*\Z")
 
 # Variables holding one absolute path that reaches a unit, script or command line.
 PATH_VARS = ("k0s_bin_dir", "k0s_libexec_dir", "k0s_data_dir", "k0s_config_path", "k0s_join_token_path",

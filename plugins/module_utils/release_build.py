@@ -3,7 +3,8 @@
 # Apache License 2.0 (see LICENSE)
 """Builds, repairs, switches, rolls back and prunes releases in the store of k0s_release (Runner), from
 host content and uploaded gzip streams. Raises ReleaseError (or HostFsError, PayloadError, OSError) and
-returns data; it never talks to Ansible. Standard library only, Python 3.6 syntax."""
+returns data; it never imports Ansible. ``run(module)`` is the k0s_release module itself, for the AnsiballZ and the
+compact transports (host_module.py). Standard library only, Python 3.6 syntax."""
 
 import fcntl
 import json
@@ -674,3 +675,60 @@ class Runner(LinkOps):
         self.common_result()
         if self.check:
             self.result.update(current_release=cur, previous_release=prev)
+
+
+SPEC = dict(
+    argument_spec=dict(
+        state=dict(type="str", default="present", choices=["query", "present", "rollback"]),
+        release_id=dict(type="str"),
+        k0s_version=dict(type="str"),
+        files=dict(type="list", elements="dict"),
+        executable=dict(type="dict"),
+        streams_dir=dict(type="path"),
+        bundle=dict(type="path"),
+        bundle_members=dict(type="list", elements="dict"),
+        bundle_src=dict(type="path"),   # consumed by the action plugin; never reaches the host set
+        switch=dict(type="bool", default=True),
+        store_dir=dict(type="path", default="/var/lib/fleetsplit-k0s"),
+        bin_dir=dict(type="path", default="/usr/bin"),
+        libexec_dir=dict(type="path", default="/usr/libexec/k0s"),
+        data_dir=dict(type="path", default="/var/lib/k0s"),
+        link_data_dir=dict(type="bool", default=True),
+        pinned_mtime=dict(type="int"),
+        keep_releases=dict(type="int", default=2),
+        keep_backups=dict(type="int", default=3),
+        verify=dict(type="bool", default=False),
+        selinux_relabel=dict(type="bool", default=True),
+        **mirror_fetch.MIRROR_OPTIONS
+    ),
+    required_if=[("state", "present", ("files", "executable")), ("state", "query", ("files", "executable"))],
+    required_together=[("bundle", "bundle_members")],
+)
+
+
+def run(module):
+    """The k0s_release module (its AnsiballZ and compact transports share this)."""
+    p = module.params
+    if p["keep_releases"] < 1:
+        module.fail_json(msg="keep_releases must be at least 1 (the previous release is always kept), got %d"
+                         % p["keep_releases"])
+    if p["keep_backups"] < 1:
+        module.fail_json(msg="keep_backups must be at least 1 (a run's own backup set is never removed), got %d"
+                         % p["keep_backups"])
+    if p["pinned_mtime"] is not None and p["pinned_mtime"] < 0:
+        module.fail_json(msg="pinned_mtime must be a non-negative number of seconds")
+    r = Runner(p, check_mode=module.check_mode, diff=module._diff)
+    try:
+        r.run()
+    except (HostFsError, PayloadError) as e:
+        module.fail_json(msg=str(e), changes=r.changes)
+    except OSError as e:
+        module.fail_json(msg=os_error_message(e), changes=r.changes)
+    res = r.result
+    for w in res.pop("warnings", []):
+        module.warn(w)
+    res["changed"] = bool(r.changes) and p["state"] != "query"
+    if p["state"] == "query":
+        for k in ("backups", "replaced_staged", "links_changed", "pruned", "pruned_backups", "cleaned"):
+            res.pop(k, None)
+    module.exit_json(**res)

@@ -11,11 +11,18 @@ version_added: "0.3.0"
 description:
   - V(present) writes the token to O(path), C(root:root) mode 0600, through a temporary file renamed into place
     (the directory is created mode 0700 when missing), as k0sctl does before it starts a joining host.
+  - With O(service_name) and O(service_manager), V(present) then restarts that k0s service, which reads the file
+    through C(--token-file) (one module run per joining host for the token and the start).
   - V(overwritten) replaces the content with a comment line once the host has joined, so no usable token stays
     on disk (k0s ignores the token file once it has cluster state). Nothing is done when the file is missing.
   - V(query) changes nothing and reports what O(data_dir) tells about cluster membership (RV(k0s_cluster)).
-  - Runs on the managed host with the Python standard library only. The token is an option with C(no_log), so
-    Ansible masks it; with pipelining it never touches the host's disk outside O(path).
+  - V(created) runs on the leader C(k0s token create) O(count) times with O(k0s), O(data_dir), O(role) and
+    O(expiry), and returns the tokens in RV(tokens) (one module run for a whole batch). The result holds
+    secrets, so the task must set C(no_log).
+  - Runs on the managed host with the Python standard library only, through the collection's compact module
+    transport (no ansible-core code is sent; see the C(k0s_module_transport) variable in the collection's
+    docs/distribution.md). The token is an option with C(no_log), so Ansible masks it; with pipelining it never
+    touches the host's disk outside O(path).
 options:
   path:
     description: The token file k0s reads with C(--token-file).
@@ -27,12 +34,36 @@ options:
   state:
     description: What to do.
     type: str
-    choices: [present, overwritten, query]
+    choices: [present, overwritten, query, created]
     default: present
   data_dir:
-    description: The k0s data directory, for RV(k0s_cluster).
+    description: The k0s data directory, for RV(k0s_cluster) and for C(k0s token create).
     type: path
     default: /var/lib/k0s
+  service_name:
+    description:
+      - The k0s service to restart after O(state=present) wrote the token (C(k0scontroller), C(k0sworker)).
+      - Letters, digits and C(._@-) only.
+    type: str
+  service_manager:
+    description: How to restart O(service_name) (C(systemctl restart) or C(rc-service ... restart)).
+    type: str
+    choices: [systemd, openrc]
+  k0s:
+    description: The leader's k0s executable, for O(state=created).
+    type: path
+  role:
+    description: The role the tokens of O(state=created) join as.
+    type: str
+    choices: [controller, worker]
+  expiry:
+    description: C(k0s token create --expiry) for O(state=created).
+    type: str
+    default: 1h
+  count:
+    description: How many tokens O(state=created) makes (1 to 1000).
+    type: int
+    default: 1
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -60,6 +91,22 @@ EXAMPLES = r"""
     token: "{{ worker_token }}"
   no_log: true
 
+- name: Make two worker tokens on the leader
+  fleetsplit.k0s.k0s_join_token:
+    state: created
+    k0s: /usr/bin/k0s
+    role: worker
+    count: 2
+  register: made
+  no_log: true
+
+- name: Hand a worker its token and start it
+  fleetsplit.k0s.k0s_join_token:
+    token: "{{ made.tokens[0] }}"
+    service_name: k0sworker
+    service_manager: systemd
+  no_log: true
+
 - name: After the join, leave no usable token behind
   fleetsplit.k0s.k0s_join_token:
     state: overwritten
@@ -76,86 +123,23 @@ changes:
   returned: always
   type: list
   elements: str
+tokens:
+  description: The tokens made by O(state=created), in order (also those made before a failure, to invalidate).
+  returned: state is created
+  type: list
+  elements: str
 k0s_cluster:
   description: Cluster membership read from O(data_dir), as the C(host.k0s_cluster) result of M(fleetsplit.k0s.k0s_release).
   returned: state is query
   type: dict
 """
 
-import os
-import stat
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
-    HostFsError,
-    atomic_write,
-    check_dir_chain,
-    lstat_or_none,
-    make_dirs,
-    os_error_message,
-)
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_membership import membership
-
-SPENT = b"# overwritten by fleetsplit.k0s after the join; k0s ignores this file once it has joined\n"
-
-
-def current(path):
-    """(content, stat) of the token file, or (None, None); refuses anything but a regular file."""
-    st = lstat_or_none(path)
-    if st is None:
-        return None, None
-    if not stat.S_ISREG(st.st_mode):
-        raise HostFsError("refusing to use %s as the join token file: it is not a regular file" % path)
-    with open(path, "rb") as f:
-        return f.read(), st
-
-
-def ensure(module, path, data, changes):
-    old, st = current(path)
-    private = st is not None and stat.S_IMODE(st.st_mode) == 0o600 and (
-        os.geteuid() != 0 or (st.st_uid, st.st_gid) == (0, 0))
-    if old == data and private:
-        return
-    directory = os.path.dirname(path)
-    check_dir_chain(directory)
-    changes.append("%s %s (mode 0600)" % ("wrote the join token to" if data != SPENT else "overwrote", path))
-    if module.check_mode:
-        return
-    make_dirs(directory, 0o700)   # missing parents too, each 0700 whatever the umask
-    atomic_write(path, data, mode=0o600)
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.join_token_file import SPEC, run
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", default="/etc/k0s/k0stoken"),
-            token=dict(type="str", no_log=True),
-            state=dict(type="str", default="present", choices=["present", "overwritten", "query"]),
-            data_dir=dict(type="path", default="/var/lib/k0s"),
-        ),
-        required_if=[("state", "present", ["token"])],
-        supports_check_mode=True,
-    )
-    p = module.params
-    path, changes = p["path"], []
-    if not os.path.isabs(path) or os.path.normpath(path) != path:
-        module.fail_json(msg="path must be a normalised absolute path, got %r" % path)
-    result = dict(path=path, changes=changes)
-    try:
-        if p["state"] == "query":
-            result["k0s_cluster"] = membership(p["data_dir"])
-        elif p["state"] == "present":
-            token = p["token"].strip()
-            if not token or "\n" in token:
-                module.fail_json(msg="token must be one non-empty line (a k0s join token)", **result)
-            ensure(module, path, token.encode("utf-8") + b"\n", changes)
-        elif current(path)[0] is not None:
-            ensure(module, path, SPENT, changes)
-    except HostFsError as e:
-        module.fail_json(msg=str(e), **result)
-    except OSError as e:
-        module.fail_json(msg=os_error_message(e), **result)
-    module.exit_json(changed=bool(changes), **result)
+    run(AnsibleModule(supports_check_mode=True, **SPEC))
 
 
 if __name__ == "__main__":

@@ -14,19 +14,26 @@ from __future__ import annotations
 import os
 
 from ansible.errors import AnsibleActionFail
+from ansible_collections.fleetsplit.k0s.plugins.plugin_utils import compact_module
 
 CHECK_MODE_BUNDLE = "/nonexistent/fleetsplit-check-mode.bundle"
 
 
-def run_with_bundle(action, module, args, task_vars, remote_name):
+def run_with_bundle(action, module, args, task_vars, remote_name, compact=None):
     """Run ``module`` with ``args``; a ``bundle_src`` in them is uploaded first and passed as ``bundle``.
+    ``compact`` (the module's spec and module_utils entry) runs it through the compact module transport.
 
     Returns the module result, plus ``bundle_bytes`` (the bytes sent) when something was uploaded.
     """
+    def execute(module_args):
+        if compact is None:
+            return action._execute_module(module_name=module, module_args=module_args, task_vars=task_vars)
+        return compact_module.execute(action, module, compact[0], compact[1], module_args, task_vars)
+
     args = dict(args)
     src = args.pop("bundle_src", None)
     if src is None:
-        return action._execute_module(module_name=module, module_args=args, task_vars=task_vars)
+        return execute(args)
     if args.get("bundle") is not None:
         raise AnsibleActionFail("bundle_src and bundle are mutually exclusive: bundle_src is a controller file "
                                 "this action uploads, bundle a file already on the host")
@@ -38,7 +45,7 @@ def run_with_bundle(action, module, args, task_vars, remote_name):
     if action._task.check_mode:
         # Nothing is uploaded in check mode; the module reports what the bundle would provide.
         args["bundle"] = CHECK_MODE_BUNDLE
-        return action._execute_module(module_name=module, module_args=args, task_vars=task_vars)
+        return execute(args)
     shell = action._connection._shell
     remote_tmp = shell.tmpdir or action._make_tmp_path()
     try:
@@ -46,7 +53,7 @@ def run_with_bundle(action, module, args, task_vars, remote_name):
         action._transfer_file(src, remote)
         action._fixup_perms2((remote_tmp, remote))
         args["bundle"] = remote
-        result = action._execute_module(module_name=module, module_args=args, task_vars=task_vars)
+        result = execute(args)
     finally:
         action._remove_tmp_path(remote_tmp)
     result["bundle_bytes"] = os.path.getsize(src)
