@@ -29,6 +29,7 @@ from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.parameters import remove_values
+from ansible.module_utils.errors import UnsupportedError
 
 PREFIX = "ansible_collections.fleetsplit.k0s.plugins.module_utils"
 UTILS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
@@ -123,7 +124,7 @@ def _shebang_interpreter(action, module_name, args, task_vars):
     return shebang[2:].strip()
 
 
-def validate(spec, args):
+def validate(spec, args, module_name="module"):
     """Ansible's own validation of ``args`` against the module's ``spec``; path options are checked as text and
     expanded on the host (HostModule), as AnsibleModule does there. Returns (params, no_log_values, path_options)."""
     argument_spec = dict((k, dict(v)) for k, v in spec["argument_spec"].items())
@@ -132,9 +133,25 @@ def validate(spec, args):
         argument_spec[k]["type"] = "str"
     rest = dict((k, v) for k, v in spec.items() if k != "argument_spec")
     checked = ArgumentSpecValidator(argument_spec, **rest).validate(dict(args))
-    if checked.error_messages:
-        raise AnsibleActionFail("; ".join(checked.error_messages))
+    if checked.error_messages:   # the first error, worded as AnsibleModule words it
+        error = checked.errors[0]
+        msg = error.msg
+        if isinstance(error, UnsupportedError):
+            msg = "Unsupported parameters for (%s) module: %s" % (module_name, msg)
+        raise AnsibleActionFail(msg)
     return checked.validated_parameters, checked._no_log_values, path_options
+
+
+def request_payload(entry, params, path_options=(), check_mode=False, diff=False):
+    """The bytes the host reads: zlib of the JSON request (BOOTSTRAP's input)."""
+    request = {"host_main": HOST_MAIN, "entry": entry, "params": params, "path_options": list(path_options),
+               "check_mode": bool(check_mode), "diff": bool(diff), "sources": host_sources(entry)}
+    return zlib.compress(json.dumps(request, sort_keys=True).encode("utf-8"), 9)
+
+
+def host_command(python):
+    """The shell command that runs BOOTSTRAP with ``python`` (the request follows on stdin or as argv[1])."""
+    return "%s -c %s" % (shlex.quote(python), shlex.quote(BOOTSTRAP))
 
 
 def execute(action, module_name, spec, entry, args, task_vars):
@@ -145,13 +162,10 @@ def execute(action, module_name, spec, entry, args, task_vars):
         raise AnsibleActionFail("k0s_module_transport must be one of %s, got %r" % (", ".join(TRANSPORTS), transport))
     if transport == "ansiballz" or action._task.async_val:
         return action._execute_module(module_name=module_name, module_args=args, task_vars=task_vars)
-    params, no_log_values, path_options = validate(spec, args)
+    params, no_log_values, path_options = validate(spec, args, module_name)
     python = _shebang_interpreter(action, module_name, params, task_vars)
-    request = {"host_main": HOST_MAIN, "entry": entry, "params": params, "path_options": path_options,
-               "check_mode": bool(action._task.check_mode), "diff": bool(action._task.diff),
-               "sources": host_sources(entry)}
-    payload = zlib.compress(json.dumps(request, sort_keys=True).encode("utf-8"), 9)
-    command = "%s -c %s" % (shlex.quote(python), shlex.quote(BOOTSTRAP))
+    payload = request_payload(entry, params, path_options, action._task.check_mode, action._task.diff)
+    command = host_command(python)
     environment = action._compute_environment_string()
     shell = action._connection._shell
     made_tmp = None

@@ -63,6 +63,7 @@ def _module_utils_imports(path, tree):
 
 def host_side_files():
     todo = [os.path.join(PLUGINS, "modules", name + ".py") for name in HOST_MODULES]
+    todo.append(os.path.join(PLUGINS, "module_utils", "host_module.py"))   # the compact transport's host side
     seen = []
     while todo:
         path = todo.pop()
