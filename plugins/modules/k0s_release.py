@@ -165,7 +165,11 @@ extends_documentation_fragment:
 attributes:
   action:
     support: full
-    details: The action uploads O(bundle_src) from the controller; everything else runs on the host.
+    details:
+      - The action uploads O(bundle_src) from the controller; everything else runs on the host.
+      - The action validates the arguments on the controller and runs the module's logic on the host through the
+        collection's compact module transport (no ansible-core code is sent; the C(k0s_module_transport) variable
+        in docs/distribution.md).
   async:
     support: none
   bypass_host_loop:

@@ -90,7 +90,15 @@ options:
     default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
+  action:
+    support: full
+    details: The action validates the arguments on the controller and sends the module's logic through the compact module transport.
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
   check_mode:
     support: full
   diff_mode:
@@ -105,6 +113,9 @@ notes:
     (systemd unit), 0600 (environment file, conf.d) or 0755 (init script). A symlink at the target path is refused, and so is any
     directory on the way that is owned by another user or world-writable (unless root-owned with the sticky
     bit), or a symlink on the way owned by another user (the same checks as M(fleetsplit.k0s.k0s_release)).
+  - The action validates the arguments on the controller and runs the module's logic on the host through the
+    collection's compact module transport (no ansible-core code is sent; the C(k0s_module_transport) variable in
+    docs/distribution.md).
 author:
   - fleetsplit.k0s maintainers (@fleetsplit)
 """
