@@ -1,24 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright: fleetsplit.k0s maintainers
 # Apache License 2.0 (see LICENSE)
-"""Action for fleetsplit.k0s.k0s_service: runs the module through the compact module transport
+"""Action for fleetsplit.k0s.k0s_service: the module through the compact module transport
 (plugin_utils/compact_module.py): the host receives the unit, its arguments and this module's code, not an
 AnsiballZ payload."""
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
 from ansible_collections.fleetsplit.k0s.plugins.module_utils import service_unit
-from ansible_collections.fleetsplit.k0s.plugins.plugin_utils import compact_module
+from ansible_collections.fleetsplit.k0s.plugins.plugin_utils.compact_module import CompactAction
 
 
-class ActionModule(ActionBase):
+class ActionModule(CompactAction):
 
-    TRANSFERS_FILES = False
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
-        result.update(compact_module.execute(self, "fleetsplit.k0s.k0s_service", service_unit.SPEC,
-                                             service_unit.__name__, dict(self._task.args), task_vars))
-        return result
+    MODULE = "fleetsplit.k0s.k0s_service"
+    LOGIC = service_unit

@@ -30,6 +30,8 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.parameters import remove_values
 from ansible.module_utils.errors import UnsupportedError
+from ansible.module_utils.json_utils import _filter_non_json_lines
+from ansible.plugins.action import ActionBase
 
 PREFIX = "ansible_collections.fleetsplit.k0s.plugins.module_utils"
 UTILS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
@@ -150,14 +152,18 @@ def request_payload(entry, params, path_options=(), check_mode=False, diff=False
 
 
 def host_command(python):
-    """The shell command that runs BOOTSTRAP with ``python`` (the request follows on stdin or as argv[1])."""
-    return "%s -c %s" % (shlex.quote(python), shlex.quote(BOOTSTRAP))
+    """The shell command that runs BOOTSTRAP with ``python`` (the request follows on stdin or as argv[1]). Each word
+    of the interpreter is quoted: ``/usr/bin/env python3`` works, shell syntax in it stays text."""
+    return " ".join([shlex.quote(word) for word in shlex.split(python)] + ["-c", shlex.quote(BOOTSTRAP)])
 
 
 def execute(action, module_name, spec, entry, args, task_vars):
     """Run ``module_name`` with ``args`` on the task's host: its ``entry`` module_utils ``run(module)`` through the
     compact transport, or the AnsiballZ module when the task is async or ``k0s_module_transport`` says so."""
-    transport = str(task_vars.get("k0s_module_transport", "compact"))
+    host_vars = task_vars
+    if action._task.delegate_to:   # the variables of the host the module runs on
+        host_vars = task_vars.get("ansible_delegated_vars", {}).get(action._task.delegate_to, task_vars)
+    transport = str(action._templar.template(host_vars.get("k0s_module_transport", "compact")))
     if transport not in TRANSPORTS:
         raise AnsibleActionFail("k0s_module_transport must be one of %s, got %r" % (", ".join(TRANSPORTS), transport))
     if transport == "ansiballz" or action._task.async_val:
@@ -194,7 +200,7 @@ def execute(action, module_name, spec, entry, args, task_vars):
 def _parse(res, no_log_values):
     stdout = res.get("stdout", "")
     try:
-        result = json.loads(stdout)
+        result = json.loads(_filter_non_json_lines(stdout)[0])   # as module output: junk around the JSON dropped
         if not isinstance(result, dict):
             raise ValueError("not an object")
     except ValueError:
@@ -202,3 +208,17 @@ def _parse(res, no_log_values):
                   "msg": "MODULE FAILURE: the host printed no result (rc %s); see stdout and stderr" % res.get("rc"),
                   "module_stdout": stdout, "module_stderr": res.get("stderr", "")}
     return remove_values(result, no_log_values)
+
+
+class CompactAction(ActionBase):
+    """The action of a host module whose logic is ``LOGIC.run(module)`` (a module_utils with ``SPEC`` and ``run``)."""
+
+    TRANSFERS_FILES = False
+    MODULE = None
+    LOGIC = None
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        result.update(execute(self, self.MODULE, self.LOGIC.SPEC, self.LOGIC.__name__, dict(self._task.args), task_vars))
+        return result

@@ -147,3 +147,10 @@ def test_python_36_host_runs_the_request(tmp_path):
                                                          executable=dict(size=1, sha256="0" * 64, crc32=0),
                                                          bin_dir=str(tmp_path / "bin")), python=PYTHON36)
     assert rc == 0 and res["changed"] is False and res["up_to_date"] is False, err
+
+
+def test_output_around_the_result_and_interpreter_words():
+    res = cm._parse({"stdout": "motd line\n" + json.dumps({"changed": False, "path": "/x"}) + "\ntrailer\n"}, set())
+    assert res == {"changed": False, "path": "/x"}
+    assert cm.host_command("/usr/bin/env python3").startswith("/usr/bin/env python3 -c ")
+    assert cm.host_command("/opt/py 3/python3;reboot").startswith("/opt/py '3/python3;reboot' -c ")
