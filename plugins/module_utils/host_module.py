@@ -20,9 +20,18 @@ import sys
 import traceback
 
 
+class ModuleDone(BaseException):
+    """Raised by exit_json/fail_json: ends ``run`` like AnsibleModule's sys.exit does (a BaseException, so the
+    modules' ``except Exception`` clauses do not catch it); ``main`` returns its exit code."""
+
+    def __init__(self, rc):
+        BaseException.__init__(self, rc)
+        self.rc = rc
+
+
 class HostModule(object):
     """The part of AnsibleModule the host modules use, with the same behaviour: fail_json and exit_json
-    print the one JSON result and end the process."""
+    print the one JSON result and end the run."""
 
     def __init__(self, params, check_mode=False, diff=False, path_options=()):
         self.params = dict(params)
@@ -46,13 +55,13 @@ class HostModule(object):
     def exit_json(self, **result):
         result.setdefault("changed", False)
         self._emit(result)
-        sys.exit(0)
+        raise ModuleDone(0)
 
     def fail_json(self, msg, **result):
         result["failed"] = True
         result["msg"] = msg
         self._emit(result)
-        sys.exit(1)
+        raise ModuleDone(1)
 
     def run_command(self, args):
         """argv only (never a shell), stdin closed, C locale: what AnsibleModule.run_command does for a list."""
@@ -64,15 +73,20 @@ class HostModule(object):
 
 
 def main(request):
-    """Run ``request["entry"]``'s ``run(module)`` with the request's parameters (called by the bootstrap)."""
+    """Run ``request["entry"]``'s ``run(module)`` with the request's parameters; returns the exit code (the
+    bootstrap exits with it)."""
     module = HostModule(request["params"], request.get("check_mode"), request.get("diff"),
                         request.get("path_options") or ())
     try:
         entry = __import__(request["entry"], fromlist=["run"])
         entry.run(module)
-    except SystemExit:
-        raise
+        module.exit_json()
+    except ModuleDone as done:
+        return done.rc
     except Exception:   # what AnsiballZ reports as MODULE FAILURE: the traceback names the bug
-        module.fail_json(msg="MODULE FAILURE: %s" % traceback.format_exc().strip().splitlines()[-1],
-                         exception=traceback.format_exc())
-    module.exit_json()
+        try:
+            module.fail_json(msg="MODULE FAILURE: %s" % traceback.format_exc().strip().splitlines()[-1],
+                             exception=traceback.format_exc())
+        except ModuleDone as done:
+            return done.rc
+    return 1

@@ -73,9 +73,7 @@ def create(module, p, changes, tokens):
     token, so a failure can show it."""
     argv = [p["k0s"], "token", "create", "--data-dir=%s" % p["data_dir"], "--role=%s" % p["role"],
             "--expiry=%s" % p["expiry"]]
-    for _ in range(p["count"]):
-        if module.check_mode:
-            break
+    while len(tokens) < p["count"] and not module.check_mode:
         rc, out, err = module.run_command(argv)
         token = out.strip()
         if rc != 0 or not token or "\n" in token:

@@ -22,7 +22,6 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
 )
 
 
-
 def secret_view(path, data):
     """What a diff shows of a file that may hold secrets."""
     if data is None:
@@ -286,4 +285,3 @@ def run(module):
     if module._diff:
         res["diff"] = svc.diff
     module.exit_json(**res)
-

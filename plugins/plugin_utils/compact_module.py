@@ -19,13 +19,11 @@ non-pipelined modules do. ``async`` tasks and ``k0s_module_transport: ansiballz`
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import shlex
 import zlib
 
-from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.parameters import remove_values
@@ -55,7 +53,7 @@ class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         name = '<fleetsplit.k0s>/' + module.__name__.replace('.', '/') + ('/__init__.py' if package else '.py')
         exec(compile(code, name, 'exec'), module.__dict__)
 sys.meta_path.insert(0, Finder())
-__import__(req['host_main'], fromlist=['main']).main(req)
+sys.exit(__import__(req['host_main'], fromlist=['main']).main(req))
 """
 
 

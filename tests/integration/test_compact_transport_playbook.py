@@ -67,7 +67,7 @@ def test_compact_transport_both_ways(tmp_path, pipelining):
 
 
 def test_ansiballz_fallback_gives_the_same_results(tmp_path):
-    proc, out, report, _ = run(tmp_path, "-e", "k0s_module_transport=ansiballz")
+    proc, out, report = run(tmp_path, "-e", "k0s_module_transport=ansiballz")[:3]
     assert proc.returncode == 0, out[-3000:]
     assert "AnsiballZ_k0s_join_token" in out or "_ansiballz" in out.lower() or "ANSIBALLZ" in out
     w, a = report["written"], report["again"]
@@ -78,8 +78,8 @@ def test_ansiballz_fallback_gives_the_same_results(tmp_path):
 
 
 def test_check_mode_and_refusals(tmp_path):
-    proc, out, report, _ = run(tmp_path, check=True)
+    proc, out, report = run(tmp_path, check=True)[:3]
     assert proc.returncode == 0 and report["written"]["changed"] is True, out[-3000:]
     assert not (tmp_path / "out").exists(), "check mode wrote nothing"
-    proc, out, _, _ = run(tmp_path, "-e", "k0s_module_transport=telepathy")
+    proc, out = run(tmp_path, "-e", "k0s_module_transport=telepathy")[:2]
     assert proc.returncode != 0 and "k0s_module_transport must be one of compact, ansiballz, got 'telepathy'" in out

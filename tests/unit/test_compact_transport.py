@@ -24,7 +24,8 @@ TOKEN = "abcdef.0123456789abcdef"
 def host_run(entry, params, check_mode=False, diff=False, python=sys.executable, via_file=None, env=None):
     """(rc, result) of the request run by ``python`` as a host would (isolated: no site-packages, no PYTHONPATH)."""
     mod = sys.modules[entry]
-    params, _, paths = cm.validate(mod.SPEC, params)
+    checked = cm.validate(mod.SPEC, params)
+    params, paths = checked[0], checked[2]
     payload = cm.request_payload(entry, params, paths, check_mode, diff)
     argv = [python, "-I", "-c", cm.BOOTSTRAP]
     if via_file is not None:
@@ -56,24 +57,24 @@ def test_sources_are_the_entry_closure_and_no_ansible_core(name):
 
 def test_join_token_written_through_stdin_and_file(tmp_path):
     path = tmp_path / "etc" / "k0stoken"
-    rc, res, _ = host_run(join_token_file.__name__, dict(path=str(path), token=TOKEN), check_mode=True)
+    rc, res, err = host_run(join_token_file.__name__, dict(path=str(path), token=TOKEN), check_mode=True)
     assert rc == 0 and res["changed"] is True and not path.parent.exists(), "check mode writes nothing"
-    rc, res, _ = host_run(join_token_file.__name__, dict(path=str(path), token=TOKEN))
+    rc, res, err = host_run(join_token_file.__name__, dict(path=str(path), token=TOKEN))
     assert rc == 0 and res["changed"] and path.read_text() == TOKEN + "\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    rc, res, _ = host_run(join_token_file.__name__, dict(path=str(path), token=TOKEN), via_file=tmp_path / "req")
+    rc, res, err = host_run(join_token_file.__name__, dict(path=str(path), token=TOKEN), via_file=tmp_path / "req")
     assert rc == 0 and res == {"changed": False, "changes": [], "path": str(path)}
-    rc, res, _ = host_run(join_token_file.__name__, dict(path=str(path), state="overwritten"),
-                          via_file=tmp_path / "req")
+    rc, res, err = host_run(join_token_file.__name__, dict(path=str(path), state="overwritten"),
+                            via_file=tmp_path / "req")
     assert rc == 0 and res["changed"] and path.read_text().startswith("# overwritten")
 
 
 def test_failures_are_results_and_module_failures_name_the_error(tmp_path):
-    rc, res, _ = host_run(join_token_file.__name__, dict(path=str(tmp_path / "t"), token="two\nlines"))
+    rc, res, err = host_run(join_token_file.__name__, dict(path=str(tmp_path / "t"), token="two\nlines"))
     assert rc == 1 and res["failed"] and "one non-empty line" in res["msg"]
     # A service name that could reach a command line is refused on the host too.
-    rc, res, _ = host_run(join_token_file.__name__, dict(path=str(tmp_path / "t"), token=TOKEN,
-                                                        service_name="k0s;reboot", service_manager="systemd"))
+    rc, res, err = host_run(join_token_file.__name__, dict(path=str(tmp_path / "t"), token=TOKEN,
+                                                           service_name="k0s;reboot", service_manager="systemd"))
     assert rc == 1 and "not a plain service name" in res["msg"] and not (tmp_path / "t").exists()
     # A broken entry (a bug, not a refusal) comes back as MODULE FAILURE with its traceback, as AnsiballZ's.
     payload = json.loads(zlib.decompress(cm.request_payload(join_token_file.__name__, {})))
@@ -89,18 +90,18 @@ def test_token_create_failure_names_k0s_and_returns_no_token(tmp_path):
     k0s = tmp_path / "k0s"
     k0s.write_text("#!/bin/sh\necho 'Error: failed to read admin config' >&2\nexit 1\n")
     k0s.chmod(0o755)
-    rc, res, _ = host_run(join_token_file.__name__, dict(state="created", k0s=str(k0s), role="worker", count=2,
-                                                        data_dir=str(tmp_path)))
+    rc, res, err = host_run(join_token_file.__name__, dict(state="created", k0s=str(k0s), role="worker", count=2,
+                                                           data_dir=str(tmp_path)))
     assert rc == 1 and res["tokens"] == [] and "after 0 of 2 tokens: Error: failed to read admin config" in res["msg"]
 
 
 def test_paths_expand_on_the_host_not_the_controller(tmp_path):
     home = tmp_path / "hosthome"
     home.mkdir()
-    params, _, paths = cm.validate(join_token_file.SPEC, dict(path="~/k0stoken", token=TOKEN))
+    params, _no_log, paths = cm.validate(join_token_file.SPEC, dict(path="~/k0stoken", token=TOKEN))
     assert "path" in paths and params["path"] == "~/k0stoken", "the controller leaves it to the host"
-    rc, res, _ = host_run(join_token_file.__name__, dict(path="~/k0stoken", token=TOKEN),
-                          env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    rc, res, err = host_run(join_token_file.__name__, dict(path="~/k0stoken", token=TOKEN),
+                            env={"PATH": os.environ["PATH"], "HOME": str(home)})
     assert rc == 0 and (home / "k0stoken").read_text() == TOKEN + "\n" and res["path"] == str(home / "k0stoken")
 
 
@@ -111,7 +112,7 @@ def test_validation_is_ansibles_and_no_log_values_are_collected():
         cm.validate(join_token_file.SPEC, dict(token=TOKEN, nonsense=1))
     with pytest.raises(AnsibleActionFail, match="state is present but all of the following are missing: token"):
         cm.validate(join_token_file.SPEC, dict(state="present"))
-    params, no_log, _ = cm.validate(join_token_file.SPEC, dict(token=TOKEN, count="3"))
+    params, no_log = cm.validate(join_token_file.SPEC, dict(token=TOKEN, count="3"))[:2]
     assert TOKEN in no_log and params["count"] == 3 and params["data_dir"] == "/var/lib/k0s"
     masked = cm._parse({"stdout": json.dumps({"msg": "bad token %s" % TOKEN})}, no_log)
     assert TOKEN not in json.dumps(masked)
@@ -126,10 +127,10 @@ def test_service_check_mode_on_an_image_root(tmp_path):
     """k0s_service's logic through the transport: an offline root (no service manager needed), check mode then real."""
     args = dict(name="k0sworker", manager="systemd", unit="[Unit]\nDescription=k0s\n", root=str(tmp_path),
                 enabled=True)
-    rc, res, _ = host_run(service_unit.__name__, args, check_mode=True, diff=True)
+    rc, res, err = host_run(service_unit.__name__, args, check_mode=True, diff=True)
     assert rc == 0 and res["changed"] and res["diff"]["after"].startswith("# %s/etc/systemd/system/" % tmp_path)
     assert not (tmp_path / "etc").exists()
-    rc, res, _ = host_run(service_unit.__name__, args)
+    rc, res, err = host_run(service_unit.__name__, args)
     unit = tmp_path / "etc/systemd/system/k0sworker.service"
     assert rc == 0 and unit.read_text() == args["unit"]
     assert os.readlink(tmp_path / "etc/systemd/system/multi-user.target.wants/k0sworker.service") == \
