@@ -155,3 +155,15 @@ def test_output_around_the_result_and_interpreter_words():
     assert res == {"changed": False, "path": "/x"}
     assert cm.host_command("/usr/bin/env python3").startswith("/usr/bin/env python3 -c ")
     assert cm.host_command("/opt/py 3/python3;reboot").startswith("/opt/py '3/python3;reboot' -c ")
+
+
+def test_sources_cached_for_the_run(tmp_path):
+    entry = release_build.__name__
+    first = cm.cached_sources(entry, str(tmp_path))
+    assert first == json.loads(json.dumps(cm.host_sources(entry)))
+    cached = [p for p in tmp_path.iterdir() if p.name.startswith("fleetsplit-compact-")]
+    assert len(cached) == 1 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp file left"
+    # The next worker reads the file (the key: the entry and every module_utils file's path, size and mtime).
+    cached[0].write_text(json.dumps({"marker": [False, ""]}))
+    assert cm.cached_sources(entry, str(tmp_path)) == {"marker": [False, ""]}
+    assert cm.cached_sources(join_token_file.__name__, str(tmp_path)) != {"marker": [False, ""]}
