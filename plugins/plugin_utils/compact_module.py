@@ -213,7 +213,7 @@ def execute(action, module_name, spec, entry, args, task_vars):
         if remote_tmp is None:
             remote_tmp = made_tmp = action._make_tmp_path()
         try:
-            remote = shell.join_path(remote_tmp, "fleetsplit-request.z")
+            remote = shell.join_path(remote_tmp, "%s.request.z" % module_name.rpartition(".")[2])
             action._transfer_data(remote, payload)
             action._fixup_perms2((remote_tmp, remote))
             res = action._low_level_execute_command(

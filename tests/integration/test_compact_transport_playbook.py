@@ -60,7 +60,7 @@ def test_compact_transport_both_ways(tmp_path, pipelining):
     assert w["changed"] is True and a["changed"] is False and q["k0s_cluster"]["kubelet_conf"] is False
     # Compact: the request is a few KB, not an AnsiballZ payload; pipelined it never touches the remote temp dir.
     assert 2000 < w["transport_bytes"] < 20000, w["transport_bytes"]
-    assert ("fleetsplit-request.z" in out) is (not pipelining)
+    assert ("k0s_join_token.request.z" in out) is (not pipelining)
     assert "AnsiballZ_k0s_join_token" not in out
     leftovers = [p for p in remote_tmp.rglob("*") if p.is_file()] if remote_tmp.exists() else []
     assert leftovers == [], "the request file is removed with the task's temp dir"

@@ -500,12 +500,19 @@ def kill_modules(h):
                 cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
             continue
+        # A module run: an AnsiballZ file, or a compact request (plugins/plugin_utils/compact_module.py; podman
+        # cannot pipeline, so the request is a file named <module>.request.z).
         if "AnsiballZ_" in cmd:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append("%s:%s(%s)" % (h.name, pid, cmd.split("AnsiballZ_")[1].split(".py")[0]))
-            except OSError:
-                pass
+            module = cmd.split("AnsiballZ_")[1].split(".py")[0]
+        elif ".request.z" in cmd:
+            module = cmd.split(".request.z")[0].rpartition("/")[2]
+        else:
+            continue
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append("%s:%s(%s)" % (h.name, pid, module))
+        except OSError:
+            pass
     return killed
 
 
