@@ -6,7 +6,7 @@ the collection's own module_utils it imports, instead of an AnsiballZ payload.
 
 Why: every AnsiballZ run ships ansible-core's module_utils (basic.py, distro, six, parameters, ...), 170-240 KB
 over ssh per module run whatever the module does. With pull distribution that code was nearly all the controller
-still sent (docs/distribution.md); the compact payload of k0s_release is about 45 KB, of k0s_join_token 7 KB.
+still sent (docs/distribution.md); the compact request of k0s_release is about 40 KB, of k0s_join_token 9 KB.
 
 What stays Ansible's: the arguments are validated on the controller by ansible-core's ArgumentSpecValidator
 (the module's own spec), the host's Python is the one a module run would use (``_configure_module``:
