@@ -24,7 +24,7 @@ module code), and changed count per host from PLAY RECAP. After every run each h
 the expected k0s version as running (`k0s status`), untimed. The results table in
 docs/performance.md is rewritten between its markers.
 
-  python3 benchmarks/fleet_bench.py [--reps 3] [--growth 1,3,6,12] [--pull 3,12,30] [--only-pull] [--quick] [--keep] [--no-doc]
+  python3 benchmarks/fleet_bench.py [--reps 3] [--growth 1,3,6,12] [--pull 3,12,24] [--only-pull] [--quick] [--keep] [--no-doc]
 
 Needs root, podman and the images from scripts/prepare-test-hosts; `make bench-fleet` prepares all.
 """
@@ -439,7 +439,7 @@ def main():
     ap.add_argument("--growth", default="1,3,6,12", help="host counts for the fleet-growth deploys")
     ap.add_argument("--growth-reps", type=int, default=1)
     ap.add_argument("--split-rounds", type=int, default=3, help="rounds of benchmarks/split_bench.py")
-    ap.add_argument("--pull", default="3,12,30",
+    ap.add_argument("--pull", default="3,12,24",
                     help="host counts for the push vs pull runs (fresh deploy and upgrade each way; '' = none)")
     ap.add_argument("--only-pull", action="store_true",
                     help="only the push vs pull runs (rewrites only their block of docs/performance.md)")
