@@ -18,7 +18,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     os_error_message,
 )
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_membership import membership
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import MANAGERS, SERVICE_NAME
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import MANAGERS, SERVICE_NAME, service_control
 
 SPENT = b"# overwritten by fleetsplit.k0s after the join; k0s ignores this file once it has joined\n"
 TOKEN_ROLES = ("controller", "worker")
@@ -86,8 +86,7 @@ def create(module, p, changes, tokens):
 def restart(module, p, changes):
     """Restart the joining host's k0s service, which now finds the token file (--token-file in its unit)."""
     name = p["service_name"]
-    argv = (["systemctl", "restart", name + ".service"] if p["service_manager"] == "systemd"
-            else ["rc-service", name, "restart"])
+    argv = service_control(p["service_manager"], name, "restart")
     changes.append("restarted %s" % name)
     if module.check_mode:
         return

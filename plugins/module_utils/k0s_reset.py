@@ -18,7 +18,7 @@ from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_hostfs import (
     lstat_or_none,
 )
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_images import RECORD as IMAGES_RECORD
-from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem
+from ansible_collections.fleetsplit.k0s.plugins.module_utils.k0s_settings import path_problem, service_control
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_links import MIGRATE_SUFFIX
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_plan import service_manager
 from ansible_collections.fleetsplit.k0s.plugins.module_utils.release_store import EXE, EXE_REL, check_layout
@@ -395,7 +395,7 @@ class Reset(object):
         for s in self.result["services"]:
             unit, m = s["name"], s["name"] + ".service"
             if s["running"]:
-                self.command(["systemctl", "stop", m] if s["manager"] == "systemd" else ["rc-service", unit, "stop"])
+                self.command(service_control(s["manager"], unit, "stop"))
                 self.result["stopped"].append(unit)
                 self.changes.append("stopped %s (%s)" % (unit, s["manager"]))
             if s["enabled"]:

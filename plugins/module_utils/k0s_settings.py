@@ -30,6 +30,12 @@ CONTROL = re.compile(u"[\x00-\x1f\x7f-\x9f]")   # C0, DEL and C1
 # A service (unit or init script) name: letters, digits, ._@- only, never starting with - or .
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*\Z")
 
+
+def service_control(manager, name, verb):
+    """The argv that starts, stops or restarts the service ``name`` with its manager (systemd or OpenRC)."""
+    return ["systemctl", verb, name + ".service"] if manager == "systemd" else ["rc-service", name, verb]
+
+
 # Variables holding one absolute path that reaches a unit, script or command line.
 PATH_VARS = ("k0s_bin_dir", "k0s_libexec_dir", "k0s_data_dir", "k0s_config_path", "k0s_join_token_path",
              "k3s_bin_dir", "k3s_data_dir", "k3s_store_dir")

@@ -195,10 +195,7 @@ class Service(object):
             return None
         verb = {"started": "start", "restarted": "restart", "stopped": "stop"}[action]
         if not self.check:
-            if self.p["manager"] == "systemd":
-                self.run("systemctl", verb, name + ".service")
-            else:
-                self.run("rc-service", name, verb)
+            self.run(*k0s_settings.service_control(self.p["manager"], name, verb))
         why = self.result["restart_reason"]
         self.changes.append("%s %s%s" % (action, name, " (%s)" % why if action == "restarted" else ""))
         return action
